@@ -62,8 +62,9 @@ def _variants(value: str) -> list[str]:
     """
     return [
         value,
-        quote(value, safe=""),
-        quote_plus(value),
+        # surrogatepass: a lone surrogate must not make add() raise.
+        quote(value, safe="", errors=_ERRORS),
+        quote_plus(value, errors=_ERRORS),
         json.dumps(value)[1:-1],
         json.dumps(value, ensure_ascii=False)[1:-1],
         repr(value)[1:-1],
