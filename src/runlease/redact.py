@@ -113,6 +113,11 @@ class Redactor:
         """Number of distinct registered values (variants not counted)."""
         return len(self._values)
 
+    @property
+    def pattern_count(self) -> int:
+        """Number of distinct patterns in the automaton (values plus distinct variants)."""
+        return len(self._patterns)
+
     def __contains__(self, value: object) -> bool:
         return isinstance(value, str) and value in self._values
 
