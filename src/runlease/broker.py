@@ -1,0 +1,247 @@
+"""The broker: the one entry point every adapter (Airflow, KFP, CLI) calls.
+
+``lease`` does, in order: policy check (a denial is audited, then raised),
+a read through the rotation-aware cache, the issuer, registration of the
+credential with the redactor (before anything else can log it), and the
+lease row plus its audit event in one ledger transaction. If recording
+fails, a dynamic credential is revoked again so nothing is left minted and
+unrecorded.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import Secret
+
+from runlease.cache import RotationAwareCache
+from runlease.connection import sensitive_strings
+from runlease.errors import AccessDeniedError, InvalidValueError
+from runlease.issuers import IssuerRegistry
+from runlease.ledger.base import Ledger
+from runlease.models import (
+    AuditEvent,
+    Capability,
+    Lease,
+    LeaseState,
+    Outcome,
+    RunIdentity,
+    SecretPath,
+    SecretValue,
+    Stage,
+    resolve_ref,
+    utcnow,
+)
+from runlease.policy import Policy
+from runlease.redact import Redactor, default_redactor
+from runlease.store.base import SecretStore, StoredSecret
+
+
+def new_lease_id() -> str:
+    """96 random bits, hex: unique, unguessable, and safe inside role or session names."""
+    return "rl" + secrets.token_hex(12)
+
+
+def secret_strings(value: SecretValue) -> list[str]:
+    """The parts of a value that must be masked: a whole string, or a connection's credentials."""
+    if isinstance(value, str):
+        return [value]
+    return sensitive_strings(value)
+
+
+class Broker:
+    def __init__(
+        self,
+        store: SecretStore,
+        ledger: Ledger,
+        *,
+        policy: Policy | None = None,
+        issuers: IssuerRegistry | None = None,
+        redactor: Redactor | None = None,
+        default_env: str = "dev",
+        default_ttl: timedelta = timedelta(hours=1),
+        max_ttl: timedelta = timedelta(hours=12),
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.policy = policy or Policy.allow_all()
+        self.issuers = issuers or IssuerRegistry()
+        self.redactor = redactor if redactor is not None else default_redactor()
+        self.default_env = default_env
+        self.default_ttl = default_ttl
+        self.max_ttl = max_ttl
+        self.clock = clock
+        self.cache = RotationAwareCache(store)
+
+    # -- helpers --------------------------------------------------------------
+
+    def path(self, ref: str | SecretPath, kind: str = "connections") -> SecretPath:
+        return ref if isinstance(ref, SecretPath) else resolve_ref(ref, self.default_env, kind)
+
+    def authorize(self, identity: RunIdentity, path: SecretPath, capability: Capability, action: str) -> None:
+        """Raise (after auditing the denial) unless policy grants ``capability`` on ``path``."""
+        if self.policy.allows(identity, path, capability):
+            return
+        self.ledger.append(
+            AuditEvent.for_identity(
+                identity, action=action, outcome=Outcome.DENIED, path=str(path),
+                detail={"capability": capability.value, "policy": self.policy.source},
+            )
+        )
+        raise AccessDeniedError(f"{identity.subject} is not granted {capability.value!r} on {path}")
+
+    def _ttl(self, ttl: timedelta | float | int | None) -> timedelta:
+        if ttl is None:
+            return self.default_ttl
+        if not isinstance(ttl, timedelta):
+            ttl = timedelta(seconds=float(ttl))
+        if ttl <= timedelta(0):
+            raise InvalidValueError("lease TTL must be positive")
+        return min(ttl, self.max_ttl)
+
+    def mask(self, value: SecretValue) -> None:
+        self.redactor.add_many(secret_strings(value))
+
+    # -- leases ---------------------------------------------------------------
+
+    def lease(
+        self,
+        ref: str | SecretPath,
+        identity: RunIdentity,
+        ttl: timedelta | float | int | None = None,
+        *,
+        kind: str = "connections",
+        stage: Stage = Stage.CURRENT,
+    ) -> Lease:
+        """Hand ``identity`` a credential for ``ref`` (a path, or an ID in the default env)."""
+        path = self.path(ref, kind)
+        self.authorize(identity, path, Capability.LEASE, "lease")
+        duration = self._ttl(ttl)
+        secret = self.cache.get(path, stage)
+        issuer_name = str(secret.metadata.get("issuer", "static"))
+        issuer = self.issuers.get(issuer_name)
+        lease_id = new_lease_id()
+        issued = issuer.issue(secret, identity, lease_id, duration)
+        self.mask(issued.value)
+        now = self.clock()
+        expires = now + duration
+        if issued.expires_at is not None and issued.expires_at < expires:
+            expires = issued.expires_at
+        lease = Lease(
+            lease_id=lease_id, path=path, version=secret.version, stage=stage, identity=identity,
+            issuer=issuer_name, issued_at=now, expires_at=expires, issuer_state=issued.state,
+            credential=Secret(issued.value),
+        )
+        event = AuditEvent.for_identity(
+            identity, ts=now, action="lease", path=str(path), version=secret.version, lease_id=lease_id,
+            detail={"issuer": issuer_name, "stage": stage.value, "ttl_s": int(duration.total_seconds()),
+                    "expires_at": expires.isoformat()},
+        )
+        try:
+            self.ledger.record_lease(lease, event)
+        except BaseException:
+            issuer.revoke(lease)
+            raise
+        return lease
+
+    def _close(self, lease: Lease, new_state: LeaseState, reason: str,
+               identity: RunIdentity | None) -> bool:
+        action = "revoke" if new_state is LeaseState.REVOKED else "expire"
+        base = dict(path=str(lease.path), version=lease.version, lease_id=lease.lease_id)
+        who = identity or lease.identity
+        try:
+            self.issuers.get(lease.issuer).revoke(lease)
+        except Exception as err:
+            self.ledger.append(AuditEvent.for_identity(
+                who, action=action, outcome=Outcome.ERROR, **base,
+                detail={"reason": reason, "error": type(err).__name__},
+            ))
+            raise
+        event = AuditEvent.for_identity(
+            who, action=action, **base,
+            detail={"reason": reason, "lease_run_id": lease.identity.run_id, "lease_task_id": lease.identity.task_id},
+        )
+        return self.ledger.close_lease(lease.lease_id, new_state, reason, self.clock(), event)
+
+    def revoke(self, lease_id: str, reason: str = "revoked", identity: RunIdentity | None = None) -> bool:
+        """End one lease; False if it was already revoked or expired (revoking is idempotent).
+
+        Not policy-checked: revoking only ever takes access away.
+        """
+        lease = self.ledger.get_lease(lease_id)
+        if lease.state is not LeaseState.ACTIVE:
+            return False
+        return self._close(lease, LeaseState.REVOKED, reason, identity)
+
+    def revoke_where(self, reason: str, identity: RunIdentity | None = None, **filters: Any) -> int:
+        """Revoke every active lease matching ledger filters (run_id, task_id, try_number, map_index)."""
+        count = 0
+        for lease in self.ledger.find_leases(state=LeaseState.ACTIVE, **filters):
+            count += self._close(lease, LeaseState.REVOKED, reason, identity)
+        return count
+
+    def revoke_run(self, run_id: str, reason: str = "run ended", identity: RunIdentity | None = None) -> int:
+        return self.revoke_where(reason, identity, run_id=run_id)
+
+    def revoke_task(self, run_id: str, task_id: str, try_number: int | None = None,
+                    map_index: int | None = None, reason: str = "task ended",
+                    identity: RunIdentity | None = None) -> int:
+        return self.revoke_where(reason, identity, run_id=run_id, task_id=task_id,
+                                 try_number=try_number, map_index=map_index)
+
+    def sweep_expired(self, now: datetime | None = None) -> int:
+        """The TTL backstop: close every active lease past its expiry (e.g. of a SIGKILLed task)."""
+        count = 0
+        for lease in self.ledger.find_leases(state=LeaseState.ACTIVE, expired_before=now or self.clock()):
+            count += self._close(lease, LeaseState.EXPIRED, "ttl expired", None)
+        return count
+
+    # -- reads and writes -----------------------------------------------------
+
+    def read(self, ref: str | SecretPath, identity: RunIdentity, *, kind: str = "connections",
+             version: int | None = None, stage: Stage = Stage.CURRENT, revealed: bool = False) -> StoredSecret:
+        """Read a value without a lease (CLI ``get``); audited, and masked from here on."""
+        path = self.path(ref, kind)
+        self.authorize(identity, path, Capability.READ, "read")
+        secret = self.cache.get(path, stage, version)
+        self.mask(secret.value)
+        self.ledger.append(AuditEvent.for_identity(
+            identity, action="read", path=str(path), version=secret.version, detail={"revealed": revealed},
+        ))
+        return secret
+
+    def put(self, ref: str | SecretPath, value: SecretValue, identity: RunIdentity, *, kind: str = "connections",
+            cas: int | None = None, stage: Stage = Stage.CURRENT) -> int:
+        """Write a new version; the write and its audit event commit together on the local store."""
+        path = self.path(ref, kind)
+        self.authorize(identity, path, Capability.ADMIN, "write")
+        with self.ledger.atomic():
+            version = self.store.put(path, value, cas=cas, stage=stage)
+            self.ledger.append(AuditEvent.for_identity(
+                identity, action="write", path=str(path), version=version,
+                detail={"stage": stage.value, "cas": cas},
+            ))
+        return version
+
+    def delete(self, ref: str | SecretPath, identity: RunIdentity, *, kind: str = "connections") -> None:
+        path = self.path(ref, kind)
+        self.authorize(identity, path, Capability.ADMIN, "delete")
+        with self.ledger.atomic():
+            self.store.delete(path)
+            self.ledger.append(AuditEvent.for_identity(identity, action="delete", path=str(path)))
+        self.cache.forget(path)
+
+    def move_stage(self, ref: str | SecretPath, stage: Stage, version: int | None, identity: RunIdentity, *,
+                   expected: int | None = None, kind: str = "connections") -> None:
+        path = self.path(ref, kind)
+        self.authorize(identity, path, Capability.ROTATE, "stage")
+        with self.ledger.atomic():
+            self.store.move_stage(path, stage, version, expected=expected)
+            self.ledger.append(AuditEvent.for_identity(
+                identity, action="stage", path=str(path), version=version,
+                detail={"stage": stage.value, "expected": expected},
+            ))

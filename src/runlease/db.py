@@ -1,0 +1,224 @@
+"""One SQLite file shared by the local store and the local ledger, safe across processes.
+
+Why these settings: WAL lets readers run while one writer commits;
+``synchronous=FULL`` makes every committed audit event durable; every write
+transaction starts with ``BEGIN IMMEDIATE`` so it takes the write lock up
+front, which is what lets SQLite's busy handler (``busy_timeout``) queue
+writers instead of failing with "database is locked" when a deferred reader
+tries to upgrade. Connections are per thread because sqlite3 connections
+must not be shared between threads mid-transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from runlease.errors import StoreUnavailableError
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 60_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS secrets (
+    path        TEXT PRIMARY KEY,
+    env         TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    deleted_at  TEXT,
+    last_version INTEGER NOT NULL DEFAULT 0,
+    metadata    TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS versions (
+    path        TEXT NOT NULL REFERENCES secrets(path),
+    version     INTEGER NOT NULL,
+    created_at  TEXT NOT NULL,
+    kek_id      TEXT NOT NULL,
+    wrapped_dek BLOB NOT NULL,
+    ciphertext  BLOB NOT NULL,
+    deprecated  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (path, version)
+);
+CREATE TABLE IF NOT EXISTS stages (
+    path    TEXT NOT NULL REFERENCES secrets(path),
+    stage   TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (path, stage)
+);
+CREATE TABLE IF NOT EXISTS leases (
+    lease_id     TEXT PRIMARY KEY,
+    path         TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    stage        TEXT,
+    issuer       TEXT NOT NULL,
+    orchestrator TEXT NOT NULL,
+    pipeline     TEXT NOT NULL,
+    run_id       TEXT,
+    task_id      TEXT,
+    try_number   INTEGER,
+    map_index    INTEGER,
+    principal    TEXT,
+    issued_at    TEXT NOT NULL,
+    expires_at   TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    revoked_at   TEXT,
+    revoke_reason TEXT,
+    issuer_state TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS leases_run ON leases(run_id, state);
+CREATE INDEX IF NOT EXISTS leases_state_expiry ON leases(state, expires_at);
+CREATE TABLE IF NOT EXISTS audit (
+    seq          INTEGER PRIMARY KEY,
+    ts           TEXT NOT NULL,
+    action       TEXT NOT NULL,
+    outcome      TEXT NOT NULL,
+    path         TEXT,
+    version      INTEGER,
+    lease_id     TEXT,
+    orchestrator TEXT,
+    pipeline     TEXT,
+    run_id       TEXT,
+    task_id      TEXT,
+    try_number   INTEGER,
+    map_index    INTEGER,
+    principal    TEXT,
+    detail       TEXT NOT NULL,
+    key_id       TEXT NOT NULL,
+    chain        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_run ON audit(run_id);
+CREATE INDEX IF NOT EXISTS audit_path ON audit(path);
+"""
+
+
+class Transaction:
+    """The open write transaction: its connection plus hooks to run once it committed.
+
+    ``on_commit`` is for side effects outside SQLite (advancing the audit
+    anchor file) that must never get ahead of what is durably committed.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._after_commit: list[Callable[[], None]] = []
+
+    def on_commit(self, hook: Callable[[], None]) -> None:
+        self._after_commit.append(hook)
+
+    def _committed(self) -> None:
+        for hook in self._after_commit:
+            hook()
+
+
+class Database:
+    """A SQLite file opened in WAL mode with per-thread connections and reentrant writes."""
+
+    def __init__(self, path: Path, *, create: bool = False) -> None:
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise StoreUnavailableError(f"no runlease store at {self.path}; run `runlease init`")
+        self._local = threading.local()
+        conn = self.connection()
+        try:
+            if create:
+                with self.write() as tx:
+                    for statement in SCHEMA.split(";"):
+                        if statement.strip():
+                            tx.conn.execute(statement)
+                    tx.conn.execute(
+                        "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+                    )
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.DatabaseError as err:
+            self.close()
+            raise StoreUnavailableError(f"{self.path} is not a usable runlease store ({err})") from None
+        if row is None or int(row[0]) != SCHEMA_VERSION:
+            self.close()
+            raise StoreUnavailableError(f"{self.path} has an unknown schema version; expected {SCHEMA_VERSION}")
+
+    def connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                conn.execute("PRAGMA synchronous=FULL")
+            except sqlite3.DatabaseError as err:
+                raise StoreUnavailableError(f"{self.path} is not a usable runlease store ({err})") from None
+            if str(mode).lower() != "wal":
+                raise StoreUnavailableError(f"{self.path}: could not enable WAL mode (got {mode})")
+            self._local.conn = conn
+            self._local.tx = None
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[Transaction]:
+        """A write transaction (``BEGIN IMMEDIATE``); nested calls join the outer one."""
+        outer: Transaction | None = getattr(self._local, "tx", None)
+        if outer is not None:
+            yield outer
+            return
+        conn = self.connection()
+        self._begin_immediate(conn)
+        tx = Transaction(conn)
+        self._local.tx = tx
+        try:
+            yield tx
+            conn.execute("COMMIT")
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+        finally:
+            self._local.tx = None
+        tx._committed()
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for multi-statement reads (or the open write tx)."""
+        if getattr(self._local, "tx", None) is not None:
+            yield self._local.tx.conn
+            return
+        conn = self.connection()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    @staticmethod
+    def _begin_immediate(conn: sqlite3.Connection) -> None:
+        # busy_timeout already waits; this loop only covers the rare SQLITE_BUSY
+        # returned without invoking the handler (e.g. during WAL recovery).
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        delay = 0.001
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) and "busy" not in str(err):
+                    raise
+                if time.monotonic() > deadline:
+                    raise StoreUnavailableError(f"store is busy for more than {BUSY_TIMEOUT_MS} ms") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

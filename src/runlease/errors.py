@@ -1,0 +1,77 @@
+"""Error types for runlease.
+
+Every error carries a message that names the offending path, key or setting
+and never the secret value, plus the process exit code the CLI uses. Callers
+catch :class:`RunleaseError` to get "one clear line, non-zero exit".
+"""
+
+from __future__ import annotations
+
+
+class RunleaseError(Exception):
+    """Base class: a user-facing failure with a clear message and exit code."""
+
+    exit_code: int = 1
+
+
+class InvalidPathError(RunleaseError, ValueError):
+    """A secret path (or connection reference) does not have the required shape."""
+
+    exit_code = 2
+
+
+class InvalidValueError(RunleaseError, ValueError):
+    """A value (connection URI/JSON, TTL, ...) could not be parsed.
+
+    The message names the field that is wrong, never the value itself.
+    """
+
+    exit_code = 2
+
+
+class ConfigError(RunleaseError):
+    """Settings, home directory or policy file are missing or malformed."""
+
+    exit_code = 2
+
+
+class MasterKeyError(RunleaseError):
+    """The key-encryption key is missing, unreadable, or does not match the store."""
+
+    exit_code = 3
+
+
+class SecretNotFoundError(RunleaseError, LookupError):
+    """No live secret (or no such version/stage) at the requested path."""
+
+    exit_code = 4
+
+
+class ConflictError(RunleaseError):
+    """A check-and-set write lost: the secret changed since the caller read it."""
+
+    exit_code = 5
+
+
+class AccessDeniedError(RunleaseError, PermissionError):
+    """Policy denied the request. The denial has already been audited."""
+
+    exit_code = 6
+
+
+class IntegrityError(RunleaseError):
+    """Stored data failed authentication: tampering, corruption, or a moved record."""
+
+    exit_code = 7
+
+
+class StoreUnavailableError(RunleaseError):
+    """The store file cannot be opened as a runlease database."""
+
+    exit_code = 8
+
+
+class LeaseNotFoundError(RunleaseError, LookupError):
+    """No lease with that id exists in the ledger."""
+
+    exit_code = 4

@@ -1,0 +1,30 @@
+"""Issuers by name. Dynamic issuers (postgres, aws-sts, vault-database) register here lazily."""
+
+from __future__ import annotations
+
+from runlease.errors import ConfigError
+from runlease.issuers.base import IssuedCredential, Issuer
+from runlease.issuers.static import StaticIssuer
+
+
+class IssuerRegistry:
+    """Name -> issuer; the broker asks for the issuer a secret's metadata names."""
+
+    def __init__(self, *issuers: Issuer) -> None:
+        self._issuers: dict[str, Issuer] = {}
+        for issuer in issuers or (StaticIssuer(),):
+            self.register(issuer)
+
+    def register(self, issuer: Issuer) -> None:
+        self._issuers[issuer.name] = issuer
+
+    def get(self, name: str) -> Issuer:
+        try:
+            return self._issuers[name]
+        except KeyError:
+            raise ConfigError(
+                f"unknown issuer {name!r} (available: {', '.join(sorted(self._issuers))})"
+            ) from None
+
+
+__all__ = ["IssuedCredential", "Issuer", "IssuerRegistry", "StaticIssuer"]

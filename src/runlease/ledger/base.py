@@ -1,0 +1,63 @@
+"""The Ledger protocol: leases plus the hash-chained audit log, written atomically.
+
+Separate from the SecretStore because the two scale differently: values can
+live in Vault or AWS while leases and audit must be shared by every worker
+that revokes at run end (one machine: SQLite; many: PostgreSQL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from runlease.audit import VerifyResult
+from runlease.models import AuditEvent, Lease, LeaseState
+
+
+class AuditQuery(BaseModel):
+    """Filters for ``audit show`` / ``export``; every field is optional and ANDed."""
+
+    run_id: str | None = None
+    path: str | None = None
+    principal: str | None = None
+    action: str | None = None
+    after_seq: int = 0
+    limit: int | None = None
+
+
+class Ledger(Protocol):
+    def atomic(self) -> AbstractContextManager[Any]:
+        """Group several ledger writes (and, for the local store, store writes) in one transaction."""
+        ...
+
+    def append(self, *events: AuditEvent) -> list[AuditEvent]:
+        """Chain and persist events; returns them with ``seq``, ``key_id`` and ``chain`` set."""
+        ...
+
+    def record_lease(self, lease: Lease, event: AuditEvent) -> AuditEvent: ...
+
+    def get_lease(self, lease_id: str) -> Lease: ...
+
+    def find_leases(
+        self,
+        *,
+        run_id: str | None = None,
+        task_id: str | None = None,
+        try_number: int | None = None,
+        map_index: int | None = None,
+        state: LeaseState | None = None,
+        expired_before: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Lease]: ...
+
+    def close_lease(self, lease_id: str, state: LeaseState, reason: str, at: datetime, event: AuditEvent) -> bool:
+        """Mark an active lease revoked/expired and append its event; False if it was not active."""
+        ...
+
+    def events(self, query: AuditQuery) -> Iterator[AuditEvent]: ...
+
+    def verify(self) -> VerifyResult: ...

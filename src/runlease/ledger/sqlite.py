@@ -1,0 +1,196 @@
+"""The local ledger: leases and the audit chain in the store's SQLite file.
+
+Appending an event reads the previous chain value and inserts the new row
+inside one ``BEGIN IMMEDIATE`` transaction, so concurrent processes can never
+fork the chain: SQLite's write lock serialises them. Sharing the store's
+:class:`~runlease.db.Database` means a secret write and its audit event
+commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from runlease.audit import Anchor, VerifyResult, advance_anchor, event_row, genesis, link, read_anchor, verify_chain
+from runlease.crypto import Keyring
+from runlease.db import Database, Transaction
+from runlease.errors import LeaseNotFoundError, MasterKeyError
+from runlease.ledger.base import AuditQuery
+from runlease.models import AuditEvent, Lease, LeaseState, RunIdentity, SecretPath, Stage
+
+_LEASE_COLUMNS = (
+    "lease_id, path, version, stage, issuer, orchestrator, pipeline, run_id, task_id, try_number, map_index, "
+    "principal, issued_at, expires_at, state, revoked_at, revoke_reason, issuer_state"
+)
+_AUDIT_COLUMNS = (
+    "seq, ts, action, outcome, path, version, lease_id, orchestrator, pipeline, run_id, task_id, try_number, "
+    "map_index, principal, detail, key_id, chain"
+)
+
+
+def ts(dt: datetime) -> str:
+    """One sortable text form for every stored time (UTC, microseconds)."""
+    return dt.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+class SqliteLedger:
+    """Ledger over a :class:`Database`; the anchor file guards against tail truncation."""
+
+    def __init__(self, db: Database, keyring: Keyring, anchor_file: Path) -> None:
+        self.db = db
+        self.keyring = keyring
+        self.anchor_file = anchor_file
+        row = db.connection().execute("SELECT value FROM meta WHERE key='store_id'").fetchone()
+        if row is None:
+            raise MasterKeyError(f"store {db.path} was never initialized; run `runlease init`")
+        self.store_id = str(row[0])
+
+    def atomic(self) -> AbstractContextManager[Transaction]:
+        return self.db.write()
+
+    # -- audit ----------------------------------------------------------------
+
+    def append(self, *events: AuditEvent) -> list[AuditEvent]:
+        out: list[AuditEvent] = []
+        with self.db.write() as tx:
+            last = tx.conn.execute("SELECT seq, chain FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, previous = (int(last[0]), str(last[1])) if last else (0, genesis(self.store_id))
+            kid = self.keyring.active_id
+            key = self.keyring.audit_key(kid)
+            for event in events:
+                seq += 1
+                stamped = event.model_copy(update={"seq": seq, "key_id": kid})
+                row = event_row(stamped)
+                previous = link(key, previous, row)
+                tx.conn.execute(
+                    f"INSERT INTO audit({_AUDIT_COLUMNS}) VALUES ({','.join('?' * 17)})",
+                    (*[row[c.strip()] for c in _AUDIT_COLUMNS.split(",")[:-1]], previous),
+                )
+                out.append(stamped.model_copy(update={"chain": previous}))
+            anchor = Anchor(seq, previous)
+            tx.on_commit(lambda: advance_anchor(self.anchor_file, anchor))
+        return out
+
+    def events(self, query: AuditQuery) -> Iterator[AuditEvent]:
+        clauses, params = ["seq > ?"], [query.after_seq]
+        for column in ("run_id", "path", "principal", "action"):
+            value = getattr(query, column)
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        sql = f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(clauses)} ORDER BY seq"
+        if query.limit:
+            sql += f" LIMIT {int(query.limit)}"
+        cursor = self.db.connection().execute(sql, params)
+        names = [c.strip() for c in _AUDIT_COLUMNS.split(",")]
+        for values in cursor:
+            row = dict(zip(names, values))
+            row["detail"] = json.loads(row["detail"])
+            yield AuditEvent.model_validate(row)
+
+    def _raw_rows(self) -> Iterator[dict[str, Any]]:
+        names = [c.strip() for c in _AUDIT_COLUMNS.split(",")]
+        for values in self.db.connection().execute(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY seq"):
+            yield dict(zip(names, values))
+
+    def verify(self) -> VerifyResult:
+        def key_for(kid: str) -> bytes | None:
+            return self.keyring.audit_key(kid) if kid in self.keyring else None
+
+        with self.db.read():
+            return verify_chain(self._raw_rows(), key_for, genesis(self.store_id), read_anchor(self.anchor_file))
+
+    def audit_key_ids(self) -> set[str]:
+        return {r[0] for r in self.db.connection().execute("SELECT DISTINCT key_id FROM audit")}
+
+    # -- leases ---------------------------------------------------------------
+
+    def record_lease(self, lease: Lease, event: AuditEvent) -> AuditEvent:
+        i = lease.identity
+        with self.db.write() as tx:
+            tx.conn.execute(
+                f"INSERT INTO leases({_LEASE_COLUMNS}) VALUES ({','.join('?' * 18)})",
+                (
+                    lease.lease_id, str(lease.path), lease.version, lease.stage.value if lease.stage else None,
+                    lease.issuer, i.orchestrator, i.pipeline, i.run_id, i.task_id, i.try_number, i.map_index,
+                    i.principal, ts(lease.issued_at), ts(lease.expires_at), lease.state.value, None, None,
+                    json.dumps(lease.issuer_state, sort_keys=True),
+                ),
+            )
+            return self.append(event)[0]
+
+    @staticmethod
+    def _lease_from_row(row: tuple[Any, ...]) -> Lease:
+        (lease_id, path, version, stage, issuer, orch, pipeline, run_id, task_id, try_number, map_index,
+         principal, issued_at, expires_at, state, revoked_at, reason, issuer_state) = row
+        return Lease(
+            lease_id=lease_id,
+            path=SecretPath.parse(path),
+            version=version,
+            stage=Stage(stage) if stage else None,
+            identity=RunIdentity(
+                orchestrator=orch, pipeline=pipeline, run_id=run_id, task_id=task_id,
+                try_number=try_number, map_index=map_index, principal=principal,
+            ),
+            issuer=issuer,
+            issued_at=datetime.fromisoformat(issued_at),
+            expires_at=datetime.fromisoformat(expires_at),
+            state=LeaseState(state),
+            revoked_at=datetime.fromisoformat(revoked_at) if revoked_at else None,
+            revoke_reason=reason,
+            issuer_state=json.loads(issuer_state),
+        )
+
+    def get_lease(self, lease_id: str) -> Lease:
+        row = self.db.connection().execute(
+            f"SELECT {_LEASE_COLUMNS} FROM leases WHERE lease_id=?", (lease_id,)
+        ).fetchone()
+        if row is None:
+            raise LeaseNotFoundError(f"lease {lease_id} not found")
+        return self._lease_from_row(row)
+
+    def find_leases(
+        self,
+        *,
+        run_id: str | None = None,
+        task_id: str | None = None,
+        try_number: int | None = None,
+        map_index: int | None = None,
+        state: LeaseState | None = None,
+        expired_before: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Lease]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("run_id", run_id), ("task_id", task_id), ("try_number", try_number), ("map_index", map_index)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if state is not None:
+            clauses.append("state = ?")
+            params.append(state.value)
+        if expired_before is not None:
+            clauses.append("expires_at <= ?")
+            params.append(ts(expired_before))
+        sql = f"SELECT {_LEASE_COLUMNS} FROM leases"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY issued_at, lease_id"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [self._lease_from_row(r) for r in self.db.connection().execute(sql, params)]
+
+    def close_lease(self, lease_id: str, state: LeaseState, reason: str, at: datetime, event: AuditEvent) -> bool:
+        with self.db.write() as tx:
+            changed = tx.conn.execute(
+                "UPDATE leases SET state=?, revoked_at=?, revoke_reason=? WHERE lease_id=? AND state='active'",
+                (state.value, ts(at), reason, lease_id),
+            ).rowcount
+            if changed:
+                self.append(event)
+        return bool(changed)

@@ -1,0 +1,126 @@
+"""Least privilege per environment: which principals may do what on which paths.
+
+The policy file (TOML, ``$RUNLEASE_HOME/policy.toml`` by default) is a list
+of grants. With no file, everything is allowed (the zero-setup default);
+once a file exists, anything not granted is denied. Example::
+
+    [[grant]]
+    principals   = ["airflow:training_*"]   # orchestrator:pipeline[:task], globs
+    environments = ["dev", "stage"]          # or ["*"]
+    paths        = ["connections/warehouse", "variables/*"]   # kind/name globs
+    capabilities = ["lease", "read"]         # read | lease | rotate | admin
+
+A principal pattern with fewer segments than ``orchestrator:pipeline:task``
+matches any value in the missing ones, so ``airflow:training_*`` covers every
+task of matching DAGs. ``admin`` implies every capability. The broker
+enforces this in-process; the same file renders Vault and IAM policies in
+production, where the manager is the real boundary.
+"""
+
+from __future__ import annotations
+
+import sys
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from runlease.errors import ConfigError
+from runlease.models import Capability, RunIdentity, SecretPath
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+
+class Grant(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    principals: list[str] = Field(min_length=1)
+    environments: list[str] = Field(min_length=1)
+    paths: list[str] = Field(min_length=1)
+    capabilities: list[Capability] = Field(min_length=1)
+    description: str = ""
+
+    @field_validator("paths")
+    @classmethod
+    def _kind_name(cls, paths: list[str]) -> list[str]:
+        for p in paths:
+            if p.count("/") != 1 and p != "*":
+                raise ValueError(f"path glob {p!r} must be <kind>/<name> (the environment goes in 'environments')")
+        return paths
+
+    def matches(self, identity: RunIdentity, path: SecretPath, capability: Capability) -> bool:
+        if Capability.ADMIN not in self.capabilities and capability not in self.capabilities:
+            return False
+        if not any(fnmatchcase(path.env, e) for e in self.environments):
+            return False
+        rel = f"{path.kind}/{path.name}"
+        if not any(fnmatchcase(rel, p) for p in self.paths):
+            return False
+        return any(_principal_matches(p, identity) for p in self.principals)
+
+
+def _principal_matches(pattern: str, identity: RunIdentity) -> bool:
+    subject = [identity.orchestrator, identity.pipeline, identity.task_id or "-"]
+    wanted = pattern.split(":")
+    if len(wanted) > 3:
+        return False
+    return all(fnmatchcase(value, glob) for value, glob in zip(subject, wanted))
+
+
+class Policy(BaseModel):
+    """A parsed policy; ``enforced`` is False when no policy file exists (allow all)."""
+
+    grants: list[Grant] = Field(default_factory=list, alias="grant")
+    enforced: bool = True
+    source: str = "<none>"
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    @classmethod
+    def allow_all(cls) -> "Policy":
+        return cls(grants=[], enforced=False)
+
+    @classmethod
+    def load(cls, path: Path) -> "Policy":
+        """Read a policy file; a missing file means allow-all, a broken one is an error."""
+        if not path.exists():
+            return cls.allow_all()
+        try:
+            doc = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"policy file {path} is not valid TOML: {err}") from None
+        try:
+            return cls.model_validate({**doc, "source": str(path)})
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+            )
+            raise ConfigError(f"policy file {path} is invalid: {problems}") from None
+
+    def allows(self, identity: RunIdentity, path: SecretPath, capability: Capability) -> bool:
+        if not self.enforced:
+            return True
+        return any(g.matches(identity, path, capability) for g in self.grants)
+
+
+EXAMPLE_POLICY = '''\
+# runlease policy. Rename to policy.toml to enforce it: once policy.toml
+# exists, everything not granted here is denied (and every denial audited).
+
+[[grant]]
+description  = "operators at the command line manage everything"
+principals   = ["cli"]
+environments = ["*"]
+paths        = ["*"]
+capabilities = ["admin"]
+
+[[grant]]
+description  = "training DAGs lease the warehouse and model-registry credentials in dev and stage"
+principals   = ["airflow:training_*"]
+environments = ["dev", "stage"]
+paths        = ["connections/warehouse", "connections/model_registry", "variables/*"]
+capabilities = ["lease"]
+'''

@@ -1,0 +1,53 @@
+"""Process settings, read from ``RUNLEASE_*`` environment variables (pydantic-settings).
+
+``RUNLEASE_HOME`` (default ``~/.runlease``) holds the key file, the store and
+the policy file; every command and adapter honours it, so a test or a demo
+can point everything at a temporary directory with one variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+KEY_FILE_NAME = "master.key"
+STORE_FILE_NAME = "store.db"
+POLICY_FILE_NAME = "policy.toml"
+ANCHOR_FILE_NAME = "audit.anchor"
+
+
+class Settings(BaseSettings):
+    """Where runlease keeps its state and the defaults a broker uses."""
+
+    model_config = SettingsConfigDict(env_prefix="RUNLEASE_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".runlease")
+    master_key: SecretStr | None = None
+    env: str = "dev"
+    default_ttl: int = Field(default=3600, ge=1, description="lease TTL in seconds when the caller gives none")
+    max_ttl: int = Field(default=43200, ge=1)
+    policy_file: Path | None = None
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def key_file(self) -> Path:
+        return self.home / KEY_FILE_NAME
+
+    @property
+    def store_file(self) -> Path:
+        return self.home / STORE_FILE_NAME
+
+    @property
+    def anchor_file(self) -> Path:
+        """The audit anchor lives beside the key file, outside the database it vouches for."""
+        return self.home / ANCHOR_FILE_NAME
+
+    @property
+    def effective_policy_file(self) -> Path:
+        return self.policy_file or self.home / POLICY_FILE_NAME
