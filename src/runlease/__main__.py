@@ -1,0 +1,3 @@
+from runlease.cli.main import main
+
+main()

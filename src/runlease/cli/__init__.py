@@ -1,0 +1,1 @@
+"""The ``runlease`` command line (typer + rich)."""

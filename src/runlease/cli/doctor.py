@@ -1,0 +1,87 @@
+"""``runlease doctor``: the checks an operator runs first when something looks wrong."""
+
+from __future__ import annotations
+
+import stat
+
+import typer
+from rich.table import Table
+
+from runlease.cli.common import console
+from runlease.errors import RunleaseError
+from runlease.models import LeaseState, utcnow
+from runlease.runtime import Runtime, open_runtime
+from runlease.settings import Settings
+
+Check = tuple[str, bool, str]
+
+
+def _mode(path: object) -> int:
+    return stat.S_IMODE(path.stat().st_mode)  # type: ignore[attr-defined]
+
+
+def _home_checks(settings: Settings) -> list[Check]:
+    out: list[Check] = []
+    home = settings.home
+    if not home.exists():
+        return [("home", False, f"{home} does not exist; run `runlease init`")]
+    mode = _mode(home)
+    out.append(("home permissions", not mode & 0o077, f"{home} mode {mode:04o} (want 0700)"))
+    if settings.master_key is not None:
+        out.append(("key source", True, "RUNLEASE_MASTER_KEY (environment)"))
+    elif settings.key_file.exists():
+        kmode = _mode(settings.key_file)
+        out.append(("key file permissions", not kmode & 0o077, f"{settings.key_file} mode {kmode:04o} (want 0600)"))
+    else:
+        out.append(("key source", False, f"no {settings.key_file} and no RUNLEASE_MASTER_KEY"))
+    return out
+
+
+def _runtime_checks(rt: Runtime) -> list[Check]:
+    conn = rt.db.connection()
+    out: list[Check] = []
+    integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+    out.append(("store integrity", integrity == "ok", f"PRAGMA integrity_check: {integrity}"))
+    mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    out.append(("journal mode", mode == "wal", f"{mode} (want wal)"))
+    out.append(("master key", True, f"{rt.keyring.active_id} matches the store"))
+    stale = {k: n for k, n in rt.store.kek_ids_in_use().items() if k != rt.keyring.active_id}
+    out.append(("data keys", not stale,
+                "all wrapped by the active key" if not stale
+                else f"{sum(stale.values())} wrapped by older keys {sorted(stale)}: run `runlease key rotate`"))
+    result = rt.ledger.verify()
+    out.append(("audit chain", result.ok, result.describe()))
+    policy = rt.policy
+    out.append(("policy", True, f"{len(policy.grants)} grant(s) from {policy.source}, deny by default"
+                if policy.enforced else "no policy.toml: every principal may do everything"))
+    overdue = rt.ledger.find_leases(state=LeaseState.ACTIVE, expired_before=utcnow())
+    out.append(("lease expiry", not overdue,
+                "no active lease past its TTL" if not overdue
+                else f"{len(overdue)} active lease(s) past TTL: run `runlease sweep`"))
+    return out
+
+
+def doctor_command() -> None:
+    """Check the home, key, store, audit chain and policy; exit 1 if anything is wrong."""
+    settings = Settings()
+    checks = _home_checks(settings)
+    try:
+        rt = open_runtime(settings)
+    except RunleaseError as err:
+        checks.append(("open store", False, str(err)))
+    else:
+        try:
+            checks.extend(_runtime_checks(rt))
+        finally:
+            rt.close()
+    table = Table(title=f"runlease doctor ({settings.home})")
+    for col in ("check", "result", "detail"):
+        table.add_column(col, overflow="fold")
+    for name, ok, detail in checks:
+        table.add_row(name, "[green]ok[/green]" if ok else "[red]FAIL[/red]", detail)
+    console.print(table)
+    if not all(ok for _, ok, _ in checks):
+        raise typer.Exit(1)
+
+
+__all__: list[str] = ["doctor_command"]

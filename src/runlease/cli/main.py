@@ -1,0 +1,312 @@
+"""``runlease``: init, put, get, ls, history, delete, lease, leases, revoke, sweep, audit, key, doctor."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from runlease.cli import render
+from runlease.cli.common import (
+    cli_errors,
+    cli_identity,
+    console,
+    err_console,
+    fail,
+    parse_value,
+    read_value_text,
+    runtime,
+    to_json,
+)
+from runlease.cli.doctor import doctor_command
+from runlease.connection import connection_to_uri
+from runlease.keyfile import prepend_new_key
+from runlease.ledger.base import AuditQuery
+from runlease.models import AuditEvent, LeaseState, SecretPath, Stage
+from runlease.runtime import init_home, open_runtime
+from runlease.settings import Settings
+
+app = typer.Typer(
+    name="runlease",
+    help="Run-bound, short-lived, audited credentials. State lives in $RUNLEASE_HOME (default ~/.runlease).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+audit_app = typer.Typer(help="Show, verify and export the hash-chained audit trail.", no_args_is_help=True)
+key_app = typer.Typer(help="Manage the key-encryption key.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+app.add_typer(key_app, name="key")
+app.command("doctor", help="Check the home, key, store, audit chain and policy; exit 1 if anything is wrong.")(
+    cli_errors(doctor_command)
+)
+
+PathArg = typer.Argument(..., help="secret path <env>/<kind>/<name>, e.g. prod/connections/warehouse")
+
+
+@app.command()
+@cli_errors
+def init() -> None:
+    """Create $RUNLEASE_HOME: a 0600 key file, the encrypted store and an example policy."""
+    settings = Settings()
+    rt, created = init_home(settings)
+    rt.close()
+    if created:
+        console.print(f"initialized runlease home at {settings.home}")
+        source = "RUNLEASE_MASTER_KEY" if settings.master_key is not None else f"{settings.key_file} (mode 0600)"
+        console.print(f"  key:    {rt.keyring.active_id} from {source}")
+        console.print(f"  store:  {settings.store_file}")
+        console.print(f"  policy: {settings.home / 'policy.example.toml'} (rename to policy.toml to enforce)")
+    else:
+        console.print(f"runlease home at {settings.home} is already initialized")
+
+
+@app.command()
+@cli_errors
+def put(
+    path: str = PathArg,
+    from_file: Optional[Path] = typer.Option(None, "--from-file", "-f", help="read the value from this file"),
+    stdin: bool = typer.Option(False, "--stdin", help="read the value from standard input"),
+    fmt: str = typer.Option("auto", "--format", help="auto | uri | json (connections) | text"),
+    cas: Optional[int] = typer.Option(None, "--cas", help="only write if CURRENT is this version (0: must not exist)"),
+    pending: bool = typer.Option(False, "--pending", help="stage the new version as PENDING, not CURRENT"),
+    issuer: Optional[str] = typer.Option(None, "--issuer", help="issuer for leases of this secret (default static)"),
+) -> None:
+    """Write a new version. The value comes from --from-file, stdin or a hidden prompt, never argv."""
+    secret_path = SecretPath.parse(path)
+    value = parse_value(secret_path, read_value_text(from_file, stdin, f"value for {path}"), fmt)
+    with runtime() as rt:
+        if issuer is not None:
+            rt.broker.issuers.get(issuer)
+        stage = Stage.PENDING if pending else Stage.CURRENT
+        version = rt.broker.put(secret_path, value, cli_identity("put"), cas=cas, stage=stage)
+        if issuer is not None:
+            rt.store.update_metadata(secret_path, {"issuer": issuer})
+    console.print(f"wrote {secret_path} version {version} ({stage.value})")
+
+
+@app.command()
+@cli_errors
+def get(
+    path: str = PathArg,
+    version: Optional[int] = typer.Option(None, "--version", "-v"),
+    stage: Stage = typer.Option(Stage.CURRENT, "--stage", case_sensitive=False),
+    reveal: bool = typer.Option(False, "--reveal", help="print the plaintext value"),
+    as_uri: bool = typer.Option(False, "--uri", help="with --reveal: print a connection as an Airflow URI"),
+) -> None:
+    """Show a secret, masked unless --reveal. Every read is audited."""
+    secret_path = SecretPath.parse(path)
+    with runtime() as rt:
+        secret = rt.broker.read(secret_path, cli_identity("get"), kind=secret_path.kind, version=version,
+                                stage=stage, revealed=reveal)
+    if reveal:
+        value = secret.value
+        if as_uri and isinstance(value, dict):
+            sys.stdout.write(connection_to_uri(value) + "\n")
+        elif isinstance(value, str):
+            sys.stdout.write(value + "\n")
+        else:
+            sys.stdout.write(to_json(value) + "\n")
+        return
+    console.print(render.value_table(f"{secret_path} v{secret.version} (masked; --reveal to show)",
+                                     render.masked(secret.value)))
+
+
+@app.command("ls")
+@cli_errors
+def list_secrets(
+    prefix: str = typer.Argument("", help="path prefix, e.g. prod/ or prod/connections/"),
+    all_: bool = typer.Option(False, "--all", help="include soft-deleted secrets"),
+) -> None:
+    """List secrets and where their stages point (metadata only, no values)."""
+    with runtime() as rt:
+        rows = rt.store.list(prefix, include_deleted=all_)
+    console.print(render.secrets_table(rows))
+
+
+@app.command()
+@cli_errors
+def history(path: str = PathArg) -> None:
+    """List a secret's versions and their stage labels."""
+    secret_path = SecretPath.parse(path)
+    with runtime() as rt:
+        console.print(render.history_table(str(secret_path), rt.store.history(secret_path)))
+
+
+@app.command()
+@cli_errors
+def delete(path: str = PathArg, yes: bool = typer.Option(False, "--yes", help="do not ask")) -> None:
+    """Soft-delete a secret: reads and leases fail, history stays, a later put revives it."""
+    secret_path = SecretPath.parse(path)
+    if not yes and not typer.confirm(f"delete {secret_path}?"):
+        fail("not confirmed; nothing deleted")
+    with runtime() as rt:
+        rt.broker.delete(secret_path, cli_identity("delete"), kind=secret_path.kind)
+    console.print(f"deleted {secret_path}")
+
+
+@app.command()
+@cli_errors
+def lease(
+    path: str = PathArg,
+    ttl: int = typer.Option(900, "--ttl", help="seconds"),
+    run_id: Optional[str] = typer.Option(None, "--run-id"),
+    pipeline: Optional[str] = typer.Option(None, "--pipeline", help="DAG id / pipeline name to bind the lease to"),
+    task_id: Optional[str] = typer.Option(None, "--task-id"),
+    try_number: Optional[int] = typer.Option(None, "--try-number"),
+    orchestrator: Optional[str] = typer.Option(None, "--orchestrator"),
+    reveal: bool = typer.Option(False, "--reveal", help="print the credential as JSON"),
+) -> None:
+    """Lease a credential for a run (masked unless --reveal)."""
+    secret_path = SecretPath.parse(path)
+    identity = cli_identity("lease", orchestrator=orchestrator, pipeline=pipeline, run_id=run_id,
+                            task_id=task_id, try_number=try_number)
+    with runtime() as rt:
+        granted = rt.broker.lease(secret_path, identity, ttl, kind=secret_path.kind)
+    console.print(render.leases_table([granted], title="lease granted"))
+    if reveal:
+        sys.stdout.write(to_json(granted.value) + "\n")
+    else:
+        console.print(render.value_table("credential (masked)", render.masked(granted.value)))
+
+
+@app.command()
+@cli_errors
+def leases(
+    run_id: Optional[str] = typer.Option(None, "--run-id"),
+    state: Optional[LeaseState] = typer.Option(None, "--state", case_sensitive=False),
+    limit: int = typer.Option(200, "--limit"),
+) -> None:
+    """List leases (no values)."""
+    with runtime() as rt:
+        rows = rt.ledger.find_leases(run_id=run_id, state=state, limit=limit)
+    console.print(render.leases_table(rows))
+
+
+@app.command()
+@cli_errors
+def revoke(
+    lease_id: Optional[str] = typer.Argument(None, help="the lease to revoke"),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="revoke every active lease of this run"),
+    task_id: Optional[str] = typer.Option(None, "--task-id", help="with --run-id: only this task"),
+    reason: str = typer.Option("revoked by operator", "--reason"),
+) -> None:
+    """Revoke one lease, or every active lease of a run (or of one task of it)."""
+    if (lease_id is None) == (run_id is None):
+        fail("give exactly one of LEASE_ID or --run-id", 2)
+    if task_id is not None and run_id is None:
+        fail("--task-id needs --run-id", 2)
+    with runtime() as rt:
+        who = cli_identity("revoke")
+        if lease_id is not None:
+            done = rt.broker.revoke(lease_id, reason, who)
+            console.print(f"revoked {lease_id}" if done else f"{lease_id} was not active; nothing to do")
+        else:
+            assert run_id is not None
+            n = rt.broker.revoke_where(reason, who, run_id=run_id, task_id=task_id)
+            console.print(f"revoked {n} lease(s) of run {run_id}")
+
+
+@app.command()
+@cli_errors
+def sweep() -> None:
+    """Expire every active lease past its TTL (run from cron as the backstop for killed tasks)."""
+    with runtime() as rt:
+        n = rt.broker.sweep_expired()
+    console.print(f"expired {n} lease(s)")
+
+
+def _query(run_id: Optional[str], path: Optional[str], principal: Optional[str], action: Optional[str],
+           limit: Optional[int]) -> AuditQuery:
+    return AuditQuery(run_id=run_id, path=path, principal=principal, action=action, limit=limit)
+
+
+@audit_app.command("show")
+@cli_errors
+def audit_show(
+    run_id: Optional[str] = typer.Option(None, "--run-id"),
+    path: Optional[str] = typer.Option(None, "--path"),
+    principal: Optional[str] = typer.Option(None, "--principal"),
+    action: Optional[str] = typer.Option(None, "--action"),
+    limit: Optional[int] = typer.Option(None, "--limit"),
+) -> None:
+    """Show audit events (never values), filtered by run, path, principal or action."""
+    with runtime() as rt:
+        rows = list(rt.ledger.events(_query(run_id, path, principal, action, limit)))
+    title = f"audit trail of run {run_id}" if run_id else "audit trail"
+    console.print(render.audit_table(rows, title=title))
+
+
+@audit_app.command("verify")
+@cli_errors
+def audit_verify() -> None:
+    """Check the hash chain and the anchor; report the first bad sequence number."""
+    with runtime() as rt:
+        result = rt.ledger.verify()
+    if result.ok:
+        console.print(result.describe())
+    else:
+        fail(result.describe(), 1)
+
+
+@audit_app.command("export")
+@cli_errors
+def audit_export(
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="write JSON lines here (default stdout)"),
+    run_id: Optional[str] = typer.Option(None, "--run-id"),
+    path: Optional[str] = typer.Option(None, "--path"),
+    principal: Optional[str] = typer.Option(None, "--principal"),
+    action: Optional[str] = typer.Option(None, "--action"),
+) -> None:
+    """Export events as JSON lines (with seq, key id and chain value, for external archiving)."""
+    with runtime() as rt:
+        events = rt.ledger.events(_query(run_id, path, principal, action, None))
+        sink = output.open("w") if output else sys.stdout
+        count = 0
+        try:
+            for event in events:
+                sink.write(event.model_dump_json() + "\n")
+                count += 1
+        finally:
+            if output:
+                sink.close()
+    if output:
+        err_console.print(f"exported {count} event(s) to {output}")
+
+
+@key_app.command("rotate")
+@cli_errors
+def key_rotate() -> None:
+    """Re-wrap every data key under a new KEK; payload ciphertext is not touched.
+
+    With a key file, a new key is generated and prepended (old keys stay for
+    reading and for verifying old audit events). With RUNLEASE_MASTER_KEY,
+    prepend the new key there yourself, then run this to re-wrap.
+    """
+    settings = Settings()
+    rt = open_runtime(settings)  # proves the current key matches before anything changes
+    rt.close()
+    if settings.master_key is None:
+        prepend_new_key(settings.key_file)
+    rt = open_runtime(settings)
+    try:
+        before = rt.store.kek_ids_in_use()
+        with rt.ledger.atomic():
+            n = rt.store.rewrap_all()
+            rt.ledger.append(AuditEvent.for_identity(
+                cli_identity("key-rotate"), action="key_rotate",
+                detail={"active_key": rt.keyring.active_id, "rewrapped": n, "previous_keys": sorted(before)},
+            ))
+        console.print(f"active key {rt.keyring.active_id}; re-wrapped {n} data key(s)")
+    finally:
+        rt.close()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
