@@ -149,22 +149,29 @@ class Broker:
         return lease
 
     def _close(self, lease: Lease, new_state: LeaseState, reason: str,
-               identity: RunIdentity | None) -> bool:
+               actor: RunIdentity | None) -> bool:
+        """Revoke in the issuer, then mark the lease closed with an event.
+
+        The event carries the *lease's* run/task/try (so a run's trail shows
+        its revocations) and the *actor* as principal (who closed it).
+        """
         action = "revoke" if new_state is LeaseState.REVOKED else "expire"
-        base = dict(path=str(lease.path), version=lease.version, lease_id=lease.lease_id)
-        who = identity or lease.identity
+        fields: dict[str, Any] = dict(path=str(lease.path), version=lease.version, lease_id=lease.lease_id)
+        if actor is not None:
+            fields["principal"] = actor.principal or actor.subject
+        else:
+            fields["principal"] = "runlease:ttl" if new_state is LeaseState.EXPIRED else None
+        if fields["principal"] is None:
+            del fields["principal"]
         try:
             self.issuers.get(lease.issuer).revoke(lease)
         except Exception as err:
             self.ledger.append(AuditEvent.for_identity(
-                who, action=action, outcome=Outcome.ERROR, **base,
+                lease.identity, action=action, outcome=Outcome.ERROR, **fields,
                 detail={"reason": reason, "error": type(err).__name__},
             ))
             raise
-        event = AuditEvent.for_identity(
-            who, action=action, **base,
-            detail={"reason": reason, "lease_run_id": lease.identity.run_id, "lease_task_id": lease.identity.task_id},
-        )
+        event = AuditEvent.for_identity(lease.identity, action=action, **fields, detail={"reason": reason})
         return self.ledger.close_lease(lease.lease_id, new_state, reason, self.clock(), event)
 
     def revoke(self, lease_id: str, reason: str = "revoked", identity: RunIdentity | None = None) -> bool:

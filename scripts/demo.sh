@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The 60-second tour on the embedded default store, in a throwaway home.
+# Run through `make demo` (which bootstraps .venv first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+RL="$VENV/bin/runlease"
+PY="$VENV/bin/python"
+export COLUMNS=${COLUMNS:-150}
+
+demo_dir=$(mktemp -d "${TMPDIR:-/tmp}/runlease-demo.XXXXXX")
+trap 'rm -rf "$demo_dir"' EXIT
+export RUNLEASE_HOME="$demo_dir/home"
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "1. init: key file (0600), encrypted store, example policy in a temporary RUNLEASE_HOME"
+"$RL" init
+
+step "2. store a connection; the value comes from stdin, never from argv"
+password=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(18))')
+printf 'postgres://etl:%s@warehouse.internal:5432/analytics?sslmode=require' "$password" \
+  | "$RL" put dev/connections/warehouse --stdin
+"$RL" ls
+
+step "3. lease it for a (made-up) Airflow run: bound to dag, run, task and try"
+"$RL" lease dev/connections/warehouse --ttl 600 --orchestrator airflow --pipeline training_pipeline \
+  --run-id scheduled__2026-11-22T00:00:00 --task-id load_features --try-number 1
+
+step "4. the value stays masked: get shows ***, and a task log line passes through the redactor"
+"$RL" get dev/connections/warehouse
+"$PY" - <<'PYEOF'
+import logging, sys
+from runlease.models import RunIdentity
+from runlease.redact import RedactingFilter
+from runlease.runtime import open_runtime
+
+rt = open_runtime()
+who = RunIdentity(orchestrator="airflow", pipeline="training_pipeline",
+                  run_id="scheduled__2026-11-22T00:00:00", task_id="train_model", try_number=1)
+lease = rt.broker.lease("warehouse", who, ttl=600)
+handler = logging.StreamHandler(sys.stdout)
+handler.addFilter(RedactingFilter(rt.broker.redactor))
+handler.setFormatter(logging.Formatter("[task log] %(message)s"))
+log = logging.getLogger("train_model")
+log.addHandler(handler)
+log.propagate = False
+log.warning("connecting with password=%s", lease.value["password"])
+log.warning("dsn=postgresql://etl:%s@warehouse.internal/analytics", lease.value["password"])
+rt.close()
+PYEOF
+
+step "5. the run ends: revoke every lease it still holds"
+"$RL" revoke --run-id scheduled__2026-11-22T00:00:00 --reason "dag run finished"
+"$RL" leases --run-id scheduled__2026-11-22T00:00:00
+
+step "6. the run's audit trail (who, what, which version, which lease, never a value)"
+"$RL" audit show --run-id scheduled__2026-11-22T00:00:00
+
+step "7. verify the hash chain"
+"$RL" audit verify
+
+step "8. tamper with a copy of the store: verify names the first bad event"
+cp -r "$RUNLEASE_HOME" "$demo_dir/tampered"
+"$PY" -c "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE audit SET task_id='someone_else' WHERE seq=3\"); c.commit()" \
+  "$demo_dir/tampered/store.db"
+RUNLEASE_HOME="$demo_dir/tampered" "$RL" audit verify && { echo "tampering went unnoticed" >&2; exit 1; } || true
+
+step "9. and the plaintext never touched the disk"
+if grep -a -r -F -q -- "$password" "$RUNLEASE_HOME"; then echo "plaintext found at rest" >&2; exit 1; fi
+echo "no occurrence of the password in $(ls "$RUNLEASE_HOME" | tr '\n' ' ')"
+echo
+echo "demo OK"
