@@ -15,6 +15,7 @@ from pathlib import Path
 from runlease.broker import Broker
 from runlease.crypto import Keyring
 from runlease.db import Database
+from runlease.errors import ConfigError
 from runlease.keyfile import create_key_file, load_keyring
 from runlease.ledger.sqlite import SqliteLedger
 from runlease.policy import EXAMPLE_POLICY, Policy
@@ -46,9 +47,25 @@ def _assemble(settings: Settings, keyring: Keyring, db: Database, store: LocalSt
     return Runtime(settings, keyring, db, store, ledger, policy, broker)
 
 
+#: Store names this build can open. Adapters for central managers add theirs.
+KNOWN_STORES: tuple[str, ...] = ("local",)
+KNOWN_LEDGERS: tuple[str, ...] = ("local",)
+
+
+def check_settings(settings: Settings) -> None:
+    """Fail early, naming the setting, instead of half-opening something."""
+    if settings.store not in KNOWN_STORES:
+        raise ConfigError(f"unknown store {settings.store!r} (RUNLEASE_STORE): expected one of {', '.join(KNOWN_STORES)}")
+    if settings.ledger not in KNOWN_LEDGERS:
+        raise ConfigError(
+            f"unknown ledger {settings.ledger!r} (RUNLEASE_LEDGER): expected one of {', '.join(KNOWN_LEDGERS)}"
+        )
+
+
 def open_runtime(settings: Settings | None = None) -> Runtime:
     """Open an initialized home. Key problems raise before anything is written."""
     settings = settings or Settings()
+    check_settings(settings)
     keyring = load_keyring(settings)
     db = Database(settings.store_file)
     try:
@@ -64,6 +81,7 @@ def init_home(settings: Settings | None = None) -> tuple[Runtime, bool]:
     store and an example policy. Returns ``(runtime, created)``; an existing home is reused.
     """
     settings = settings or Settings()
+    check_settings(settings)
     home: Path = settings.home
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(home, 0o700)

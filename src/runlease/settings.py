@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Any
+
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -29,6 +31,14 @@ class Settings(BaseSettings):
     default_ttl: int = Field(default=3600, ge=1, description="lease TTL in seconds when the caller gives none")
     max_ttl: int = Field(default=43200, ge=1)
     policy_file: Path | None = None
+    #: Which central manager holds the values. Only ``local`` (the embedded
+    #: store) exists in the core; other stores register in runlease.runtime.
+    store: str = "local"
+    #: Store-specific options (Vault address/mount, AWS region/prefix, ...), as
+    #: JSON in ``RUNLEASE_STORE_OPTIONS``.
+    store_options: dict[str, Any] = Field(default_factory=dict)
+    #: Where leases and the audit chain live: ``local`` (the store's SQLite file).
+    ledger: str = "local"
 
     @field_validator("home", mode="after")
     @classmethod
