@@ -1,0 +1,47 @@
+"""runlease for Kubeflow Pipelines v2: components lease credentials at runtime, bound to the run.
+
+In component code (runs in the pod)::
+
+    with runlease_kfp.lease("prod/connections/warehouse") as conn:
+        ...
+
+In the pipeline definition (compile time)::
+
+    with runlease_kfp.leased_run(store=runlease_kfp.StoreAccess(secret_name="runlease-store")):
+        ...
+
+The pipeline-side names (``leased_run``, ``StoreAccess``, ``bind_run_identity``,
+the ready components) import kfp's DSL and kfp-kubernetes; they load on first
+use, so ``import runlease_kfp`` inside a component stays light and the
+component modules can import this package without a cycle.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from runlease_kfp.errors import RevocationError, RunIdentityError
+from runlease_kfp.leasing import lease
+from runlease_kfp.run_identity import IDENTITY_INPUTS, PIPELINE_INPUT, RUN_ID_INPUT, TASK_INPUT, resolve_identity
+
+_LAZY: dict[str, str] = {}
+
+__all__ = [
+    "IDENTITY_INPUTS",
+    "PIPELINE_INPUT",
+    "RUN_ID_INPUT",
+    "TASK_INPUT",
+    "RevocationError",
+    "RunIdentityError",
+    "lease",
+    "resolve_identity",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'runlease_kfp' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
