@@ -25,7 +25,10 @@ from runlease_kfp.errors import RevocationError, RunIdentityError
 from runlease_kfp.leasing import lease
 from runlease_kfp.run_identity import IDENTITY_INPUTS, PIPELINE_INPUT, RUN_ID_INPUT, TASK_INPUT, resolve_identity
 
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "revoke_run_leases": "runlease_kfp.components.revoke_run_leases",
+    "run_audit_report": "runlease_kfp.components.run_audit_report",
+}
 
 __all__ = [
     "IDENTITY_INPUTS",
