@@ -26,6 +26,10 @@ from runlease_kfp.leasing import lease
 from runlease_kfp.run_identity import IDENTITY_INPUTS, PIPELINE_INPUT, RUN_ID_INPUT, TASK_INPUT, resolve_identity
 
 _LAZY: dict[str, str] = {
+    "leased_run": "runlease_kfp.pipeline",
+    "LeasedRun": "runlease_kfp.pipeline",
+    "StoreAccess": "runlease_kfp.store_access",
+    "bind_run_identity": "runlease_kfp.task_wiring",
     "revoke_run_leases": "runlease_kfp.components.revoke_run_leases",
     "run_audit_report": "runlease_kfp.components.run_audit_report",
 }
