@@ -9,39 +9,15 @@ import base64
 import os
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from runlease.connection import parse_connection
-from runlease.models import RunIdentity
-from runlease.runtime import Runtime, init_home, open_runtime
+from runlease.runtime import init_home
 from runlease.settings import Settings
 
-ADMIN = RunIdentity(orchestrator="test", pipeline="setup", task_id="put")
-REPO = Path(__file__).resolve().parents[3]
-
-
-@dataclass
-class StockedHome:
-    settings: Settings
-    env: dict[str, str]
-    values: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def leaked_values(self) -> list[str]:
-        """Every string that must never show up: the secret parts of each value and the KEK."""
-        return [*self.values.values(), self.env["RUNLEASE_MASTER_KEY"]]
-
-    def runtime(self) -> Runtime:
-        return open_runtime(self.settings)
-
-
-def assert_no_leak(home: StockedHome, *texts: str, where: str = "output") -> None:
-    for value in home.leaked_values:
-        for text in texts:
-            assert value not in text, f"a stored secret leaked into {where}"
+from kfp_process_support import ADMIN, StockedHome
 
 
 @pytest.fixture()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import REPO, StockedHome, assert_no_leak
+from kfp_process_support import REPO, StockedHome, assert_no_leak
 
 EXAMPLE = REPO / "dags_examples" / "kfp_training_pipeline.py"
 LEASING_TASKS = {"fetch-data", "train-model", "publish-model", "revoke-run-leases", "run-audit-report"}

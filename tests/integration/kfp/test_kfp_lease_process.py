@@ -20,7 +20,7 @@ import pytest
 from runlease.ledger.base import AuditQuery
 from runlease.models import LeaseState
 
-from conftest import StockedHome, assert_no_leak
+from kfp_process_support import StockedHome, assert_no_leak
 
 TIMEOUT = 60
 

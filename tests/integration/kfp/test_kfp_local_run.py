@@ -22,7 +22,7 @@ from runlease.models import LeaseState
 from runlease_kfp.local_run import audit_position, run_ids_since
 from runlease_kfp.run_cleanup import EXIT_REASON
 
-from conftest import REPO, StockedHome, assert_no_leak
+from kfp_process_support import REPO, StockedHome, assert_no_leak
 
 EXAMPLE = REPO / "dags_examples" / "kfp_training_pipeline.py"
 LEAKY = Path(__file__).with_name("leaky_pipeline.py")

@@ -6,33 +6,15 @@ import base64
 import os
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from runlease.connection import parse_connection
-from runlease.models import RunIdentity
-from runlease.runtime import Runtime, init_home, open_runtime
+from runlease.runtime import init_home
 from runlease.settings import Settings
 
-ADMIN = RunIdentity(orchestrator="test", pipeline="setup", task_id="put")
-
-
-@dataclass
-class StockedHome:
-    """A temp RUNLEASE_HOME holding a warehouse connection and a token, plus their secret parts."""
-
-    settings: Settings
-    warehouse_password: str
-    tracker_token: str
-
-    @property
-    def leaked_values(self) -> list[str]:
-        return [self.warehouse_password, self.tracker_token, self.settings.master_key.get_secret_value()]
-
-    def runtime(self) -> Runtime:
-        return open_runtime(self.settings)
+from kfp_unit_support import ADMIN, StockedHome
 
 
 @pytest.fixture()

@@ -13,7 +13,7 @@ from runlease_kfp import revoke_run_leases, run_audit_report
 from runlease_kfp.errors import RunIdentityError
 from runlease_kfp.run_cleanup import EXIT_REASON
 
-from conftest import StockedHome
+from kfp_unit_support import StockedHome
 
 
 def who(run_id: str, task: str) -> RunIdentity:

@@ -22,7 +22,7 @@ from runlease_kfp.leasing import open_leases
 from runlease_kfp.run_identity import PIPELINE_ENV, RUN_ID_ENV, TASK_ENV
 from runlease_kfp.termination import guard
 
-from conftest import StockedHome
+from kfp_unit_support import StockedHome
 
 
 @pytest.fixture()
