@@ -69,5 +69,39 @@ RUNLEASE_HOME="$demo_dir/tampered" "$RL" audit verify && { echo "tampering went 
 step "9. and the plaintext never touched the disk"
 if grep -a -r -F -q -- "$password" "$RUNLEASE_HOME"; then echo "plaintext found at rest" >&2; exit 1; fi
 echo "no occurrence of the password in $(ls "$RUNLEASE_HOME" | tr '\n' ' ')"
+# ==== KFP (runlease_kfp): the example pipeline with kfp.local on the same RUNLEASE_HOME ====
+# Each step leases its own credential inside the component; the component
+# subprocesses inherit RUNLEASE_HOME / RUNLEASE_MASTER_KEY from this shell
+# (on a cluster they come from the Kubernetes Secret the pipeline mounts).
+step "10. KFP: store what the example pipeline's steps lease (values from stdin)"
+tracker_token=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')
+registry_password=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(18))')
+printf '%s' "$tracker_token" | "$RL" put dev/tokens/experiment_tracker --stdin
+printf 'https://publisher:%s@registry.internal:443/models' "$registry_password" \
+  | "$RL" put dev/connections/model_registry --stdin
+
+step "11. KFP: run dags_examples/kfp_training_pipeline.py with kfp.local (fetch data -> train -> publish)"
+kfp_log="$demo_dir/kfp-run.log"
+if ! "$PY" dags_examples/kfp_training_pipeline.py run-local --pipeline-root "$demo_dir/kfp-root" >"$kfp_log" 2>&1; then
+  cat "$kfp_log" >&2; echo "KFP run failed" >&2; exit 1
+fi
+grep -E "runlease: (leased|revoked)|^ *(fetched|trained|published) |Pipeline .* finished" "$kfp_log" | sed 's/^ *//'
+kfp_run_id=$(sed -n 's/^KFP run id: //p' "$kfp_log")
+printf '\n\033[1mKFP run id: %s\033[0m\n' "$kfp_run_id"
+
+step "12. KFP: the run's audit trail (every step's lease, same run id, all revoked) and the chain"
+"$RL" audit show --run-id "$kfp_run_id"
+echo "leases of run $kfp_run_id still active (none expected):"
+"$RL" leases --run-id "$kfp_run_id" --state active
+"$RL" audit verify
+
+step "13. KFP: the run's report artifact, and no leased value in its logs or pipeline root"
+sed -n '1,4p' "$demo_dir"/kfp-root/kfp-training-pipeline-*/run-audit-report/markdown
+for value in "$password" "$tracker_token" "$registry_password"; do
+  if grep -a -r -F -q -- "$value" "$kfp_log" "$demo_dir/kfp-root"; then echo "a leased value leaked into the KFP run" >&2; exit 1; fi
+done
+echo "no leased value in $(find "$demo_dir/kfp-root" -type f | wc -l) files under the pipeline root or in the run's log"
+# ==== end of KFP part ====
+
 echo
 echo "demo OK"
