@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import signal
+import sqlite3
 import sys
 
 import pytest
@@ -17,7 +18,7 @@ from runlease.errors import AccessDeniedError, SecretNotFoundError
 from runlease.ledger.base import AuditQuery
 from runlease.models import LeaseState
 from runlease_kfp import lease
-from runlease_kfp.errors import RunIdentityError
+from runlease_kfp.errors import RevocationError, RunIdentityError
 from runlease_kfp.leasing import open_leases
 from runlease_kfp.run_identity import PIPELINE_ENV, RUN_ID_ENV, TASK_ENV
 from runlease_kfp.termination import guard
@@ -128,3 +129,56 @@ def test_unknown_path_and_policy_denial_leave_nothing_active(in_task: StockedHom
             pass
     assert leases_of(in_task, "run-77") == []
     assert not guard.installed
+
+
+def test_lease_already_revoked_elsewhere_exits_quietly(in_task: StockedHome, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cancelled run's exit task may revoke while the step is still inside its block."""
+    throwaway_std_streams(monkeypatch)
+    with lease("dev/connections/warehouse"):
+        [held] = leases_of(in_task, "run-77")
+        rt = in_task.runtime()
+        try:
+            assert rt.broker.revoke_run("run-77", "kfp run ended (exit handler)") == 1
+        finally:
+            rt.close()
+    [done] = leases_of(in_task, "run-77")
+    assert done.lease_id == held.lease_id and done.revoke_reason == "kfp run ended (exit handler)"
+    assert not open_leases.ids()
+
+
+def forget_open_leases() -> None:
+    """Leases of a broken temp store: keep this test process's atexit backstop from retrying them."""
+    for lease_id in open_leases.ids():
+        open_leases.discard(lease_id)
+
+
+def break_the_ledger(home: StockedHome) -> None:
+    """Make every later revoke fail for real: the leases table is gone (a store broken mid-task)."""
+    conn = sqlite3.connect(home.settings.store_file)
+    try:
+        conn.execute("DROP TABLE leases")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def test_failed_revocation_fails_the_step_without_the_value(in_task: StockedHome,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    throwaway_std_streams(monkeypatch)
+    with pytest.raises(RevocationError, match="could not revoke lease rl[0-9a-f]+ of dev/connections/warehouse") as err:
+        with lease("dev/connections/warehouse") as conn:
+            password = conn["password"]
+            break_the_ledger(in_task)
+    assert password not in str(err.value)
+    assert open_leases.ids()  # still listed: the atexit backstop tries again
+    forget_open_leases()
+
+
+def test_failed_revocation_does_not_hide_the_steps_own_error(in_task: StockedHome,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    throwaway_std_streams(monkeypatch)
+    with pytest.raises(KeyError):
+        with lease("dev/connections/warehouse"):
+            break_the_ledger(in_task)
+            raise KeyError("missing column")
+    forget_open_leases()
