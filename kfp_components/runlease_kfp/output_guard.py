@@ -109,7 +109,10 @@ class RedactingTextStream(io.TextIOBase):
         self.flush()
 
     def __getattr__(self, name: str) -> Any:
-        # ``buffer``, ``line_buffering``, ``reconfigure``... of the real stream.
+        # ``buffer``, ``line_buffering``, ``reconfigure``... of the real stream. Private names are
+        # never forwarded: before __init__ has run (copy, pickle) that would recurse on _target.
+        if name.startswith("_"):
+            raise AttributeError(name)
         return getattr(self._target, name)
 
     # -- internals ------------------------------------------------------------

@@ -93,7 +93,7 @@ def _set_input(task: dsl.PipelineTask, name: str, value: str) -> None:
     if spec.type != "String":
         raise ValueError(f"input {name!r} of component {task.component_spec.name!r} must be a str, not {spec.type}")
     current: Any = task.inputs.get(name)
-    if current is not None and current != value:
+    if current not in (None, "") and current != value:
         raise ValueError(
             f"task {task.name!r} already passes {name}={current!r}; leave it to runlease_kfp "
             f"(it must be exactly {value!r})"

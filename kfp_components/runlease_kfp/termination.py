@@ -90,7 +90,14 @@ class TerminationGuard:
 
     @contextmanager
     def critical(self, raise_pending: bool = True) -> Iterator[None]:
-        """Defer the signal while leasing or revoking; raise it (once) when the section ends."""
+        """Defer the signal while leasing or revoking; raise it (once) when the section ends.
+
+        Only the main thread counts: the handler runs there, and a deferred
+        signal must be raised there, never in a worker thread.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
         self._critical += 1
         try:
             yield

@@ -42,6 +42,7 @@ def test_bind_run_identity_sets_whole_value_placeholders_and_pod_env() -> None:
         task = leasing_step(x=1)
         bind_run_identity(task, "wired")
         bind_run_identity(task, "wired")  # idempotent
+        bind_run_identity(leasing_step(x=2, runlease_run_id=""), "wired")  # "" is the declared default: unset
 
     spec, executors = spec_of(wired)
     assert params(spec["root"]["dag"]["tasks"]["leasing-step"]) == {
