@@ -14,7 +14,7 @@ from runlease.connection import parse_connection
 from runlease.runtime import init_home
 from runlease.settings import Settings
 
-from kfp_unit_support import ADMIN, StockedHome
+from kfp_unit_support import ADMIN, StockedHome, who
 
 
 @pytest.fixture()
@@ -36,3 +36,17 @@ def stocked_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[St
     finally:
         rt.close()
     yield StockedHome(settings, password, token)
+
+
+@pytest.fixture()
+def run_with_leases(stocked_home: StockedHome) -> dict[str, str]:
+    """Run r1: one lease its step already revoked, one left active (a killed step); run r2: one active."""
+    rt = stocked_home.runtime()
+    try:
+        done = rt.broker.lease("dev/connections/warehouse", who("r1", "fetch-data"), 600)
+        rt.broker.revoke(done.lease_id, "kfp component exited", who("r1", "fetch-data"))
+        left = rt.broker.lease("dev/tokens/experiment_tracker", who("r1", "train-model"), 600, kind="tokens")
+        other = rt.broker.lease("dev/connections/warehouse", who("r2", "fetch-data"), 600)
+    finally:
+        rt.close()
+    return {"done": done.lease_id, "left": left.lease_id, "other": other.lease_id}

@@ -25,3 +25,13 @@ class StockedHome:
 
     def runtime(self) -> Runtime:
         return open_runtime(self.settings)
+
+
+def who(run_id: str, task: str) -> RunIdentity:
+    """A KFP identity in the 'training' pipeline."""
+    return RunIdentity(orchestrator="kfp", pipeline="training", run_id=run_id, task_id=task)
+
+
+def identity_args(run_id: str, task: str) -> dict[str, str]:
+    """The identity inputs a component gets from bind_run_identity, already substituted."""
+    return {"runlease_run_id": run_id, "runlease_pipeline": "training", "runlease_task": task}
