@@ -334,11 +334,18 @@ _sessions_lock = threading.Lock()
 
 
 def vault_session(options: VaultClientOptions) -> VaultSession:
-    """The process-wide session for these options (a new one after fork)."""
-    key = (os.getpid(), options.resolved().model_dump_json())
+    """The process-wide session for this address/namespace/auth (a new one after fork).
+
+    Keyed on the connection fields only, so a store and a Vault-backed issuer
+    (or two stores with different mounts) pointed at the same Vault share one login.
+    """
+    connection = VaultClientOptions.model_validate(
+        {name: getattr(options, name) for name in VaultClientOptions.model_fields}
+    ).resolved()
+    key = (os.getpid(), connection.model_dump_json())
     with _sessions_lock:
         session = _sessions.get(key)
         if session is None:
-            session = VaultSession(options)
+            session = VaultSession(connection)
             _sessions[key] = session
         return session

@@ -161,7 +161,8 @@ class FakeVault:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="fake-vault", daemon=True).start()
+        server = self._server
+        threading.Thread(target=lambda: server.serve_forever(poll_interval=0.05), name="fake-vault", daemon=True).start()
         return self
 
     def stop(self) -> None:
