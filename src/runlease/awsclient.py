@@ -173,9 +173,9 @@ class AwsService:
             code = error_code(err)
             if code in passthrough:
                 raise
-            if code in DENIED_CODES:
-                raise _Denied(code) from None
             status = (getattr(err, "response", None) or {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in DENIED_CODES or status == 403:  # any 403 is about who is asking
+                raise _Denied(code if code and not code.isdigit() else "HTTP 403") from None
             raise StoreUnavailableError(f"{self.describe()} answered {code or 'an error'} (HTTP {status}) while {what}") from None
 
 
