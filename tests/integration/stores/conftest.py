@@ -20,13 +20,15 @@ from typing import Any
 import pytest
 
 from fake_vault import FakeVault
-from store_support import aws_options, free_port, purge_vault_prefix, vault_options
+from store_support import aws_options, free_port, purge_aws_prefix, purge_vault_prefix, vault_options
 from runlease.crypto import Keyring, new_key
 from runlease.db import Database
 from runlease.store.local import LocalStore
 
-BACKENDS = ["local", "aws", "vault", "vault-live"]
+BACKENDS = ["local", "aws", "vault", "vault-live", "aws-live"]
 LIVE_VAULT = bool(os.environ.get("VAULT_ADDR") and os.environ.get("VAULT_TOKEN"))
+#: Opt-in: run the contract against real AWS Secrets Manager with the ambient credentials.
+LIVE_AWS = os.environ.get("RUNLEASE_TEST_AWS") == "1"
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +100,13 @@ class StoreFactory:
             if self._options is None:
                 self._options = aws_options(self.request.getfixturevalue("moto_url"))
             store = AwsSecretsStore.from_options(self._options)
+        elif self.backend == "aws-live":
+            from runlease.store.aws import AwsSecretsStore
+
+            if self._options is None:
+                self._options = {"prefix": f"runlease-test/{uuid.uuid4().hex[:10]}/",
+                                 "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")}
+            store = AwsSecretsStore.from_options(self._options)
         elif self.backend == "vault":
             from runlease.store.vault import VaultStore
 
@@ -118,6 +127,8 @@ class StoreFactory:
     def close(self) -> None:
         if self.backend == "vault-live" and self._made:
             purge_vault_prefix(self._made[0])
+        if self.backend == "aws-live" and self._made:
+            purge_aws_prefix(self._made[0])
         for store in self._made:
             if isinstance(store, LocalStore):
                 store.db.close()
@@ -127,6 +138,8 @@ class StoreFactory:
 def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     if request.param == "vault-live" and not LIVE_VAULT:
         pytest.skip("live Vault: set VAULT_ADDR and VAULT_TOKEN (e.g. `vault server -dev`) to run against it")
+    if request.param == "aws-live" and not LIVE_AWS:
+        pytest.skip("real AWS: set RUNLEASE_TEST_AWS=1, AWS_REGION and credentials to run against it")
     factory = StoreFactory(request.param, tmp_path, request)
     try:
         yield factory

@@ -57,3 +57,12 @@ def purge_vault_prefix(store: Any) -> None:
     for kv_path in walk(store.prefix):
         store.session.call("purging", lambda c, p=kv_path: c.secrets.kv.v2.delete_metadata_and_all_versions(
             path=p, mount_point=store.mount))
+
+
+def purge_aws_prefix(store: Any) -> None:
+    """Delete (without recovery window) every secret a real-AWS test created under its prefix."""
+    client = store.service.client()
+    for page in client.get_paginator("list_secrets").paginate(Filters=[{"Key": "name", "Values": [store.prefix]}]):
+        for doc in page.get("SecretList") or []:
+            if doc["Name"].startswith(store.prefix):
+                client.delete_secret(SecretId=doc["ARN"], ForceDeleteWithoutRecovery=True)
