@@ -29,8 +29,11 @@ are bridged here so the store contract holds exactly:
 * Moving a label that is attached elsewhere requires ``RemoveFromVersionId``,
   and AWS rejects the call if the label is no longer there: that is the
   native compare-and-swap ``move_stage(expected=...)`` and ``put(cas=...)``
-  rely on. A conditional put writes the value under a private label
-  (``runlease-writing-N``), then moves AWSCURRENT from the expected holder.
+  rely on. A put of a new CURRENT writes the value under a private label
+  (``runlease-writing-N``), then moves AWSCURRENT from the holder it read
+  (with ``cas``: the expected one, else a ConflictError; without: retried
+  from the new holder). AWSCURRENT is never passed to PutSecretValue, which
+  also keeps moto's stale AWSCURRENT tracking out of the picture.
   A ``cas`` with stage PENDING/PREVIOUS is checked just before the write
   (AWS has no condition to attach to it); a concurrent move of CURRENT in
   that window is not detected.
@@ -260,6 +263,8 @@ class AwsSecretsStore:
         """After AWSCURRENT left ``auto``, AWS put AWSPREVIOUS there; put it back on ``wanted``."""
         if auto is None or wanted == auto:
             return
+        if version_number(auto) == 0 and (wanted is None or version_number(wanted) == 0):
+            return  # "no PREVIOUS" either way: absent, or on the placeholder
         self._move_label(path, LABELS[Stage.PREVIOUS], wanted, auto)
 
     def _create(self, path: SecretPath) -> None:
@@ -297,38 +302,59 @@ class AwsSecretsStore:
                 raise SecretNotFoundError(
                     f"{self._where(path)} is scheduled for deletion in AWS; restore it (RestoreSecret) first"
                 )
-            live = not secret.deleted
-            actual = (secret.holder(path, Stage.CURRENT) or 0) if live else 0
+            actual = self._actual(path, secret)
             if cas is not None and cas != actual:
                 raise ConflictError(f"check-and-set failed for {path}: expected CURRENT v{cas}, found v{actual}")
             version = max(self._numbers(path), default=0) + 1
-            conditional = cas is not None and stage is Stage.CURRENT
+            # A new CURRENT is written under a private label and then gets AWSCURRENT through
+            # UpdateSecretVersionStage, whose RemoveFromVersionId is the check-and-set on CURRENT.
             temp = f"runlease-writing-{version}"
             try:
                 self._call("PutSecretValue", f"writing version {version} of {name}", lambda c: c.put_secret_value(
                     SecretId=name, ClientRequestToken=version_id(version), SecretString=text,
-                    VersionStages=[temp if conditional else LABELS[stage]]), "ResourceExistsException")
+                    VersionStages=[temp if stage is Stage.CURRENT else LABELS[stage]]), "ResourceExistsException")
             except ClientError:
                 continue  # another writer created this version number first: renumber
-            current_vid = secret.labels.get(LABELS[Stage.CURRENT])
-            if conditional:
-                try:
-                    self._move_label(path, LABELS[Stage.CURRENT], version_id(version), current_vid)
-                except ClientError:
-                    self._move_label(path, temp, None, version_id(version))
-                    fresh = self._describe(path)
-                    found = (fresh.holder(path, Stage.CURRENT) or 0) if fresh and not fresh.deleted else 0
-                    raise ConflictError(
-                        f"check-and-set failed for {path}: expected CURRENT v{cas}, found v{found}"
-                    ) from None
+            if stage is Stage.CURRENT:
+                secret, actual = self._promote(path, secret, version, cas)
                 self._move_label(path, temp, None, version_id(version))
-            if stage is Stage.CURRENT and not live:
-                # Reviving: runlease does not turn the CURRENT of a deleted secret into PREVIOUS.
-                self._restore_previous(path, secret.labels.get(LABELS[Stage.PREVIOUS]), current_vid)
+                if not actual:
+                    # No live CURRENT was demoted (a revived secret, or CURRENT removed): runlease leaves
+                    # PREVIOUS alone, but AWS just moved AWSPREVIOUS to the old AWSCURRENT holder.
+                    self._restore_previous(path, secret.labels.get(LABELS[Stage.PREVIOUS]),
+                                           secret.labels.get(LABELS[Stage.CURRENT]))
             if secret.deleted:
                 self._call("UntagResource", f"reviving {name}",
                            lambda c: c.untag_resource(SecretId=name, TagKeys=[TAG_DELETED]))
             return version
+        raise ConflictError(f"{path} kept changing under concurrent writers; gave up after {MAX_ATTEMPTS} rounds")
+
+    def _actual(self, path: SecretPath, secret: _Secret) -> int:
+        """The live CURRENT version (0: none, or the secret is soft-deleted)."""
+        return 0 if secret.deleted else (secret.holder(path, Stage.CURRENT) or 0)
+
+    def _promote(self, path: SecretPath, secret: _Secret, version: int, cas: int | None) -> tuple[_Secret, int]:
+        """Move AWSCURRENT to ``version`` from its holder in ``secret``; returns the state it moved from.
+
+        With ``cas`` a moved holder is a ConflictError; without, the move is retried from the new holder.
+        """
+        from botocore.exceptions import ClientError
+
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                self._move_label(path, LABELS[Stage.CURRENT], version_id(version),
+                                 secret.labels.get(LABELS[Stage.CURRENT]))
+                return secret, self._actual(path, secret)
+            except ClientError:
+                fresh = self._describe(path)
+                if fresh is None:
+                    raise SecretNotFoundError(f"secret {path} not found") from None
+                if cas is not None:
+                    self._move_label(path, f"runlease-writing-{version}", None, version_id(version))
+                    raise ConflictError(
+                        f"check-and-set failed for {path}: expected CURRENT v{cas}, found v{self._actual(path, fresh)}"
+                    ) from None
+                secret = fresh
         raise ConflictError(f"{path} kept changing under concurrent writers; gave up after {MAX_ATTEMPTS} rounds")
 
     def move_stage(self, path: SecretPath, stage: Stage, version: int | None, *, expected: int | None = None) -> None:

@@ -91,7 +91,8 @@ def test_malformed_values_name_the_secret_never_the_value(moto_url: str, caplog:
     store.put(P, CONN)
     client = sm(moto_url)
     client.put_secret_value(SecretId=name, ClientRequestToken=version_id(2),
-                            SecretString="{password: " + PASSWORD, VersionStages=["AWSCURRENT"])
+                            SecretString="{password: " + PASSWORD, VersionStages=["hand-written"])
+    _make_current(client, name, version_id(2))
     with pytest.raises(InvalidValueError) as caught:
         store.get(P)
     message = str(caught.value)
@@ -105,10 +106,20 @@ def test_malformed_values_name_the_secret_never_the_value(moto_url: str, caplog:
                             VersionStages=["AWSPREVIOUS"])
     with pytest.raises(InvalidValueError, match="no text value"):
         store.get(P, version=4)
-    client.put_secret_value(SecretId=name, SecretString=json.dumps("console edit"), VersionStages=["AWSCURRENT"])
+    foreign = client.put_secret_value(SecretId=name, SecretString=json.dumps("console edit"),
+                                      VersionStages=["console"])["VersionId"]
+    _make_current(client, name, foreign)
     with pytest.raises(InvalidValueError, match="which runlease did not write"):
         store.resolve(P)
     assert PASSWORD not in caplog.text
+
+
+def _make_current(client: Any, name: str, vid: str) -> None:
+    """Move AWSCURRENT the way AWS documents it (moto's PutSecretValue tracks AWSCURRENT stale)."""
+    holder = next(v for v, labels in client.describe_secret(SecretId=name)["VersionIdsToStages"].items()
+                  if "AWSCURRENT" in labels)
+    client.update_secret_version_stage(SecretId=name, VersionStage="AWSCURRENT", MoveToVersionId=vid,
+                                       RemoveFromVersionId=holder)
 
 
 def test_unreachable_endpoint_fails_in_bounded_time_naming_it() -> None:

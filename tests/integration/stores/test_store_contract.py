@@ -124,7 +124,9 @@ def test_removing_current_leaves_no_current(store: Any) -> None:
     assert stages(store) == {Stage.PREVIOUS: 1}
     with pytest.raises(SecretNotFoundError, match="no CURRENT version"):
         store.get(P)
-    store.move_stage(P, Stage.CURRENT, 2, expected=None)
+    assert store.put(P, {**CONN, "password": "three"}) == 3  # no CURRENT to demote: PREVIOUS stays
+    assert stages(store) == {Stage.CURRENT: 3, Stage.PREVIOUS: 1}
+    store.move_stage(P, Stage.CURRENT, 2, expected=3)
     assert stages(store) == {Stage.CURRENT: 2, Stage.PREVIOUS: 1}
 
 
@@ -145,6 +147,7 @@ def test_soft_delete_keeps_history_and_put_revives(store: Any) -> None:
     assert [str(i.path) for i in store.list("dev/", include_deleted=True)] == [str(P), str(Q)]
     assert store.put(P, {**CONN, "password": "three"}) == 3
     assert store.get(P).value["password"] == "three"
+    assert stages(store) == {Stage.CURRENT: 3, Stage.PREVIOUS: 1}  # a deleted CURRENT is not demoted
     assert store.resolve(P).metadata == {"issuer": "static"}
     assert not store.info(P).deleted
 
