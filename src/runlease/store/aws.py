@@ -76,6 +76,8 @@ TAG_META_JSON = "runlease:metaj:"
 #: Characters AWS allows in tag keys and values.
 _TAG_TEXT = re.compile(r"[\w\s.:/=+\-@]*")
 MAX_ATTEMPTS = 16
+#: What ``_actual`` reports when AWSCURRENT is on a version runlease did not write.
+FOREIGN = -1
 
 
 def version_id(n: int) -> str:
@@ -304,7 +306,8 @@ class AwsSecretsStore:
                 )
             actual = self._actual(path, secret)
             if cas is not None and cas != actual:
-                raise ConflictError(f"check-and-set failed for {path}: expected CURRENT v{cas}, found v{actual}")
+                found = "a version runlease did not write" if actual == FOREIGN else f"v{actual}"
+                raise ConflictError(f"check-and-set failed for {path}: expected CURRENT v{cas}, found {found}")
             version = max(self._numbers(path), default=0) + 1
             # A new CURRENT is written under a private label and then gets AWSCURRENT through
             # UpdateSecretVersionStage, whose RemoveFromVersionId is the check-and-set on CURRENT.
@@ -330,8 +333,17 @@ class AwsSecretsStore:
         raise ConflictError(f"{path} kept changing under concurrent writers; gave up after {MAX_ATTEMPTS} rounds")
 
     def _actual(self, path: SecretPath, secret: _Secret) -> int:
-        """The live CURRENT version (0: none, or the secret is soft-deleted)."""
-        return 0 if secret.deleted else (secret.holder(path, Stage.CURRENT) or 0)
+        """The live CURRENT version (0: none, or soft-deleted; FOREIGN: a version runlease did not write).
+
+        A foreign CURRENT does not block a plain put: writing a new version through
+        runlease is how an operator gets back to a runlease-managed CURRENT.
+        """
+        if secret.deleted:
+            return 0
+        try:
+            return secret.holder(path, Stage.CURRENT) or 0
+        except InvalidValueError:
+            return FOREIGN
 
     def _promote(self, path: SecretPath, secret: _Secret, version: int, cas: int | None) -> tuple[_Secret, int]:
         """Move AWSCURRENT to ``version`` from its holder in ``secret``; returns the state it moved from.
@@ -351,8 +363,10 @@ class AwsSecretsStore:
                     raise SecretNotFoundError(f"secret {path} not found") from None
                 if cas is not None:
                     self._move_label(path, f"runlease-writing-{version}", None, version_id(version))
+                    found = self._actual(path, fresh)
                     raise ConflictError(
-                        f"check-and-set failed for {path}: expected CURRENT v{cas}, found v{self._actual(path, fresh)}"
+                        f"check-and-set failed for {path}: expected CURRENT v{cas}, "
+                        f"found {'a version runlease did not write' if found == FOREIGN else f'v{found}'}"
                     ) from None
                 secret = fresh
         raise ConflictError(f"{path} kept changing under concurrent writers; gave up after {MAX_ATTEMPTS} rounds")

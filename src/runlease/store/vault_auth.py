@@ -260,6 +260,7 @@ class VaultSession:
                 info = data.get("data") or {}
                 self._schedule(info.get("ttl"), info.get("renewable", False))
             else:
+                client.token = None  # a login request must not carry the token it replaces
                 response = self._transport(f"logging in with {auth.method}", lambda: self._login_request(client))
                 info = response.get("auth") or {}
                 if not info.get("client_token"):

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from runlease.awsclient import AwsService
-from runlease.errors import ConfigError, InvalidValueError, StoreAccessDeniedError, StoreUnavailableError
+from runlease.errors import ConfigError, ConflictError, InvalidValueError, StoreAccessDeniedError, StoreUnavailableError
 from runlease.models import SecretPath, Stage
 from runlease.store.aws import PLACEHOLDER, AwsSecretsStore, version_id
 from store_support import aws_options, free_port
@@ -111,6 +111,10 @@ def test_malformed_values_name_the_secret_never_the_value(moto_url: str, caplog:
     _make_current(client, name, foreign)
     with pytest.raises(InvalidValueError, match="which runlease did not write"):
         store.resolve(P)
+    with pytest.raises(ConflictError, match="found a version runlease did not write"):
+        store.put(P, CONN, cas=2)
+    assert store.put(P, CONN) == 5  # a plain put is the way back to a runlease-managed CURRENT
+    assert store.resolve(P).version == 5
     assert PASSWORD not in caplog.text
 
 
