@@ -19,6 +19,7 @@ from pydantic import Secret
 
 from runlease.cache import RotationAwareCache
 from runlease.connection import sensitive_strings
+from runlease.correlation import correlated
 from runlease.errors import AccessDeniedError, InvalidValueError
 from runlease.issuers import IssuerRegistry
 from runlease.ledger.base import Ledger
@@ -108,6 +109,7 @@ class Broker:
 
     # -- leases ---------------------------------------------------------------
 
+    @correlated
     def lease(
         self,
         ref: str | SecretPath,
@@ -209,6 +211,7 @@ class Broker:
 
     # -- reads and writes -----------------------------------------------------
 
+    @correlated
     def read(self, ref: str | SecretPath, identity: RunIdentity, *, kind: str = "connections",
              version: int | None = None, stage: Stage = Stage.CURRENT, revealed: bool = False) -> StoredSecret:
         """Read a value without a lease (CLI ``get``); audited, and masked from here on."""
@@ -221,6 +224,7 @@ class Broker:
         ))
         return secret
 
+    @correlated
     def put(self, ref: str | SecretPath, value: SecretValue, identity: RunIdentity, *, kind: str = "connections",
             cas: int | None = None, stage: Stage = Stage.CURRENT) -> int:
         """Write a new version; the write and its audit event commit together on the local store."""
@@ -234,6 +238,7 @@ class Broker:
             ))
         return version
 
+    @correlated
     def delete(self, ref: str | SecretPath, identity: RunIdentity, *, kind: str = "connections") -> None:
         path = self.path(ref, kind)
         self.authorize(identity, path, Capability.ADMIN, "delete")
@@ -242,6 +247,7 @@ class Broker:
             self.ledger.append(AuditEvent.for_identity(identity, action="delete", path=str(path)))
         self.cache.forget(path)
 
+    @correlated
     def move_stage(self, ref: str | SecretPath, stage: Stage, version: int | None, identity: RunIdentity, *,
                    expected: int | None = None, kind: str = "connections") -> None:
         path = self.path(ref, kind)

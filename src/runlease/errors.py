@@ -66,9 +66,19 @@ class IntegrityError(RunleaseError):
 
 
 class StoreUnavailableError(RunleaseError):
-    """The store file cannot be opened as a runlease database."""
+    """The store cannot be used: a file that is not a runlease database, or a
+    central manager (Vault, AWS) that is unreachable or answered with an error.
+    The message names the file or the address."""
 
     exit_code = 8
+
+
+class StoreAccessDeniedError(RunleaseError, PermissionError):
+    """A central manager refused runlease's own credentials (HTTP 403 after one
+    fresh login). Unlike :class:`AccessDeniedError` this is not a runlease policy
+    decision: the Vault policy or IAM permissions need fixing."""
+
+    exit_code = 6
 
 
 class LeaseNotFoundError(RunleaseError, LookupError):

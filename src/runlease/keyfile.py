@@ -5,6 +5,11 @@ active). It is written with ``O_EXCL``/atomic rename and mode 0600, and a
 file readable by group or others is refused: a KEK that other local users
 can read protects nothing.
 
+A second format, ``runlease-keyfile-kms/v1``, holds each KEK wrapped by AWS
+KMS instead (``runlease init --kms-key-id``): the file names the KMS key and
+the store id used as the encryption context, and every load asks KMS to
+unwrap (see :mod:`runlease.kms`). Same 0600 rule, same "first key is active".
+
 ``RUNLEASE_MASTER_KEY`` holds one or more base64 keys separated by commas,
 first active, for deployments that inject the key from a secret manager.
 Rotating such a key means prepending the new key and running
@@ -20,12 +25,18 @@ import os
 import stat
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from runlease.crypto import KEY_BYTES, Keyring, key_id, new_key
 from runlease.errors import MasterKeyError
 from runlease.settings import Settings
 
 ENV_VAR = "RUNLEASE_MASTER_KEY"
+PLAIN_FORMAT = "runlease-keyfile/v1"
+KMS_FORMAT = "runlease-keyfile-kms/v1"
+
+if TYPE_CHECKING:
+    from runlease.kms import KmsKeyOptions
 
 
 def _decode(text: str, where: str) -> bytes:
@@ -55,8 +66,10 @@ def _read_key_file(path: Path) -> list[bytes]:
             f"key file {path} is accessible by group/others (mode {stat.S_IMODE(st.st_mode):04o}); "
             f"run `chmod 600 {path}`"
         )
+    doc = _read_doc(path)
+    if doc.get("format") == KMS_FORMAT:
+        return _unwrap_kms(path, doc)
     try:
-        doc = json.loads(path.read_text())
         keys = [_decode(entry["key"], str(path)) for entry in doc["keys"]]
     except MasterKeyError:
         raise
@@ -78,15 +91,61 @@ def load_keyring(settings: Settings) -> Keyring:
     return Keyring(_read_key_file(settings.key_file))
 
 
-def _write_atomic(path: Path, keys: list[bytes]) -> None:
-    doc = {
-        "format": "runlease-keyfile/v1",
-        "note": "first key is active; older keys stay until `runlease key rotate` re-wrapped every data key",
-        "keys": [
-            {"id": key_id(k), "key": encode_key(k), "added_at": datetime.now(timezone.utc).isoformat()}
-            for k in keys
-        ],
-    }
+def _read_doc(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise MasterKeyError(f"key file {path} is unreadable or not a runlease key file") from None
+    if not isinstance(doc, dict):
+        raise MasterKeyError(f"key file {path} is not a runlease key file")
+    return doc
+
+
+def _kms_options(path: Path, doc: dict[str, Any]) -> tuple["KmsKeyOptions", str]:
+    from pydantic import ValidationError
+
+    from runlease.kms import KmsKeyOptions
+
+    try:
+        return KmsKeyOptions.model_validate(doc["kms"]), str(doc["store_id"])
+    except (KeyError, TypeError, ValidationError):
+        raise MasterKeyError(f"KMS key file {path} is missing or has a malformed 'kms'/'store_id' entry") from None
+
+
+def _unwrap_kms(path: Path, doc: dict[str, Any]) -> list[bytes]:
+    """Ask KMS to unwrap every KEK in a KMS key file; each must match its recorded id."""
+    from runlease.kms import decrypt_kek
+
+    options, store_id = _kms_options(path, doc)
+    keys = []
+    try:
+        entries = [(str(e["id"]), base64.b64decode(e["wrapped"], validate=True)) for e in doc["keys"]]
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise MasterKeyError(f"KMS key file {path} has a malformed 'keys' list") from None
+    for kid, blob in entries:
+        key = decrypt_kek(options, blob, store_id, str(path))
+        if key_id(key) != kid:
+            raise MasterKeyError(f"KMS key file {path}: the key unwrapped for {kid} has id {key_id(key)}")
+        keys.append(key)
+    return keys
+
+
+def is_kms_key_file(path: Path) -> bool:
+    try:
+        return _read_doc(path).get("format") == KMS_FORMAT
+    except MasterKeyError:
+        return False
+
+
+def kms_key_file_info(path: Path) -> tuple[str, str] | None:
+    """``(kms key id, store id)`` of a KMS key file, None for a plain one (or none at all)."""
+    if not path.exists() or not is_kms_key_file(path):
+        return None
+    options, store_id = _kms_options(path, _read_doc(path))
+    return options.key_id, store_id
+
+
+def _write_doc(path: Path, doc: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -96,6 +155,46 @@ def _write_atomic(path: Path, keys: list[bytes]) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def _kms_entry(options: "KmsKeyOptions", store_id: str) -> tuple[bytes, dict[str, Any]]:
+    from runlease.kms import generate_kek
+
+    key, blob, arn = generate_kek(options, store_id)
+    entry = {"id": key_id(key), "wrapped": base64.b64encode(blob).decode(), "kms_key": arn,
+             "added_at": datetime.now(timezone.utc).isoformat()}
+    return key, entry
+
+
+def create_kms_key_file(path: Path, options: "KmsKeyOptions", store_id: str) -> Keyring:
+    """Create a key file whose one fresh KEK is generated and wrapped by KMS; refuses to overwrite."""
+    from runlease.kms import encryption_context
+
+    if path.exists():
+        raise MasterKeyError(f"key file {path} already exists; refusing to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key, entry = _kms_entry(options, store_id)
+    _write_doc(path, {
+        "format": KMS_FORMAT,
+        "note": "KEKs wrapped by AWS KMS; first is active. Unwrapping needs kms:Decrypt with this encryption context.",
+        "store_id": store_id,
+        "encryption_context": encryption_context(store_id),
+        "kms": options.model_dump(mode="json", exclude_defaults=True),
+        "keys": [entry],
+    })
+    return Keyring([key])
+
+
+def _write_atomic(path: Path, keys: list[bytes]) -> None:
+    doc = {
+        "format": PLAIN_FORMAT,
+        "note": "first key is active; older keys stay until `runlease key rotate` re-wrapped every data key",
+        "keys": [
+            {"id": key_id(k), "key": encode_key(k), "added_at": datetime.now(timezone.utc).isoformat()}
+            for k in keys
+        ],
+    }
+    _write_doc(path, doc)
 
 
 def create_key_file(path: Path) -> Keyring:
@@ -109,7 +208,18 @@ def create_key_file(path: Path) -> Keyring:
 
 
 def prepend_new_key(path: Path) -> Keyring:
-    """Add a fresh KEK to the key file as the active one, keeping the old ones readable."""
+    """Add a fresh KEK to the key file as the active one, keeping the old ones readable.
+
+    For a KMS key file the new KEK is generated (and wrapped) by the same KMS key.
+    """
+    if is_kms_key_file(path):
+        keys = _read_key_file(path)  # proves we can still unwrap the old ones
+        doc = _read_doc(path)
+        options, store_id = _kms_options(path, doc)
+        key, entry = _kms_entry(options, store_id)
+        doc["keys"].insert(0, entry)
+        _write_doc(path, doc)
+        return Keyring([key, *keys])
     keys = _read_key_file(path)
     keys.insert(0, new_key())
     _write_atomic(path, keys)

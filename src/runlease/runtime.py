@@ -3,24 +3,39 @@
 Adapters (the Airflow backend, the KFP helper, the CLI) call
 :func:`open_runtime` instead of assembling stores and ledgers themselves, so
 a new store or ledger backend is added here once.
+
+With a remote store (``RUNLEASE_STORE=vault|aws``) values live in the central
+manager, but the home stays: its SQLite file holds the ledger (leases and the
+audit chain, HMAC'd with a key derived from the local KEK), and its
+:class:`LocalStore` -- empty of secrets -- still proves at open that the
+loaded KEK is the one the ledger was sealed with. ``runlease init`` therefore
+probes the remote store first (address, credentials, permissions; nothing is
+written if that fails) and then creates the same home as for the local
+store: key file (plain or KMS-wrapped), ledger database, example policy.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runlease.broker import Broker
 from runlease.crypto import Keyring
 from runlease.db import Database
 from runlease.errors import ConfigError
-from runlease.keyfile import create_key_file, load_keyring
+from runlease.keyfile import create_key_file, create_kms_key_file, kms_key_file_info, load_keyring
 from runlease.ledger.sqlite import SqliteLedger
 from runlease.policy import EXAMPLE_POLICY, Policy
 from runlease.settings import Settings
+from runlease.store.base import SecretStore
 from runlease.store.local import LocalStore
+
+if TYPE_CHECKING:
+    from runlease.kms import KmsKeyOptions
 
 
 @dataclass
@@ -28,27 +43,30 @@ class Runtime:
     settings: Settings
     keyring: Keyring
     db: Database
-    store: LocalStore
+    store: SecretStore
     ledger: SqliteLedger
     policy: Policy
     broker: Broker
+    #: The home's own store over ``db``: the secret store itself when ``store`` is
+    #: local; otherwise empty of secrets, kept for the KEK check and re-wrapping.
+    local: LocalStore
 
     def close(self) -> None:
         self.db.close()
 
 
-def _assemble(settings: Settings, keyring: Keyring, db: Database, store: LocalStore) -> Runtime:
+def _assemble(settings: Settings, keyring: Keyring, db: Database, store: SecretStore, local: LocalStore) -> Runtime:
     policy = Policy.load(settings.effective_policy_file)
     ledger = SqliteLedger(db, keyring, settings.anchor_file)
     broker = Broker(
         store, ledger, policy=policy, default_env=settings.env,
         default_ttl=timedelta(seconds=settings.default_ttl), max_ttl=timedelta(seconds=settings.max_ttl),
     )
-    return Runtime(settings, keyring, db, store, ledger, policy, broker)
+    return Runtime(settings, keyring, db, store, ledger, policy, broker, local)
 
 
 #: Store names this build can open. Adapters for central managers add theirs.
-KNOWN_STORES: tuple[str, ...] = ("local",)
+KNOWN_STORES: tuple[str, ...] = ("local", "vault", "aws")
 KNOWN_LEDGERS: tuple[str, ...] = ("local",)
 
 
@@ -62,6 +80,19 @@ def check_settings(settings: Settings) -> None:
         )
 
 
+def remote_store(settings: Settings) -> SecretStore | None:
+    """The configured central manager (SDK imported only now), or None for the local store."""
+    if settings.store == "vault":
+        from runlease.store.vault import VaultStore
+
+        return VaultStore.from_options(settings.store_options)
+    if settings.store == "aws":
+        from runlease.store.aws import AwsSecretsStore
+
+        return AwsSecretsStore.from_options(settings.store_options)
+    return None
+
+
 def open_runtime(settings: Settings | None = None) -> Runtime:
     """Open an initialized home. Key problems raise before anything is written."""
     settings = settings or Settings()
@@ -69,35 +100,53 @@ def open_runtime(settings: Settings | None = None) -> Runtime:
     keyring = load_keyring(settings)
     db = Database(settings.store_file)
     try:
-        store = LocalStore(db, keyring)
-        return _assemble(settings, keyring, db, store)
+        local = LocalStore(db, keyring)
+        store = remote_store(settings) or local
+        return _assemble(settings, keyring, db, store, local)
     except BaseException:
         db.close()
         raise
 
 
-def init_home(settings: Settings | None = None) -> tuple[Runtime, bool]:
+def init_home(settings: Settings | None = None, *, kms: "KmsKeyOptions | None" = None) -> tuple[Runtime, bool]:
     """Create the home (0700), key file (0600, unless the key comes from the environment),
     store and an example policy. Returns ``(runtime, created)``; an existing home is reused.
+
+    ``kms``: generate the KEK with AWS KMS and keep only its wrapped form in the key
+    file, bound to this store's id by the encryption context. A remote store is
+    probed before anything is created.
     """
     settings = settings or Settings()
     check_settings(settings)
+    if kms is not None and settings.master_key is not None:
+        raise ConfigError("--kms-key-id cannot be combined with RUNLEASE_MASTER_KEY: the key would not live in KMS")
+    remote = remote_store(settings)
+    if remote is not None:
+        remote.check()  # type: ignore[attr-defined]
     home: Path = settings.home
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(home, 0o700)
+    kms_file = kms_key_file_info(settings.key_file) if settings.master_key is None else None
+    if kms is not None and settings.key_file.exists() and kms_file is None:
+        raise ConfigError(f"{settings.key_file} is a plain key file; --kms-key-id only applies to a new home")
     if settings.store_file.exists():
         return open_runtime(settings), False
+    store_id: str | None = kms_file[1] if kms_file else None
     if settings.master_key is None and not settings.key_file.exists():
-        keyring = create_key_file(settings.key_file)
+        if kms is not None:
+            store_id = str(uuid.uuid4())
+            keyring = create_kms_key_file(settings.key_file, kms, store_id)
+        else:
+            keyring = create_key_file(settings.key_file)
     else:
         keyring = load_keyring(settings)
     db = Database(settings.store_file, create=True)
     try:
-        store = LocalStore.initialize(db, keyring)
+        local = LocalStore.initialize(db, keyring, store_id=store_id)
         example = home / "policy.example.toml"
         if not example.exists():
             example.write_text(EXAMPLE_POLICY)
-        return _assemble(settings, keyring, db, store), True
+        return _assemble(settings, keyring, db, remote or local, local), True
     except BaseException:
         db.close()
         raise

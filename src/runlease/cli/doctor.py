@@ -45,10 +45,15 @@ def _runtime_checks(rt: Runtime) -> list[Check]:
     mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     out.append(("journal mode", mode == "wal", f"{mode} (want wal)"))
     out.append(("master key", True, f"{rt.keyring.active_id} matches the store"))
-    stale = {k: n for k, n in rt.store.kek_ids_in_use().items() if k != rt.keyring.active_id}
+    stale = {k: n for k, n in rt.local.kek_ids_in_use().items() if k != rt.keyring.active_id}
     out.append(("data keys", not stale,
                 "all wrapped by the active key" if not stale
                 else f"{sum(stale.values())} wrapped by older keys {sorted(stale)}: run `runlease key rotate`"))
+    if rt.store is not rt.local:
+        try:
+            out.append(("remote store", True, rt.store.check()))  # type: ignore[attr-defined]
+        except RunleaseError as err:
+            out.append(("remote store", False, str(err)))
     result = rt.ledger.verify()
     out.append(("audit chain", result.ok, result.describe()))
     policy = rt.policy

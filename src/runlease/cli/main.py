@@ -48,16 +48,38 @@ PathArg = typer.Argument(..., help="secret path <env>/<kind>/<name>, e.g. prod/c
 
 @app.command()
 @cli_errors
-def init() -> None:
-    """Create $RUNLEASE_HOME: a 0600 key file, the encrypted store and an example policy."""
+def init(
+    kms_key_id: Optional[str] = typer.Option(
+        None, "--kms-key-id", help="wrap the KEK with this AWS KMS key (id, ARN or alias); the key file holds only ciphertext"),
+    kms_region: Optional[str] = typer.Option(None, "--kms-region", help="region of the KMS key (default: AWS config)"),
+    kms_endpoint_url: Optional[str] = typer.Option(None, "--kms-endpoint-url", help="KMS endpoint override"),
+) -> None:
+    """Create $RUNLEASE_HOME: a 0600 key file, the encrypted store and an example policy.
+
+    With RUNLEASE_STORE=vault|aws the remote store is checked first; the home then
+    holds the ledger (leases, audit chain) while values live in the remote store.
+    """
     settings = Settings()
-    rt, created = init_home(settings)
+    kms = None
+    if kms_key_id is not None:
+        from runlease.kms import KmsKeyOptions
+
+        kms = KmsKeyOptions(key_id=kms_key_id, region=kms_region, endpoint_url=kms_endpoint_url)
+    elif kms_region or kms_endpoint_url:
+        fail("--kms-region/--kms-endpoint-url need --kms-key-id", 2)
+    rt, created = init_home(settings, kms=kms)
     rt.close()
     if created:
         console.print(f"initialized runlease home at {settings.home}")
         source = "RUNLEASE_MASTER_KEY" if settings.master_key is not None else f"{settings.key_file} (mode 0600)"
+        if kms is not None:
+            source += f", wrapped by AWS KMS key {kms.key_id}"
         console.print(f"  key:    {rt.keyring.active_id} from {source}")
-        console.print(f"  store:  {settings.store_file}")
+        if rt.store is rt.local:
+            console.print(f"  store:  {settings.store_file}")
+        else:
+            console.print(f"  store:  {getattr(rt.store, 'location', settings.store)}")
+            console.print(f"  ledger: {settings.store_file} (leases and audit chain)")
         console.print(f"  policy: {settings.home / 'policy.example.toml'} (rename to policy.toml to enforce)")
     else:
         console.print(f"runlease home at {settings.home} is already initialized")
@@ -292,9 +314,9 @@ def key_rotate() -> None:
         prepend_new_key(settings.key_file)
     rt = open_runtime(settings)
     try:
-        before = rt.store.kek_ids_in_use()
+        before = rt.local.kek_ids_in_use()
         with rt.ledger.atomic():
-            n = rt.store.rewrap_all()
+            n = rt.local.rewrap_all()
             rt.ledger.append(AuditEvent.for_identity(
                 cli_identity("key-rotate"), action="key_rotate",
                 detail={"active_key": rt.keyring.active_id, "rewrapped": n, "previous_keys": sorted(before)},

@@ -27,9 +27,11 @@ def _ts(dt: datetime) -> str:
     return dt.isoformat()
 
 
-def _encode(value: SecretValue) -> bytes:
+def _encode(path: SecretPath, value: SecretValue) -> bytes:
     if not isinstance(value, (dict, str)):
-        raise InvalidValueError(f"secret value must be a connection dict or a string, got {type(value).__name__}")
+        raise InvalidValueError(
+            f"secret value for {path} must be a connection dict or a string, got {type(value).__name__}"
+        )
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
 
@@ -46,12 +48,18 @@ class LocalStore:
     # -- setup and keys -----------------------------------------------------
 
     @classmethod
-    def initialize(cls, db: Database, keyring: Keyring) -> "LocalStore":
-        """Stamp a new database with a store id and a check token for the active KEK."""
+    def initialize(cls, db: Database, keyring: Keyring, store_id: str | None = None) -> "LocalStore":
+        """Stamp a new database with a store id and a check token for the active KEK.
+
+        ``store_id`` is given when something outside the database is already bound
+        to it (a KMS-wrapped key file uses it as the encryption context).
+        """
         with db.write() as tx:
             have = tx.conn.execute("SELECT count(*) FROM meta WHERE key LIKE 'key_check:%'").fetchone()[0]
             if not have:
-                tx.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('store_id', ?)", (str(uuid.uuid4()),))
+                tx.conn.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('store_id', ?)", (store_id or str(uuid.uuid4()),)
+                )
                 tx.conn.execute(
                     "INSERT INTO meta(key, value) VALUES (?, ?)",
                     (_KEY_CHECK_PREFIX + keyring.active_id, keyring.key_check()),
@@ -201,7 +209,7 @@ class LocalStore:
     # -- writes ---------------------------------------------------------------
 
     def put(self, path: SecretPath, value: SecretValue, *, cas: int | None = None, stage: Stage = Stage.CURRENT) -> int:
-        plaintext = _encode(value)
+        plaintext = _encode(path, value)
         now = _ts(utcnow())
         p = str(path)
         with self.db.write() as tx:

@@ -1,0 +1,516 @@
+"""AWS Secrets Manager as the central manager: native staging labels, explicit stages on every read.
+
+Layout: the runlease secret ``prod/connections/warehouse`` is the Secrets
+Manager secret ``<prefix>prod/connections/warehouse`` (prefix default
+``runlease/``); values are JSON in ``SecretString`` (an object for
+connections, a JSON string otherwise), optionally encrypted under a customer
+KMS key (``kms_key_id``).
+
+Version numbers <-> VersionIds: runlease version N is written with
+``ClientRequestToken = "runlease-v" + N zero-padded to 22 digits`` (32
+characters, the minimum AWS accepts), and that token *becomes* the VersionId.
+So the number is read straight off any VersionId, no lookup table can drift,
+and creating version N is itself a compare-and-set: AWS refuses a second,
+different value under an existing token (ResourceExistsException), so two
+writers can never both create version N -- the loser renumbers.
+
+Stages are AWS's own labels (CURRENT=AWSCURRENT, PENDING=AWSPENDING,
+PREVIOUS=AWSPREVIOUS). Three AWS behaviours differ from runlease's model and
+are bridged here so the store contract holds exactly:
+
+* AWS gives the *first* version of a secret AWSCURRENT no matter what was
+  asked, and never lets AWSCURRENT be removed. So every secret is created
+  with a placeholder *version 0* that holds AWSCURRENT until a real version
+  takes it; a label on version 0 means "no version" (a PENDING-only secret,
+  a removed CURRENT).
+* Moving AWSCURRENT makes AWS move AWSPREVIOUS to the old holder. That is
+  what ``put`` wants, but ``move_stage`` must leave PREVIOUS alone, so it puts
+  AWSPREVIOUS back afterwards (a second call; the window is documented).
+* Moving a label that is attached elsewhere requires ``RemoveFromVersionId``,
+  and AWS rejects the call if the label is no longer there: that is the
+  native compare-and-swap ``move_stage(expected=...)`` and ``put(cas=...)``
+  rely on. A put of a new CURRENT writes the value under a private label
+  (``runlease-writing-N``), then moves AWSCURRENT from the holder it read
+  (with ``cas``: the expected one, else a ConflictError; without: retried
+  from the new holder). AWSCURRENT is never passed to PutSecretValue, which
+  also keeps moto's stale AWSCURRENT tracking out of the picture.
+  A ``cas`` with stage PENDING/PREVIOUS is checked just before the write
+  (AWS has no condition to attach to it); a concurrent move of CURRENT in
+  that window is not detected.
+
+Soft delete and metadata live in tags: ``runlease:deleted-at`` (reads fail,
+history stays, a later put revives -- AWS's own DeleteSecret would destroy
+history after the recovery window) and ``runlease:meta:<key>`` (or
+``runlease:metaj:<key>`` with base64url JSON for values outside AWS's tag
+character set). Every value read passes an explicit ``VersionStage`` or
+``VersionId``; nothing relies on AWS's implicit AWSCURRENT default.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from runlease.awsclient import AwsConnectionOptions, AwsService, error_code
+from runlease.errors import ConflictError, InvalidPathError, InvalidValueError, SecretNotFoundError
+from runlease.models import SecretInfo, SecretPath, SecretValue, SecretVersion, Stage, utcnow
+from runlease.store.base import Resolved, StoredSecret
+from runlease.store.codec import decode_json, encode_json
+from runlease.store.options import options_error
+
+VERSION_PREFIX = "runlease-v"
+LABELS: dict[Stage, str] = {Stage.CURRENT: "AWSCURRENT", Stage.PENDING: "AWSPENDING", Stage.PREVIOUS: "AWSPREVIOUS"}
+STAGES_BY_LABEL = {label: stage for stage, label in LABELS.items()}
+PLACEHOLDER = json.dumps({"runlease": "version 0 is a placeholder: a staging label on it points at no version"})
+TAG_MANAGED = "runlease:managed"
+TAG_DELETED = "runlease:deleted-at"
+TAG_META = "runlease:meta:"
+TAG_META_JSON = "runlease:metaj:"
+#: Characters AWS allows in tag keys and values.
+_TAG_TEXT = re.compile(r"[\w\s.:/=+\-@]*")
+MAX_ATTEMPTS = 16
+#: What ``_actual`` reports when AWSCURRENT is on a version runlease did not write.
+FOREIGN = -1
+
+
+def version_id(n: int) -> str:
+    """The VersionId (ClientRequestToken) of runlease version ``n``: 32 characters."""
+    return f"{VERSION_PREFIX}{n:022d}"
+
+
+def version_number(vid: str) -> int | None:
+    """The runlease version in a VersionId, or None if runlease did not write it."""
+    if vid.startswith(VERSION_PREFIX) and vid[len(VERSION_PREFIX):].isdigit() and len(vid) == 32:
+        return int(vid[len(VERSION_PREFIX):])
+    return None
+
+
+class AwsOptions(AwsConnectionOptions):
+    """``RUNLEASE_STORE_OPTIONS`` for ``RUNLEASE_STORE=aws``."""
+
+    #: Prepended to every runlease path to form the secret name.
+    prefix: str = "runlease/"
+    #: KMS key (id, ARN or alias) for new secrets; AWS's managed key when unset.
+    kms_key_id: str | None = None
+
+
+@dataclass
+class _Secret:
+    """What DescribeSecret (or a ListSecrets entry) says about one secret."""
+
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)  # AWS label -> VersionId
+    tags: dict[str, str] = field(default_factory=dict)
+    created: datetime | None = None
+    changed: datetime | None = None
+    planned_deletion: bool = False
+
+    @classmethod
+    def from_api(cls, doc: dict[str, Any]) -> "_Secret":
+        labels: dict[str, str] = {}
+        stages = doc.get("VersionIdsToStages") or doc.get("SecretVersionsToStages") or {}
+        for vid, names in stages.items():
+            for label in names:
+                labels[label] = vid
+        return cls(
+            name=doc["Name"],
+            labels=labels,
+            tags={t["Key"]: t["Value"] for t in doc.get("Tags") or []},
+            created=doc.get("CreatedDate"),
+            changed=doc.get("LastChangedDate") or doc.get("CreatedDate"),
+            planned_deletion=doc.get("DeletedDate") is not None,
+        )
+
+    @property
+    def deleted(self) -> bool:
+        return TAG_DELETED in self.tags or self.planned_deletion
+
+    def holder(self, path: SecretPath, stage: Stage) -> int | None:
+        """The runlease version holding ``stage`` (None: nowhere, or on the placeholder)."""
+        vid = self.labels.get(LABELS[stage])
+        if vid is None:
+            return None
+        n = version_number(vid)
+        if n is None:
+            raise InvalidValueError(
+                f"{stage.value} of {path} ({LABELS[stage]} of {self.name}) is on AWS version {vid}, which runlease "
+                "did not write; write a new version with `runlease put`"
+            )
+        return n or None
+
+    def stages(self) -> dict[Stage, int]:
+        out = {}
+        for label, vid in self.labels.items():
+            stage, n = STAGES_BY_LABEL.get(label), version_number(vid)
+            if stage is not None and n:
+                out[stage] = n
+        return out
+
+    def metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {}
+        for key, value in self.tags.items():
+            if key.startswith(TAG_META):
+                meta[key[len(TAG_META):]] = value
+            elif key.startswith(TAG_META_JSON):
+                try:
+                    meta[key[len(TAG_META_JSON):]] = json.loads(base64.urlsafe_b64decode(value.encode()))
+                except ValueError:
+                    continue  # a hand-edited tag: ignore it rather than fail every read
+        return meta
+
+
+def _metadata_tags(path: SecretPath, patch: dict[str, Any]) -> tuple[list[dict[str, str]], list[str]]:
+    """Tags to set and tag keys to remove for a metadata patch; errors name the key, never a value."""
+    tag, untag = [], []
+    for key, value in patch.items():
+        if not isinstance(key, str) or not key or not _TAG_TEXT.fullmatch(key) or len(TAG_META_JSON + key) > 128:
+            raise InvalidValueError(f"metadata key {key!r} of {path} cannot be an AWS tag key (max 113 of A-Z a-z 0-9 _ . : / = + - @)")
+        if isinstance(value, str) and _TAG_TEXT.fullmatch(value) and len(value) <= 256:
+            tag.append({"Key": TAG_META + key, "Value": value})
+            untag.append(TAG_META_JSON + key)
+        else:
+            encoded = base64.urlsafe_b64encode(json.dumps(value, sort_keys=True).encode()).decode()
+            if len(encoded) > 256:
+                raise InvalidValueError(f"metadata {key!r} of {path} is too large for an AWS tag (256 characters)")
+            tag.append({"Key": TAG_META_JSON + key, "Value": encoded})
+            untag.append(TAG_META + key)
+    return tag, untag
+
+
+class AwsSecretsStore:
+    """SecretStore over AWS Secrets Manager (see the module docstring for the mapping)."""
+
+    name = "aws"
+
+    def __init__(self, options: AwsOptions, service: AwsService | None = None) -> None:
+        self.options = options
+        self.prefix = options.prefix
+        self.service = service or AwsService("secretsmanager", options, label="AWS Secrets Manager")
+
+    @classmethod
+    def from_options(cls, raw: dict[str, Any]) -> "AwsSecretsStore":
+        try:
+            options = AwsOptions.model_validate(raw)
+        except ValidationError as err:
+            raise options_error("aws", err) from None
+        return cls(options)
+
+    @property
+    def location(self) -> str:
+        return f"{self.service.describe()}, name prefix {self.prefix!r}"
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _name(self, path: SecretPath) -> str:
+        return f"{self.prefix}{path}"
+
+    def _where(self, path: SecretPath) -> str:
+        return f"AWS Secrets Manager secret {self._name(path)}"
+
+    def _call(self, action: str, what: str, fn: Callable[[Any], Any], *passthrough: str) -> Any:
+        return self.service.call(f"secretsmanager:{action}", what, fn, passthrough=frozenset(passthrough))
+
+    def _describe(self, path: SecretPath) -> _Secret | None:
+        from botocore.exceptions import ClientError
+
+        name = self._name(path)
+        try:
+            doc = self._call("DescribeSecret", f"describing {name}", lambda c: c.describe_secret(SecretId=name),
+                             "ResourceNotFoundException")
+        except ClientError:
+            return None
+        return _Secret.from_api(doc)
+
+    def _live(self, path: SecretPath, secret: _Secret | None) -> _Secret:
+        if secret is None or secret.deleted:
+            raise SecretNotFoundError(f"secret {path} not found")
+        return secret
+
+    def _versions(self, path: SecretPath) -> list[dict[str, Any]]:
+        name = self._name(path)
+
+        def fetch(client: Any) -> list[dict[str, Any]]:
+            out: list[dict[str, Any]] = []
+            kwargs: dict[str, Any] = {"SecretId": name, "IncludeDeprecated": True, "MaxResults": 100}
+            while True:  # botocore has no paginator for this operation
+                page = client.list_secret_version_ids(**kwargs)
+                out.extend(page.get("Versions") or [])
+                if not page.get("NextToken"):
+                    return out
+                kwargs["NextToken"] = page["NextToken"]
+
+        return self._call("ListSecretVersionIds", f"listing versions of {name}", fetch)
+
+    def _numbers(self, path: SecretPath) -> set[int]:
+        return {n for v in self._versions(path) if (n := version_number(v["VersionId"])) is not None}
+
+    def _move_label(self, path: SecretPath, label: str, to_vid: str | None, from_vid: str | None) -> None:
+        name = self._name(path)
+        kwargs: dict[str, Any] = {"SecretId": name, "VersionStage": label}
+        if to_vid is not None:
+            kwargs["MoveToVersionId"] = to_vid
+        if from_vid is not None:
+            kwargs["RemoveFromVersionId"] = from_vid
+        self._call("UpdateSecretVersionStage", f"moving {label} of {name}",
+                   lambda c: c.update_secret_version_stage(**kwargs), "InvalidParameterException")
+
+    def _restore_previous(self, path: SecretPath, wanted: str | None, auto: str | None) -> None:
+        """After AWSCURRENT left ``auto``, AWS put AWSPREVIOUS there; put it back on ``wanted``."""
+        if auto is None or wanted == auto:
+            return
+        if version_number(auto) == 0 and (wanted is None or version_number(wanted) == 0):
+            return  # "no PREVIOUS" either way: absent, or on the placeholder
+        self._move_label(path, LABELS[Stage.PREVIOUS], wanted, auto)
+
+    def _create(self, path: SecretPath) -> None:
+        from botocore.exceptions import ClientError
+
+        name = self._name(path)
+        kwargs: dict[str, Any] = {
+            "Name": name,
+            "ClientRequestToken": version_id(0),
+            "SecretString": PLACEHOLDER,
+            "Description": f"runlease secret {path} (version 0 is a placeholder; see docs/stores.md)",
+            "Tags": [{"Key": TAG_MANAGED, "Value": "true"}],
+        }
+        if self.options.kms_key_id:
+            kwargs["KmsKeyId"] = self.options.kms_key_id
+        try:
+            self._call("CreateSecret", f"creating {name}", lambda c: c.create_secret(**kwargs),
+                       "ResourceExistsException")
+        except ClientError:
+            pass  # created concurrently by another writer: fine, we describe it next
+
+    # -- SecretStore: writes --------------------------------------------------------
+
+    def put(self, path: SecretPath, value: SecretValue, *, cas: int | None = None, stage: Stage = Stage.CURRENT) -> int:
+        from botocore.exceptions import ClientError
+
+        text = encode_json(path, value)
+        name = self._name(path)
+        for _ in range(MAX_ATTEMPTS):
+            secret = self._describe(path)
+            if secret is None:
+                self._create(path)
+                continue
+            if secret.planned_deletion:
+                raise SecretNotFoundError(
+                    f"{self._where(path)} is scheduled for deletion in AWS; restore it (RestoreSecret) first"
+                )
+            actual = self._actual(path, secret)
+            if cas is not None and cas != actual:
+                found = "a version runlease did not write" if actual == FOREIGN else f"v{actual}"
+                raise ConflictError(f"check-and-set failed for {path}: expected CURRENT v{cas}, found {found}")
+            version = max(self._numbers(path), default=0) + 1
+            # A new CURRENT is written under a private label and then gets AWSCURRENT through
+            # UpdateSecretVersionStage, whose RemoveFromVersionId is the check-and-set on CURRENT.
+            temp = f"runlease-writing-{version}"
+            try:
+                self._call("PutSecretValue", f"writing version {version} of {name}", lambda c: c.put_secret_value(
+                    SecretId=name, ClientRequestToken=version_id(version), SecretString=text,
+                    VersionStages=[temp if stage is Stage.CURRENT else LABELS[stage]]), "ResourceExistsException")
+            except ClientError:
+                continue  # another writer created this version number first: renumber
+            if stage is Stage.CURRENT:
+                secret, actual = self._promote(path, secret, version, cas)
+                self._move_label(path, temp, None, version_id(version))
+                if not actual:
+                    # No live CURRENT was demoted (a revived secret, or CURRENT removed): runlease leaves
+                    # PREVIOUS alone, but AWS just moved AWSPREVIOUS to the old AWSCURRENT holder.
+                    self._restore_previous(path, secret.labels.get(LABELS[Stage.PREVIOUS]),
+                                           secret.labels.get(LABELS[Stage.CURRENT]))
+            if secret.deleted:
+                self._call("UntagResource", f"reviving {name}",
+                           lambda c: c.untag_resource(SecretId=name, TagKeys=[TAG_DELETED]))
+            return version
+        raise ConflictError(f"{path} kept changing under concurrent writers; gave up after {MAX_ATTEMPTS} rounds")
+
+    def _actual(self, path: SecretPath, secret: _Secret) -> int:
+        """The live CURRENT version (0: none, or soft-deleted; FOREIGN: a version runlease did not write).
+
+        A foreign CURRENT does not block a plain put: writing a new version through
+        runlease is how an operator gets back to a runlease-managed CURRENT.
+        """
+        if secret.deleted:
+            return 0
+        try:
+            return secret.holder(path, Stage.CURRENT) or 0
+        except InvalidValueError:
+            return FOREIGN
+
+    def _promote(self, path: SecretPath, secret: _Secret, version: int, cas: int | None) -> tuple[_Secret, int]:
+        """Move AWSCURRENT to ``version`` from its holder in ``secret``; returns the state it moved from.
+
+        With ``cas`` a moved holder is a ConflictError; without, the move is retried from the new holder.
+        """
+        from botocore.exceptions import ClientError
+
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                self._move_label(path, LABELS[Stage.CURRENT], version_id(version),
+                                 secret.labels.get(LABELS[Stage.CURRENT]))
+                return secret, self._actual(path, secret)
+            except ClientError:
+                fresh = self._describe(path)
+                if fresh is None:
+                    raise SecretNotFoundError(f"secret {path} not found") from None
+                if cas is not None:
+                    self._move_label(path, f"runlease-writing-{version}", None, version_id(version))
+                    found = self._actual(path, fresh)
+                    raise ConflictError(
+                        f"check-and-set failed for {path}: expected CURRENT v{cas}, "
+                        f"found {'a version runlease did not write' if found == FOREIGN else f'v{found}'}"
+                    ) from None
+                secret = fresh
+        raise ConflictError(f"{path} kept changing under concurrent writers; gave up after {MAX_ATTEMPTS} rounds")
+
+    def move_stage(self, path: SecretPath, stage: Stage, version: int | None, *, expected: int | None = None) -> None:
+        from botocore.exceptions import ClientError
+
+        label = LABELS[stage]
+        for _ in range(MAX_ATTEMPTS):
+            secret = self._live(path, self._describe(path))
+            if version is not None and (version < 1 or version not in self._numbers(path)):
+                raise SecretNotFoundError(f"secret {path} has no version {version}")
+            holder = secret.holder(path, stage)
+            if expected is not None and holder != expected:
+                raise ConflictError(f"stage {stage.value} of {path} moved: expected v{expected}, found {holder}")
+            if holder == version:
+                return
+            from_vid = secret.labels.get(label)
+            if version is not None:
+                to_vid: str | None = version_id(version)
+            else:  # AWSCURRENT can only move, so "no CURRENT" means "on the placeholder"
+                to_vid = version_id(0) if stage is Stage.CURRENT else None
+            try:
+                self._move_label(path, label, to_vid, from_vid)
+            except ClientError:
+                continue  # the label moved under us: re-read and re-check ``expected``
+            if stage is Stage.CURRENT:
+                self._restore_previous(path, secret.labels.get(LABELS[Stage.PREVIOUS]), from_vid)
+            return
+        raise ConflictError(f"{path} kept changing under concurrent writers; gave up after {MAX_ATTEMPTS} rounds")
+
+    def delete(self, path: SecretPath) -> None:
+        self._live(path, self._describe(path))
+        name = self._name(path)
+        self._call("TagResource", f"deleting {name}", lambda c: c.tag_resource(
+            SecretId=name, Tags=[{"Key": TAG_DELETED, "Value": utcnow().isoformat()}]))
+
+    def update_metadata(self, path: SecretPath, patch: dict[str, Any]) -> dict[str, Any]:
+        secret = self._live(path, self._describe(path))
+        tag, untag = _metadata_tags(path, patch)
+        name = self._name(path)
+        stale = [k for k in untag if k in secret.tags]
+        if stale:
+            self._call("UntagResource", f"updating metadata of {name}",
+                       lambda c: c.untag_resource(SecretId=name, TagKeys=stale))
+        if tag:
+            self._call("TagResource", f"updating metadata of {name}", lambda c: c.tag_resource(SecretId=name, Tags=tag))
+        meta = secret.metadata()
+        meta.update(patch)
+        return meta
+
+    # -- SecretStore: reads ---------------------------------------------------------
+
+    def resolve(self, path: SecretPath, stage: Stage = Stage.CURRENT) -> Resolved:
+        secret = self._live(path, self._describe(path))
+        version = secret.holder(path, stage)
+        if version is None:
+            raise SecretNotFoundError(f"secret {path} has no {stage.value} version")
+        return Resolved(version=version, metadata=secret.metadata())
+
+    def get(self, path: SecretPath, *, version: int | None = None, stage: Stage | None = Stage.CURRENT) -> StoredSecret:
+        from botocore.exceptions import ClientError
+
+        secret = self._live(path, self._describe(path))
+        name = self._name(path)
+        if version is None:
+            label = LABELS[stage or Stage.CURRENT]
+            kwargs: dict[str, Any] = {"SecretId": name, "VersionStage": label}
+            missing = f"secret {path} has no {(stage or Stage.CURRENT).value} version"
+        else:
+            if version < 1:
+                raise SecretNotFoundError(f"secret {path} has no version {version}")
+            kwargs = {"SecretId": name, "VersionId": version_id(version)}
+            missing = f"secret {path} has no version {version}"
+        try:
+            resp = self._call("GetSecretValue", f"reading {name}", lambda c: c.get_secret_value(**kwargs),
+                              "ResourceNotFoundException")
+        except ClientError:
+            raise SecretNotFoundError(missing) from None
+        n = version_number(str(resp.get("VersionId", "")))
+        if n is None:
+            raise InvalidValueError(f"{self._where(path)} returned version {resp.get('VersionId')}, which runlease did not write")
+        if n == 0:
+            raise SecretNotFoundError(missing)
+        value = decode_json(path, n, self._where(path), resp.get("SecretString"))
+        return StoredSecret(path=path, version=n, value=value, metadata=secret.metadata())
+
+    def _info(self, path: SecretPath, secret: _Secret, versions: int) -> SecretInfo:
+        now = utcnow()
+        return SecretInfo(
+            path=path, stages=secret.stages(), versions=versions,
+            created_at=secret.created or now, updated_at=secret.changed or secret.created or now,
+            deleted=secret.deleted, metadata=secret.metadata(),
+        )
+
+    def info(self, path: SecretPath) -> SecretInfo:
+        secret = self._describe(path)
+        if secret is None:
+            raise SecretNotFoundError(f"secret {path} not found")
+        return self._info(path, secret, max(self._numbers(path), default=0))
+
+    def list(self, prefix: str = "", *, include_deleted: bool = False) -> list[SecretInfo]:
+        wanted = self.prefix + prefix
+
+        def fetch(client: Any) -> list[dict[str, Any]]:
+            kwargs: dict[str, Any] = {"IncludePlannedDeletion": include_deleted}
+            if wanted:
+                kwargs["Filters"] = [{"Key": "name", "Values": [wanted]}]
+            pages = client.get_paginator("list_secrets").paginate(**kwargs)
+            return [s for page in pages for s in page.get("SecretList") or []]
+
+        out = []
+        for doc in self._call("ListSecrets", f"listing {wanted}*", fetch):
+            name = str(doc.get("Name", ""))
+            if not name.startswith(wanted):  # AWS's name filter ignores case
+                continue
+            try:
+                path = SecretPath.parse(name[len(self.prefix):])
+            except InvalidPathError:
+                continue
+            secret = _Secret.from_api(doc)
+            if TAG_MANAGED not in secret.tags or (secret.deleted and not include_deleted):
+                continue
+            out.append(self._info(path, secret, max(self._numbers(path), default=0)))
+        return sorted(out, key=lambda i: str(i.path))
+
+    def history(self, path: SecretPath) -> list[SecretVersion]:
+        if self._describe(path) is None:
+            raise SecretNotFoundError(f"secret {path} not found")
+        out = []
+        for entry in self._versions(path):
+            n = version_number(entry["VersionId"])
+            if not n:
+                continue
+            stages = sorted(STAGES_BY_LABEL[s] for s in entry.get("VersionStages") or [] if s in STAGES_BY_LABEL)
+            out.append(SecretVersion(path=path, version=n, created_at=entry.get("CreatedDate") or utcnow(), stages=stages))
+        return sorted(out, key=lambda v: v.version)
+
+    # -- operations ---------------------------------------------------------------
+
+    def check(self) -> str:
+        """One cheap authenticated call: proves region, endpoint and credentials before `init` writes."""
+        self._call("ListSecrets", "checking access", lambda c: c.list_secrets(MaxResults=1))
+        return self.location
+
+
+__all__ = ["AwsOptions", "AwsSecretsStore", "error_code", "version_id", "version_number"]

@@ -1,0 +1,490 @@
+"""HashiCorp Vault as the central manager: KV v2 versions, stages, check-and-set everywhere.
+
+Layout under the KV v2 mount (default ``secret``) and path prefix (default
+``runlease``), for the runlease secret ``prod/connections/warehouse``:
+
+* ``runlease/prod/connections/warehouse`` -- the values. KV version N *is*
+  runlease version N; the data map is ``{"value": <connection dict or string>}``.
+  Its metadata has ``cas_required=true`` and its ``custom_metadata`` carries a
+  readable copy of the stage labels (``runlease-stage-CURRENT: "3"``, ...), so
+  ``vault kv metadata get`` shows where the stages point.
+* ``runlease/_state/prod/connections/warehouse`` -- the *state record*: a small
+  KV v2 secret holding the authoritative stage map, the last version number,
+  the soft-delete mark and runlease's metadata (issuer, rotation settings).
+  ``_state`` cannot collide with an environment name (those start with a letter).
+
+Why the stage map has its own versioned record instead of living only in
+``custom_metadata``: KV v2 offers check-and-set on *data* writes
+(``options.cas``) but none on metadata writes, so two rotators that both read
+"CURRENT=3" and then write the metadata would silently clobber each other,
+and ``move_stage(..., expected=3)`` could succeed twice. Every change of the
+state record is instead a data write with ``cas=<the state version we read>``:
+
+1. read the state record (its KV version ``s``);
+2. check the caller's condition against it (``expected`` holder, ``cas`` on
+   CURRENT, the secret being live) -- a failed condition is a ConflictError;
+3. write the new state with ``cas=s``. Vault applies at most one write per
+   version, so of two concurrent rotators exactly one succeeds; the other gets
+   Vault's check-and-set error, re-reads, re-checks its condition (which now
+   fails if the winner moved the same label) and raises ConflictError, or
+   retries if the winner only touched something else.
+
+``put`` writes the value first (``cas`` = the value path's current version, so
+two writers can never produce the same version number) and then commits the
+labels through the state record as above. If the state commit loses to a
+writer that committed a *newer* version, the just-written version is
+soft-deleted in KV and the put retries with the next number, so CURRENT only
+ever moves forward; if the caller's own ``cas`` no longer holds, the version
+is soft-deleted and the put raises ConflictError. A crash between the two
+writes leaves an unlabelled version that nothing resolves to (it shows in
+``history``). The custom_metadata copy is written after every commit and is
+for humans only; runlease never reads it, so a lost mirror write (best
+effort, warned in the log) cannot mislead a reader.
+
+KV v2 API: https://developer.hashicorp.com/vault/api-docs/secret/kv/kv-v2
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import ValidationError
+
+from runlease.errors import ConflictError, IntegrityError, InvalidPathError, SecretNotFoundError
+from runlease.errors import RunleaseError, StoreUnavailableError
+from runlease.models import SecretInfo, SecretPath, SecretValue, SecretVersion, Stage, utcnow
+from runlease.store.base import Resolved, StoredSecret
+from runlease.store.codec import check_value, decoded, encode_json, malformed
+from runlease.store.options import options_error
+from runlease.store.vault_auth import VaultClientOptions, VaultSession, http_status, vault_session
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "_state"
+STATE_FORMAT = "runlease-vault-state/v1"
+MIRROR_PREFIX = "runlease-"
+#: How many lost check-and-set rounds a write tolerates before giving up with ConflictError.
+MAX_CAS_ATTEMPTS = 16
+
+
+class VaultOptions(VaultClientOptions):
+    """``RUNLEASE_STORE_OPTIONS`` for ``RUNLEASE_STORE=vault``."""
+
+    #: KV v2 mount path.
+    mount: str = "secret"
+    #: Path prefix inside the mount under which runlease keeps its secrets.
+    prefix: str = "runlease"
+
+
+def parse_time(text: str | None) -> datetime:
+    """Vault's RFC 3339 times carry nanoseconds and ``Z``; Python <3.11 accepts neither."""
+    if not text:
+        return datetime.fromtimestamp(0, timezone.utc)
+    text = text.replace("Z", "+00:00")
+    if "." in text:
+        head, _, rest = text.partition(".")
+        digits = "".join(c for c in rest if c.isdigit())
+        zone = rest[len(digits):]
+        text = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
+    return datetime.fromisoformat(text)
+
+
+@dataclass
+class _State:
+    """The authoritative per-secret record (stored as the data of the state path)."""
+
+    stages: dict[str, int] = field(default_factory=dict)
+    last_version: int = 0
+    created_at: str = ""
+    updated_at: str = ""
+    deleted_at: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "stages": dict(self.stages),
+            "last_version": self.last_version,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "deleted_at": self.deleted_at,
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_data(cls, where: str, data: Any) -> "_State":
+        try:
+            if data.get("format") != STATE_FORMAT:
+                raise ValueError("format")
+            stages = {str(Stage(k).value): int(v) for k, v in dict(data["stages"]).items()}
+            return cls(
+                stages=stages,
+                last_version=int(data["last_version"]),
+                created_at=str(data["created_at"]),
+                updated_at=str(data["updated_at"]),
+                deleted_at=data.get("deleted_at"),
+                metadata=dict(data.get("metadata") or {}),
+            )
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise IntegrityError(f"runlease state record {where} is malformed (edited outside runlease?)") from None
+
+
+class VaultStore:
+    """SecretStore over Vault KV v2 (see the module docstring for layout and concurrency)."""
+
+    name = "vault"
+
+    def __init__(self, options: VaultOptions, session: VaultSession | None = None) -> None:
+        self.options = options
+        self.mount = options.mount.strip("/")
+        self.prefix = options.prefix.strip("/")
+        self.session = session or vault_session(options)
+
+    @classmethod
+    def from_options(cls, raw: dict[str, Any]) -> "VaultStore":
+        try:
+            options = VaultOptions.model_validate(raw)
+        except ValidationError as err:
+            raise options_error("vault", err) from None
+        return cls(options)
+
+    @property
+    def location(self) -> str:
+        return f"{self.session.describe()}, KV v2 mount {self.mount!r}, prefix {self.prefix!r}"
+
+    # -- paths and calls -------------------------------------------------------
+
+    def _join(self, *parts: str) -> str:
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+    def _value_path(self, path: SecretPath) -> str:
+        return self._join(str(path))
+
+    def _state_path(self, path: SecretPath) -> str:
+        return self._join(STATE_DIR, str(path))
+
+    def _where(self, kv_path: str) -> str:
+        return f"Vault {self.mount}/{kv_path}"
+
+    def _call(self, what: str, fn: Callable[[Any], Any]) -> Any:
+        return self.session.call(what, fn)
+
+    @staticmethod
+    def _is_cas_error(err: Exception) -> bool:
+        return any("check-and-set" in str(e) for e in (getattr(err, "errors", None) or []))
+
+    def _unexpected(self, what: str, err: Exception) -> StoreUnavailableError:
+        errors = "; ".join(str(e) for e in (getattr(err, "errors", None) or []))
+        return StoreUnavailableError(
+            f"{self.session.describe()} answered HTTP {http_status(err)} while {what}" + (f": {errors}" if errors else "")
+        )
+
+    # -- low-level KV operations --------------------------------------------------
+
+    def _read_state(self, path: SecretPath) -> tuple[_State | None, int]:
+        """The state record and its KV version (0 when it does not exist)."""
+        import hvac.exceptions as hx
+
+        sp = self._state_path(path)
+        what = f"reading {self._where(sp)}"
+        try:
+            resp = self._call(what, lambda c: c.secrets.kv.v2.read_secret_version(
+                path=sp, mount_point=self.mount, raise_on_deleted_version=False))
+        except hx.InvalidPath:
+            return None, 0
+        data = (resp or {}).get("data") or {}
+        version = int((data.get("metadata") or {}).get("version") or 0)
+        if data.get("data") is None:  # latest state version deleted in KV by someone: treat as absent
+            return None, version
+        return _State.from_data(self._where(sp), data["data"]), version
+
+    def _write_state(self, path: SecretPath, state: _State, cas: int) -> bool:
+        """Commit a state record with check-and-set; False when another writer got there first."""
+        import hvac.exceptions as hx
+
+        sp = self._state_path(path)
+        what = f"writing {self._where(sp)}"
+        try:
+            self._call(what, lambda c: c.secrets.kv.v2.create_or_update_secret(
+                path=sp, secret=state.to_data(), cas=cas, mount_point=self.mount))
+        except hx.InvalidRequest as err:
+            if self._is_cas_error(err):
+                return False
+            raise self._unexpected(what, err) from None
+        return True
+
+    def _value_meta(self, path: SecretPath) -> dict[str, Any]:
+        """The value path's KV metadata (``{}`` when it does not exist)."""
+        import hvac.exceptions as hx
+
+        vp = self._value_path(path)
+        try:
+            resp = self._call(f"reading metadata of {self._where(vp)}", lambda c: c.secrets.kv.v2.read_secret_metadata(
+                path=vp, mount_point=self.mount))
+        except hx.InvalidPath:
+            return {}
+        return (resp or {}).get("data") or {}
+
+    def _write_value(self, path: SecretPath, value: SecretValue, cas: int) -> bool:
+        import hvac.exceptions as hx
+
+        vp = self._value_path(path)
+        what = f"writing {self._where(vp)}"
+        try:
+            self._call(what, lambda c: c.secrets.kv.v2.create_or_update_secret(
+                path=vp, secret={"value": value}, cas=cas, mount_point=self.mount))
+        except hx.InvalidRequest as err:
+            if self._is_cas_error(err):
+                return False
+            raise self._unexpected(what, err) from None
+        return True
+
+    def _retire(self, path: SecretPath, version: int) -> None:
+        """Soft-delete a version that lost its race, so nothing can read it by number."""
+        vp = self._value_path(path)
+        try:
+            self._call(f"retiring version {version} of {self._where(vp)}", lambda c: c.secrets.kv.v2.delete_secret_versions(
+                path=vp, versions=[version], mount_point=self.mount))
+        except RunleaseError as err:
+            log.warning("could not soft-delete unlabelled version %s of %s: %s", version, path, err)
+
+    def _mirror(self, path: SecretPath, state: _State, state_version: int, meta: dict[str, Any] | None = None) -> None:
+        """Copy the stage labels into the value's custom_metadata (for humans; best effort)."""
+        vp = self._value_path(path)
+        try:
+            if meta is None:
+                meta = self._value_meta(path)
+            custom = {k: v for k, v in (meta.get("custom_metadata") or {}).items() if not k.startswith(MIRROR_PREFIX)}
+            custom.update({f"{MIRROR_PREFIX}stage-{s}": str(v) for s, v in sorted(state.stages.items())})
+            custom[f"{MIRROR_PREFIX}state-version"] = str(state_version)
+            if state.deleted_at:
+                custom[f"{MIRROR_PREFIX}deleted-at"] = state.deleted_at
+            url = f"/v1/{self.mount}/metadata/{vp}"
+            self._call(f"writing metadata of {self._where(vp)}", lambda c: c.adapter.post(
+                url, json={"custom_metadata": custom, "cas_required": True}))
+        except RunleaseError as err:
+            log.warning("could not mirror the stages of %s into custom_metadata: %s", path, err)
+
+    # -- state transitions ------------------------------------------------------
+
+    @staticmethod
+    def _now() -> str:
+        return utcnow().isoformat()
+
+    def _live(self, path: SecretPath, state: _State | None) -> _State:
+        if state is None or state.deleted_at is not None:
+            raise SecretNotFoundError(f"secret {path} not found")
+        return state
+
+    def _mutate(self, path: SecretPath, change: Callable[[_State], None]) -> _State:
+        """Apply ``change`` to the live state record under check-and-set, retrying lost rounds."""
+        for _ in range(MAX_CAS_ATTEMPTS):
+            state, sv = self._read_state(path)
+            new = copy.deepcopy(self._live(path, state))
+            change(new)
+            new.updated_at = self._now()
+            if self._write_state(path, new, cas=sv):
+                self._mirror(path, new, sv + 1)
+                return new
+        raise ConflictError(f"{path} kept changing under concurrent writers; gave up after {MAX_CAS_ATTEMPTS} rounds")
+
+    def _staged(self, path: SecretPath, state: _State | None, version: int, stage: Stage,
+                cas: int | None) -> _State:
+        """The state after putting ``version`` with ``stage`` (raises ConflictError if ``cas`` fails)."""
+        live = state is not None and state.deleted_at is None
+        actual = state.stages.get(Stage.CURRENT.value, 0) if (live and state is not None) else 0
+        if cas is not None and cas != actual:
+            raise ConflictError(f"check-and-set failed for {path}: expected CURRENT v{cas}, found v{actual}")
+        now = self._now()
+        new = copy.deepcopy(state) if state is not None else _State(created_at=now)
+        new.last_version = max(version, new.last_version)
+        new.deleted_at = None
+        new.updated_at = now
+        if stage is Stage.CURRENT and actual:
+            new.stages[Stage.PREVIOUS.value] = actual
+        new.stages[stage.value] = version
+        return new
+
+    # -- SecretStore: writes -------------------------------------------------------
+
+    def put(self, path: SecretPath, value: SecretValue, *, cas: int | None = None, stage: Stage = Stage.CURRENT) -> int:
+        check_value(path, value)
+        encode_json(path, value)  # refuse what JSON cannot carry before anything is written
+        for _ in range(MAX_CAS_ATTEMPTS):
+            state, sv = self._read_state(path)
+            self._staged(path, state, 0, stage, cas)  # fail a stale cas before writing anything
+            meta = self._value_meta(path)
+            version = int(meta.get("current_version") or 0) + 1
+            if not self._write_value(path, value, cas=version - 1):
+                continue  # another writer took this version number; start over
+            for _ in range(MAX_CAS_ATTEMPTS):
+                try:
+                    new = self._staged(path, state, version, stage, cas)
+                except ConflictError:
+                    self._retire(path, version)
+                    raise
+                if self._write_state(path, new, cas=sv):
+                    meta.setdefault("custom_metadata", {})
+                    self._mirror(path, new, sv + 1, meta)
+                    return version
+                state, sv = self._read_state(path)
+                if state is not None and state.last_version >= version:
+                    self._retire(path, version)  # a newer version was committed first: renumber
+                    break
+            else:
+                self._retire(path, version)
+                break
+        raise ConflictError(f"{path} kept changing under concurrent writers; gave up after {MAX_CAS_ATTEMPTS} rounds")
+
+    def move_stage(self, path: SecretPath, stage: Stage, version: int | None, *, expected: int | None = None) -> None:
+        if version is not None:
+            self._require_version(path, version)
+
+        def change(state: _State) -> None:
+            if version is not None and not 1 <= version <= state.last_version:
+                raise SecretNotFoundError(f"secret {path} has no version {version}")
+            holder = state.stages.get(stage.value)
+            if expected is not None and holder != expected:
+                raise ConflictError(f"stage {stage.value} of {path} moved: expected v{expected}, found {holder}")
+            if version is None:
+                state.stages.pop(stage.value, None)
+            else:
+                state.stages[stage.value] = version
+
+        self._mutate(path, change)
+
+    def _require_version(self, path: SecretPath, version: int) -> None:
+        versions = self._value_meta(path).get("versions") or {}
+        entry = versions.get(str(version))
+        if not entry or entry.get("deletion_time") or entry.get("destroyed"):
+            raise SecretNotFoundError(f"secret {path} has no version {version}")
+
+    def delete(self, path: SecretPath) -> None:
+        def change(state: _State) -> None:
+            state.deleted_at = self._now()
+
+        self._mutate(path, change)
+
+    def update_metadata(self, path: SecretPath, patch: dict[str, Any]) -> dict[str, Any]:
+        def change(state: _State) -> None:
+            state.metadata.update(patch)
+
+        return dict(self._mutate(path, change).metadata)
+
+    # -- SecretStore: reads ----------------------------------------------------------
+
+    def resolve(self, path: SecretPath, stage: Stage = Stage.CURRENT) -> Resolved:
+        state = self._live(path, self._read_state(path)[0])
+        version = state.stages.get(stage.value)
+        if version is None:
+            raise SecretNotFoundError(f"secret {path} has no {stage.value} version")
+        return Resolved(version=version, metadata=dict(state.metadata))
+
+    def get(self, path: SecretPath, *, version: int | None = None, stage: Stage | None = Stage.CURRENT) -> StoredSecret:
+        import hvac.exceptions as hx
+
+        state = self._live(path, self._read_state(path)[0])
+        if version is None:
+            label = (stage or Stage.CURRENT).value
+            if label not in state.stages:
+                raise SecretNotFoundError(f"secret {path} has no {label} version")
+            version = state.stages[label]
+        vp = self._value_path(path)
+        n = version
+        try:
+            resp = self._call(f"reading version {n} of {self._where(vp)}", lambda c: c.secrets.kv.v2.read_secret_version(
+                path=vp, version=n, mount_point=self.mount, raise_on_deleted_version=True))
+        except hx.InvalidPath:
+            raise SecretNotFoundError(
+                f"secret {path} has no version {n} in {self._where(vp)} (never written, deleted, destroyed, "
+                "or pruned by max_versions)"
+            ) from None
+        data = ((resp or {}).get("data") or {}).get("data")
+        if not isinstance(data, dict) or "value" not in data:
+            raise malformed(path, n, self._where(vp), "expected a KV data map with a 'value' field")
+        value = decoded(path, n, self._where(vp), data["value"])
+        return StoredSecret(path=path, version=n, value=value, metadata=dict(state.metadata))
+
+    def _info(self, path: SecretPath, state: _State) -> SecretInfo:
+        return SecretInfo(
+            path=path,
+            stages={Stage(k): v for k, v in state.stages.items()},
+            versions=state.last_version,
+            created_at=parse_time(state.created_at),
+            updated_at=parse_time(state.updated_at),
+            deleted=state.deleted_at is not None,
+            metadata=dict(state.metadata),
+        )
+
+    def info(self, path: SecretPath) -> SecretInfo:
+        state = self._read_state(path)[0]
+        if state is None:
+            raise SecretNotFoundError(f"secret {path} not found")
+        return self._info(path, state)
+
+    def _list_dir(self, kv_dir: str) -> list[str]:
+        import hvac.exceptions as hx
+
+        try:
+            resp = self._call(f"listing {self._where(kv_dir)}/", lambda c: c.secrets.kv.v2.list_secrets(
+                path=kv_dir, mount_point=self.mount))
+        except hx.InvalidPath:
+            return []
+        return [str(k) for k in ((resp or {}).get("data") or {}).get("keys") or []]
+
+    def list(self, prefix: str = "", *, include_deleted: bool = False) -> list[SecretInfo]:
+        root = self._join(STATE_DIR)
+
+        def reachable(partial: str) -> bool:
+            return partial.startswith(prefix) or prefix.startswith(partial)
+
+        out: list[SecretInfo] = []
+        for env in self._list_dir(root):
+            if not env.endswith("/") or not reachable(env):
+                continue
+            for kind in self._list_dir(f"{root}/{env.rstrip('/')}"):
+                if not kind.endswith("/") or not reachable(env + kind):
+                    continue
+                for name in self._list_dir(f"{root}/{env}{kind.rstrip('/')}"):
+                    text = env + kind + name
+                    if name.endswith("/") or not text.startswith(prefix):
+                        continue
+                    try:
+                        path = SecretPath.parse(text)
+                    except InvalidPathError:
+                        continue  # not a runlease secret
+                    state = self._read_state(path)[0]
+                    if state is None or (state.deleted_at is not None and not include_deleted):
+                        continue
+                    out.append(self._info(path, state))
+        return sorted(out, key=lambda i: str(i.path))
+
+    def history(self, path: SecretPath) -> list[SecretVersion]:
+        state = self._read_state(path)[0]
+        if state is None:
+            raise SecretNotFoundError(f"secret {path} not found")
+        labels: dict[int, list[Stage]] = {}
+        for stage, version in state.stages.items():
+            labels.setdefault(version, []).append(Stage(stage))
+        versions = self._value_meta(path).get("versions") or {}
+        out = []
+        for key, entry in versions.items():
+            n = int(key)
+            out.append(SecretVersion(
+                path=path, version=n, created_at=parse_time(entry.get("created_time")),
+                stages=sorted(labels.get(n, [])),
+                deprecated=bool(entry.get("deletion_time") or entry.get("destroyed")),
+            ))
+        return sorted(out, key=lambda v: v.version)
+
+    # -- operations ---------------------------------------------------------------
+
+    def check(self) -> str:
+        """Log in and list the state root: proves address, auth and policy before `init` writes anything."""
+        self._list_dir(self._join(STATE_DIR))
+        return self.location

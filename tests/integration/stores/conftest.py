@@ -1,0 +1,152 @@
+"""Fixtures for the store tests: a moto server, fake and live Vault, and one store per backend.
+
+* AWS: one moto ``ThreadedMotoServer`` on 127.0.0.1 and a free port for the
+  whole session, reached by boto3 over HTTP (``endpoint_url``); each test gets
+  its own secret-name prefix.
+* Vault: :mod:`fake_vault` (Vault's documented HTTP API, in process). When
+  ``VAULT_ADDR`` and ``VAULT_TOKEN`` are set, the same contract tests also run
+  against that live Vault (``vault server -dev`` is enough; see docs/stores.md),
+  each test under its own prefix, purged afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fake_vault import FakeVault
+from store_support import aws_options, free_port, purge_aws_prefix, purge_vault_prefix, vault_options
+from runlease.crypto import Keyring, new_key
+from runlease.db import Database
+from runlease.store.local import LocalStore
+
+BACKENDS = ["local", "aws", "vault", "vault-live", "aws-live"]
+LIVE_VAULT = bool(os.environ.get("VAULT_ADDR") and os.environ.get("VAULT_TOKEN"))
+#: Opt-in: run the contract against real AWS Secrets Manager with the ambient credentials.
+LIVE_AWS = os.environ.get("RUNLEASE_TEST_AWS") == "1"
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """A moto server for the session, with fake credentials so nothing reaches real AWS."""
+    from moto.server import ThreadedMotoServer
+
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    mp = pytest.MonkeyPatch()
+    for key, value in env.items():
+        mp.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SECRETS_MANAGER", "AWS_ENDPOINT_URL_KMS"):
+        mp.delenv(key, raising=False)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+        mp.undo()
+
+
+@pytest.fixture(scope="session")
+def session_vault() -> Iterator[FakeVault]:
+    fake = FakeVault().start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.fixture()
+def fake_vault() -> Iterator[FakeVault]:
+    """A fresh fake Vault for tests that count logins or change tokens."""
+    fake = FakeVault().start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+class StoreFactory:
+    """Builds stores of one backend that share state (a second instance sees the first's writes)."""
+
+    def __init__(self, backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        self.backend = backend
+        self.tmp_path = tmp_path
+        self.request = request
+        self._made: list[Any] = []
+        self._options: dict[str, Any] | None = None
+        self._db: Database | None = None
+        self._keyring: Keyring | None = None
+
+    def make(self) -> Any:
+        if self.backend == "local":
+            if self._db is None:
+                self._keyring = Keyring([new_key()])
+                self._db = Database(self.tmp_path / "store.db", create=True)
+                store = LocalStore.initialize(self._db, self._keyring)
+            else:
+                assert self._keyring is not None
+                store = LocalStore(Database(self.tmp_path / "store.db"), self._keyring)
+        elif self.backend == "aws":
+            from runlease.store.aws import AwsSecretsStore
+
+            if self._options is None:
+                self._options = aws_options(self.request.getfixturevalue("moto_url"))
+            store = AwsSecretsStore.from_options(self._options)
+        elif self.backend == "aws-live":
+            from runlease.store.aws import AwsSecretsStore
+
+            if self._options is None:
+                self._options = {"prefix": f"runlease-test/{uuid.uuid4().hex[:10]}/",
+                                 "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")}
+            store = AwsSecretsStore.from_options(self._options)
+        elif self.backend == "vault":
+            from runlease.store.vault import VaultStore
+
+            if self._options is None:
+                self._options = vault_options(self.request.getfixturevalue("session_vault"), self.tmp_path)
+            store = VaultStore.from_options(self._options)
+        else:
+            from runlease.store.vault import VaultStore
+
+            if self._options is None:
+                self._options = {"address": os.environ["VAULT_ADDR"],
+                                 "mount": os.environ.get("RUNLEASE_TEST_VAULT_MOUNT", "secret"),
+                                 "prefix": f"runlease-test/{uuid.uuid4().hex[:10]}", "timeout": 10}
+            store = VaultStore.from_options(self._options)
+        self._made.append(store)
+        return store
+
+    def close(self) -> None:
+        if self.backend == "vault-live" and self._made:
+            purge_vault_prefix(self._made[0])
+        if self.backend == "aws-live" and self._made:
+            purge_aws_prefix(self._made[0])
+        for store in self._made:
+            if isinstance(store, LocalStore):
+                store.db.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    if request.param == "vault-live" and not LIVE_VAULT:
+        pytest.skip("live Vault: set VAULT_ADDR and VAULT_TOKEN (e.g. `vault server -dev`) to run against it")
+    if request.param == "aws-live" and not LIVE_AWS:
+        pytest.skip("real AWS: set RUNLEASE_TEST_AWS=1, AWS_REGION and credentials to run against it")
+    factory = StoreFactory(request.param, tmp_path, request)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture()
+def store(stores: StoreFactory) -> Any:
+    return stores.make()

@@ -1,0 +1,68 @@
+"""Helpers shared by the store tests (options for the fake Vault and moto, ports, cleanup)."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fake_vault import FakeVault
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def token_file(tmp_path: Path, token: str) -> Path:
+    path = tmp_path / f"vault-token-{uuid.uuid4().hex[:8]}"
+    path.write_text(token)
+    path.chmod(0o600)
+    return path
+
+
+def vault_options(fake: FakeVault, tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    """Store options for the fake, logging in with the root token from a file."""
+    opts: dict[str, Any] = {
+        "address": fake.url,
+        "prefix": f"rltest-{uuid.uuid4().hex[:10]}",
+        "timeout": 5,
+        "auth": {"method": "token", "token_file": str(token_file(tmp_path, fake.root_token))},
+    }
+    opts.update(extra)
+    return opts
+
+
+def aws_options(moto_url: str, **extra: Any) -> dict[str, Any]:
+    opts: dict[str, Any] = {"region": "us-east-1", "endpoint_url": moto_url,
+                            "prefix": f"rltest-{uuid.uuid4().hex[:10]}/", "max_attempts": 2}
+    opts.update(extra)
+    return opts
+
+
+def purge_vault_prefix(store: Any) -> None:
+    """Delete everything a live-Vault test wrote under its prefix (metadata and all versions)."""
+
+    def walk(folder: str) -> list[str]:
+        out = []
+        for key in store._list_dir(folder):
+            if key.endswith("/"):
+                out.extend(walk(f"{folder}/{key.rstrip('/')}"))
+            else:
+                out.append(f"{folder}/{key}")
+        return out
+
+    for kv_path in walk(store.prefix):
+        store.session.call("purging", lambda c, p=kv_path: c.secrets.kv.v2.delete_metadata_and_all_versions(
+            path=p, mount_point=store.mount))
+
+
+def purge_aws_prefix(store: Any) -> None:
+    """Delete (without recovery window) every secret a real-AWS test created under its prefix."""
+    client = store.service.client()
+    for page in client.get_paginator("list_secrets").paginate(Filters=[{"Key": "name", "Values": [store.prefix]}]):
+        for doc in page.get("SecretList") or []:
+            if doc["Name"].startswith(store.prefix):
+                client.delete_secret(SecretId=doc["ARN"], ForceDeleteWithoutRecovery=True)

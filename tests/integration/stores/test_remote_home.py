@@ -1,0 +1,109 @@
+"""A home whose values live in Vault or AWS: init probes first, the ledger stays local, CLI works end to end."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fake_vault import FakeVault
+from runlease import correlation
+from runlease.cli.main import app
+from runlease.errors import StoreUnavailableError
+from runlease.ledger.base import AuditQuery
+from runlease.models import RunIdentity, SecretPath
+from runlease.runtime import init_home, open_runtime
+from runlease.settings import Settings
+from runlease.store.local import LocalStore
+from runlease.store.vault import VaultStore
+from store_support import aws_options, free_port, vault_options
+
+ADMIN = RunIdentity(orchestrator="cli", pipeline="ops", task_id="put")
+RUN = RunIdentity(orchestrator="airflow", pipeline="nightly_etl", run_id="scheduled__2024-05-01", task_id="load",
+                  try_number=1)
+URI = "postgres://etl:Remote-Pa55word-x@db.internal:5432/analytics"
+
+
+def test_vault_home_probes_first_and_keeps_the_ledger_local(fake_vault: FakeVault, tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home", store="vault", store_options=vault_options(fake_vault, tmp_path))
+    rt, created = init_home(settings)
+    try:
+        assert created and isinstance(rt.store, VaultStore) and isinstance(rt.local, LocalStore)
+        assert fake_vault.requests and fake_vault.requests[0].method in ("GET", "LIST")  # the probe came first
+        rt.broker.put("dev/connections/warehouse", {"conn_type": "postgres", "password": "pw-vault"}, ADMIN)
+        start = len(fake_vault.requests)
+        lease = rt.broker.lease("warehouse", RUN, 600)
+        assert lease.value["password"] == "pw-vault" and lease.version == 1
+        during = fake_vault.requests[start:]
+        assert during and {r.headers["X-Correlation-ID"] for r in during} == {correlation.correlation_id(RUN)}
+        events = list(rt.ledger.events(AuditQuery()))
+        assert [e.action for e in events] == ["write", "lease"]
+        assert events[1].run_id == RUN.run_id and rt.ledger.verify().ok
+    finally:
+        rt.close()
+    with sqlite3.connect(settings.store_file) as db:
+        assert db.execute("SELECT count(*) FROM secrets").fetchone()[0] == 0  # values are in Vault only
+    entry = fake_vault.entry(f"{settings.store_options['prefix']}/dev/connections/warehouse")
+    assert entry is not None and entry.versions[1]["data"]["value"]["password"] == "pw-vault"
+    rt = open_runtime(settings)
+    try:
+        assert rt.broker.read(SecretPath.parse("dev/connections/warehouse"), ADMIN).version == 1
+    finally:
+        rt.close()
+
+
+def test_unreachable_remote_store_leaves_no_home(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home", store="vault",
+                        store_options={"address": f"http://127.0.0.1:{free_port()}", "timeout": 2,
+                                       "auth": {"method": "token", "token_file": str(tmp_path / "t")}})
+    (tmp_path / "t").write_text("hvs.x")
+    with pytest.raises(StoreUnavailableError, match="unreachable"):
+        init_home(settings)
+    assert not settings.home.exists()
+
+
+def run(*args: str, input: str | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args), input=input)
+    return result.exit_code, result.output
+
+
+def test_cli_end_to_end_with_the_aws_store(moto_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    opts = aws_options(moto_url)
+    monkeypatch.setenv("RUNLEASE_HOME", str(home))
+    monkeypatch.setenv("RUNLEASE_STORE", "aws")
+    monkeypatch.setenv("RUNLEASE_STORE_OPTIONS", json.dumps(opts))
+    monkeypatch.delenv("RUNLEASE_MASTER_KEY", raising=False)
+    monkeypatch.setenv("COLUMNS", "250")
+    code, out = run("init")
+    assert code == 0, out
+    assert "AWS Secrets Manager" in out and "ledger:" in out
+    assert run("put", "dev/connections/warehouse", "--stdin", input=URI)[0] == 0
+    assert run("put", "dev/connections/warehouse", "--stdin", "--pending", input=URI + "2")[0] == 0
+    code, out = run("get", "dev/connections/warehouse", "--reveal", "--uri")
+    assert code == 0 and out.strip() == URI
+    code, out = run("ls", "dev/")
+    assert code == 0 and "dev/connections/warehouse" in out and "Remote-Pa55word" not in out
+    code, out = run("history", "dev/connections/warehouse")
+    assert code == 0 and "PENDING" in out and "CURRENT" in out
+    code, out = run("lease", "dev/connections/warehouse", "--run-id", "r1", "--pipeline", "etl", "--task-id", "t")
+    assert code == 0 and "Remote-Pa55word" not in out
+    code, out = run("doctor")
+    assert code == 0 and "remote store" in out, out
+    code, out = run("key", "rotate")
+    assert code == 0, out
+    code, out = run("audit", "verify")
+    assert code == 0, out
+
+
+def test_cli_reports_bad_store_options_without_echoing_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNLEASE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RUNLEASE_STORE", "vault")
+    monkeypatch.setenv("RUNLEASE_STORE_OPTIONS", json.dumps({"address": "http://127.0.0.1:1",
+                                                             "auth": {"method": "token", "token": "hvs.LEAKME"}}))
+    code, out = run("init")
+    assert code == 2 and "auth.token" in out and "hvs.LEAKME" not in out
+    assert not (tmp_path / "home").exists()

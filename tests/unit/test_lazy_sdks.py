@@ -1,0 +1,34 @@
+"""``import runlease`` stays light: the Vault and AWS SDKs load only when a remote store is used."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ("hvac", "boto3", "botocore", "requests")
+
+
+def _loaded_after(statement: str) -> list[str]:
+    code = f"import sys\n{statement}\nprint(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
+def test_runtime_and_store_modules_do_not_import_sdks() -> None:
+    assert _loaded_after("import runlease.runtime, runlease.cli.main") == []
+    assert _loaded_after(
+        "import runlease.store.vault, runlease.store.vault_auth, runlease.store.aws, runlease.kms, runlease.awsclient"
+    ) == []
+
+
+def test_building_a_store_from_settings_still_does_not_import_them() -> None:
+    # Options are parsed and the store object exists; the SDK loads on the first request.
+    assert _loaded_after(
+        "from runlease.store.vault import VaultStore\n"
+        "VaultStore.from_options({'address': 'http://127.0.0.1:1', 'auth': {'method': 'token'}})"
+    ) == []
+    assert "hvac" in _loaded_after(
+        "from runlease.store.vault import VaultStore\n"
+        "s = VaultStore.from_options({'address': 'http://127.0.0.1:1', 'timeout': 1})\n"
+        "try:\n    s.list()\nexcept Exception:\n    pass"
+    )
