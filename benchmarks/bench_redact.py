@@ -43,6 +43,7 @@ from pathlib import Path
 
 import ahocorasick_rs
 
+import runlease.redact
 from runlease.redact import Redactor
 
 SEED = 20240501
@@ -402,6 +403,8 @@ def machine() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             return "not installed"
 
+    # Shared venvs can hold another checkout's editable install: record which code ran.
+    under_test = Path(runlease.redact.__file__).resolve()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "CPU": cpu,
@@ -410,6 +413,9 @@ def machine() -> dict[str, str]:
         "ahocorasick-rs": version("ahocorasick_rs"),
         "pyahocorasick": version("pyahocorasick"),
         "Airflow": f"{version('apache-airflow')} (task-sdk {version('apache-airflow-task-sdk')})",
+        "runlease under test": f"`{under_test}`",
+        # Timings are only comparable on an otherwise idle machine.
+        "Load average (1/5/15 min, at report time)": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 
 
@@ -528,7 +534,8 @@ def main() -> None:
     corpus_bytes, runs = (256_000, 3) if args.quick else (2_000_000, 7)
     if args.budget is None:
         args.budget = 10.0 if args.quick else 60.0
-    command = shlex.join(["python", *sys.argv])
+    env = [f"PYTHONPATH={os.environ['PYTHONPATH']}"] if os.environ.get("PYTHONPATH") else []
+    command = shlex.join([*env, "python", *sys.argv])
     rows = []
     for n in (10, 1_000, 10_000):
         rows.append(bench_n(n, corpus_bytes, runs, args.budget))
