@@ -270,7 +270,8 @@ def run_baseline(n: int, corpus_bytes: int, runs: int, budget: float, bulk: bool
     res = BaselineResult(bulk=bulk)
     mode = "--_baseline-bulk" if bulk else "--_baseline"
     cmd = [sys.executable, __file__, mode, str(n), "--_corpus-bytes", str(corpus_bytes), "--_runs", str(runs)]
-    env = dict(os.environ, AIRFLOW_HOME=tempfile.mkdtemp(prefix="bench-redact-airflow-"))
+    airflow_home = tempfile.TemporaryDirectory(prefix="bench-redact-airflow-")  # airflow writes logs/ there
+    env = dict(os.environ, AIRFLOW_HOME=airflow_home.name)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     events: queue.Queue[dict | None] = queue.Queue()
 
@@ -322,6 +323,7 @@ def run_baseline(n: int, corpus_bytes: int, runs: int, budget: float, bulk: bool
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+        airflow_home.cleanup()
     return res
 
 
