@@ -75,3 +75,13 @@ class LeaseNotFoundError(RunleaseError, LookupError):
     """No lease with that id exists in the ledger."""
 
     exit_code = 4
+
+
+class BackendError(RunleaseError):
+    """An external system (PostgreSQL, Vault, AWS) was unreachable, timed out, or refused.
+
+    The message names the system's address and what was asked of it, never a
+    password, token or connection string (those hold credentials).
+    """
+
+    exit_code = 9
