@@ -85,3 +85,15 @@ class BackendError(RunleaseError):
     """
 
     exit_code = 9
+
+
+def scrub(text: str, *secrets: str | None) -> str:
+    """Replace every given secret in ``text`` with ``***`` before it goes into an error message.
+
+    Defence in depth for messages built from a backend's own error text
+    (libpq, botocore, Vault), which is not supposed to echo credentials.
+    """
+    for secret in secrets:
+        if secret:
+            text = text.replace(str(secret), "***")
+    return text
