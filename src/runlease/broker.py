@@ -233,7 +233,9 @@ class Broker:
                 detail={"error": type(err).__name__},
             ))
             raise
-        expires = min(granted, now + duration)
+        # The issuer's own expiry wins when it is sooner (Vault may grant less); the clock is
+        # read again so a granted expiry computed during the call is never shaved by microseconds.
+        expires = min(granted, self.clock() + duration)
         event = AuditEvent.for_identity(
             lease.identity, action="renew", **fields,
             detail={"ttl_s": int(duration.total_seconds()), "expires_at": expires.isoformat()},
