@@ -16,6 +16,7 @@ from runlease.broker import Broker
 from runlease.crypto import Keyring
 from runlease.db import Database
 from runlease.errors import ConfigError
+from runlease.issuers import standard_issuers
 from runlease.keyfile import create_key_file, load_keyring
 from runlease.ledger.sqlite import SqliteLedger
 from runlease.policy import EXAMPLE_POLICY, Policy
@@ -42,6 +43,7 @@ def _assemble(settings: Settings, keyring: Keyring, db: Database, store: LocalSt
     ledger = SqliteLedger(db, keyring, settings.anchor_file)
     broker = Broker(
         store, ledger, policy=policy, default_env=settings.env,
+        issuers=standard_issuers(lambda path: store.get(path)),
         default_ttl=timedelta(seconds=settings.default_ttl), max_ttl=timedelta(seconds=settings.max_ttl),
     )
     return Runtime(settings, keyring, db, store, ledger, policy, broker)

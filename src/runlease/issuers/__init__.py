@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from runlease.errors import ConfigError
 from runlease.issuers.base import IssuedCredential, Issuer
+from runlease.issuers.options import SecretLoader
+from runlease.issuers.postgres import PostgresIssuer
 from runlease.issuers.static import StaticIssuer
 
 
@@ -27,4 +29,17 @@ class IssuerRegistry:
             ) from None
 
 
-__all__ = ["IssuedCredential", "Issuer", "IssuerRegistry", "StaticIssuer"]
+def standard_issuers(load_secret: SecretLoader) -> IssuerRegistry:
+    """Every issuer this build ships. Dynamic ones re-read their secret (CURRENT) to revoke or renew.
+
+    Their SDKs (psycopg, boto3, hvac) are imported on first use, so building
+    the registry costs nothing when a deployment only uses ``static``.
+    """
+    return IssuerRegistry(
+        StaticIssuer(), PostgresIssuer(load_secret),
+    )
+
+
+__all__ = [
+    "IssuedCredential", "Issuer", "IssuerRegistry", "PostgresIssuer", "StaticIssuer", "standard_issuers",
+]
