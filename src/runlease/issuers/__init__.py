@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from runlease.errors import ConfigError
+from runlease.issuers.aws_sts import AwsStsIssuer
 from runlease.issuers.base import IssuedCredential, Issuer
 from runlease.issuers.options import SecretLoader
 from runlease.issuers.postgres import PostgresIssuer
@@ -36,10 +37,11 @@ def standard_issuers(load_secret: SecretLoader) -> IssuerRegistry:
     the registry costs nothing when a deployment only uses ``static``.
     """
     return IssuerRegistry(
-        StaticIssuer(), PostgresIssuer(load_secret),
+        StaticIssuer(), PostgresIssuer(load_secret), AwsStsIssuer(),
     )
 
 
 __all__ = [
-    "IssuedCredential", "Issuer", "IssuerRegistry", "PostgresIssuer", "StaticIssuer", "standard_issuers",
+    "AwsStsIssuer", "IssuedCredential", "Issuer", "IssuerRegistry", "PostgresIssuer", "StaticIssuer",
+    "standard_issuers",
 ]
