@@ -8,6 +8,7 @@ from runlease.issuers.base import IssuedCredential, Issuer
 from runlease.issuers.options import SecretLoader
 from runlease.issuers.postgres import PostgresIssuer
 from runlease.issuers.static import StaticIssuer
+from runlease.issuers.vault_database import VaultDatabaseIssuer
 
 
 class IssuerRegistry:
@@ -37,11 +38,11 @@ def standard_issuers(load_secret: SecretLoader) -> IssuerRegistry:
     the registry costs nothing when a deployment only uses ``static``.
     """
     return IssuerRegistry(
-        StaticIssuer(), PostgresIssuer(load_secret), AwsStsIssuer(),
+        StaticIssuer(), PostgresIssuer(load_secret), AwsStsIssuer(), VaultDatabaseIssuer(load_secret),
     )
 
 
 __all__ = [
     "AwsStsIssuer", "IssuedCredential", "Issuer", "IssuerRegistry", "PostgresIssuer", "StaticIssuer",
-    "standard_issuers",
+    "VaultDatabaseIssuer", "standard_issuers",
 ]
