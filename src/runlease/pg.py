@@ -112,12 +112,21 @@ def connect(
 ) -> "psycopg.Connection[Any]":
     """Open a connection within ``timeout`` seconds or raise :class:`BackendError` naming the address.
 
-    ``settings`` become ``-c name=value`` server options (statement and lock
+    A ``connect_timeout`` in the DSN wins over ``timeout``; zero (libpq's
+    "wait forever") is never passed on. ``settings`` become ``-c name=value`` server options (statement and lock
     timeouts, TimeZone), so every later statement is bounded as well.
     """
     psycopg = require_psycopg()
     params = dict(target.params)
-    params["connect_timeout"] = str(max(2, int(timeout)))
+    if params.get("connect_timeout", "").isdigit():  # a DSN may set its own; never unbounded (0)
+        timeout = int(params["connect_timeout"]) or timeout
+    timeout = max(2, int(timeout))  # libpq treats less than 2 s as 2 s
+    params["connect_timeout"] = str(timeout)
+    # A server that vanishes mid-query must not hang us either: keepalives and
+    # TCP_USER_TIMEOUT bound the wait for a dead peer (a DSN may override them).
+    for key, value in (("keepalives", "1"), ("keepalives_idle", "30"), ("keepalives_interval", "10"),
+                       ("keepalives_count", "3"), ("tcp_user_timeout", "60000")):
+        params.setdefault(key, value)
     if settings:
         params["options"] = " ".join(f"-c {k}={v}" for k, v in settings.items())
     try:
