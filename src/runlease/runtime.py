@@ -18,6 +18,7 @@ from runlease.db import Database
 from runlease.errors import ConfigError
 from runlease.issuers import standard_issuers
 from runlease.keyfile import create_key_file, load_keyring
+from runlease.ledger.base import Ledger
 from runlease.ledger.sqlite import SqliteLedger
 from runlease.policy import EXAMPLE_POLICY, Policy
 from runlease.settings import Settings
@@ -30,17 +31,34 @@ class Runtime:
     keyring: Keyring
     db: Database
     store: LocalStore
-    ledger: SqliteLedger
+    ledger: Ledger
     policy: Policy
     broker: Broker
 
     def close(self) -> None:
+        close_ledger = getattr(self.ledger, "close", None)
+        if close_ledger is not None:
+            close_ledger()
         self.db.close()
 
 
-def _assemble(settings: Settings, keyring: Keyring, db: Database, store: LocalStore) -> Runtime:
+def open_ledger(settings: Settings, keyring: Keyring, db: Database, *, create: bool = False) -> Ledger:
+    """The configured ledger: the store's SQLite file, or a shared PostgreSQL schema."""
+    if settings.ledger == "postgres":
+        from runlease.ledger.postgres import PostgresLedger
+
+        assert settings.ledger_dsn is not None  # check_settings guarantees it
+        return PostgresLedger.open(
+            settings.ledger_dsn.get_secret_value(), keyring, schema=settings.ledger_schema,
+            anchor_dir=settings.home, create=create,
+        )
+    return SqliteLedger(db, keyring, settings.anchor_file)
+
+
+def _assemble(settings: Settings, keyring: Keyring, db: Database, store: LocalStore, *,
+              create_ledger: bool = False) -> Runtime:
     policy = Policy.load(settings.effective_policy_file)
-    ledger = SqliteLedger(db, keyring, settings.anchor_file)
+    ledger = open_ledger(settings, keyring, db, create=create_ledger)
     broker = Broker(
         store, ledger, policy=policy, default_env=settings.env,
         issuers=standard_issuers(lambda path: store.get(path)),
@@ -51,7 +69,7 @@ def _assemble(settings: Settings, keyring: Keyring, db: Database, store: LocalSt
 
 #: Store names this build can open. Adapters for central managers add theirs.
 KNOWN_STORES: tuple[str, ...] = ("local",)
-KNOWN_LEDGERS: tuple[str, ...] = ("local",)
+KNOWN_LEDGERS: tuple[str, ...] = ("local", "postgres")
 
 
 def check_settings(settings: Settings) -> None:
@@ -62,9 +80,11 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError(
             f"unknown ledger {settings.ledger!r} (RUNLEASE_LEDGER): expected one of {', '.join(KNOWN_LEDGERS)}"
         )
+    if settings.ledger == "postgres" and settings.ledger_dsn is None:
+        raise ConfigError("RUNLEASE_LEDGER=postgres needs RUNLEASE_LEDGER_DSN (a libpq DSN of the shared ledger)")
 
 
-def open_runtime(settings: Settings | None = None) -> Runtime:
+def open_runtime(settings: Settings | None = None, *, create_ledger: bool = False) -> Runtime:
     """Open an initialized home. Key problems raise before anything is written."""
     settings = settings or Settings()
     check_settings(settings)
@@ -72,7 +92,7 @@ def open_runtime(settings: Settings | None = None) -> Runtime:
     db = Database(settings.store_file)
     try:
         store = LocalStore(db, keyring)
-        return _assemble(settings, keyring, db, store)
+        return _assemble(settings, keyring, db, store, create_ledger=create_ledger)
     except BaseException:
         db.close()
         raise
@@ -88,7 +108,7 @@ def init_home(settings: Settings | None = None) -> tuple[Runtime, bool]:
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(home, 0o700)
     if settings.store_file.exists():
-        return open_runtime(settings), False
+        return open_runtime(settings, create_ledger=True), False
     if settings.master_key is None and not settings.key_file.exists():
         keyring = create_key_file(settings.key_file)
     else:
@@ -99,7 +119,7 @@ def init_home(settings: Settings | None = None) -> tuple[Runtime, bool]:
         example = home / "policy.example.toml"
         if not example.exists():
             example.write_text(EXAMPLE_POLICY)
-        return _assemble(settings, keyring, db, store), True
+        return _assemble(settings, keyring, db, store, create_ledger=True), True
     except BaseException:
         db.close()
         raise
