@@ -184,23 +184,30 @@ def _kill_postmaster(server: PostgresServer) -> None:
     time.sleep(0.2)
 
 
+def require_bindir() -> Path:
+    """The server binaries, or skip (locally) / fail (CI=true) with a reason that says what to install."""
+    bindir = find_bindir()
+    problem = None
+    if bindir is None:
+        problem = ("PostgreSQL server binaries not found (no /usr/lib/postgresql/*/bin/initdb, no initdb "
+                   "on PATH); install Debian's `postgresql` package (.ci/run does)")
+    else:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            problem = "psycopg is not installed (extra: postgres)"
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(problem)
+        pytest.skip(problem)
+    assert bindir is not None
+    return bindir
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the whole session (skip locally, fail in CI, if not installed)."""
-    bindir = find_bindir()
-    if bindir is None:
-        reason = ("PostgreSQL server binaries not found (no /usr/lib/postgresql/*/bin/initdb, no initdb "
-                  "on PATH); install Debian's `postgresql` package (.ci/run does)")
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("psycopg is not installed (extra: postgres)")
-        pytest.skip("psycopg is not installed (extra: postgres)")
-    server = start_server(bindir)
+    server = start_server(require_bindir())
     try:
         yield server
     finally:
