@@ -248,3 +248,41 @@ def test_two_schemas_on_one_server_are_separate_ledgers(shared: Shared) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_an_unreachable_ledger_fails_a_write_before_the_store_changes(shared: Shared, closed_port: int) -> None:
+    from runlease.pg import target_from_dsn
+
+    rt = shared.machine("a")
+    try:
+        before = rt.store.info(PATH).versions
+        rt.ledger.close()
+        rt.ledger.target = target_from_dsn(shared.server.dsn(shared.dbname).replace(
+            f"port={shared.server.port}", f"port={closed_port}"), "PostgreSQL ledger")  # type: ignore[attr-defined]
+        with pytest.raises(BackendError, match=f"127.0.0.1:{closed_port}"):
+            rt.broker.put(PATH, {**CONN, "password": "Another-Pa55"}, identity())
+        assert rt.store.info(PATH).versions == before
+    finally:
+        rt.close()
+
+
+def test_after_a_key_rotation_both_keys_verify_and_an_old_key_only_worker_cannot(shared: Shared) -> None:
+    old = shared.machine("a")
+    old.broker.lease(PATH, identity())
+    old.close()
+    new_key_b64 = new_key()
+    rotated = make_runtime(shared.tmp / "b", master_key=f"{new_key_b64},{shared.key}", ledger="postgres",
+                           ledger_dsn=shared.dsn, ledger_schema=shared.schema)
+    try:
+        rotated.broker.put(PATH, CONN, identity())
+        rotated.broker.lease(PATH, identity())  # signed with the new active key
+        assert rotated.ledger.verify().ok
+        assert len(rotated.ledger.audit_key_ids()) == 2  # type: ignore[attr-defined]
+    finally:
+        rotated.close()
+    stale = open_runtime(shared.settings("a"))  # still accepted: its key is one the ledger knows
+    try:
+        result = stale.ledger.verify()
+        assert not result.ok and "which is not loaded" in result.reason
+    finally:
+        stale.close()
