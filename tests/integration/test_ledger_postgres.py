@@ -8,6 +8,7 @@ deployment with a central store.
 from __future__ import annotations
 
 import base64
+import multiprocessing
 import json
 import os
 import secrets
@@ -109,6 +110,8 @@ def test_cli_against_the_shared_ledger(shared: Shared, monkeypatch: pytest.Monke
     assert revoked.exit_code == 0 and "revoked 2 lease(s)" in revoked.output
     verified = runner.invoke(app, ["audit", "verify"])
     assert verified.exit_code == 0 and "audit chain OK" in verified.output
+    doctor = runner.invoke(app, ["doctor"])
+    assert doctor.exit_code == 0 and "FAIL" not in doctor.output, doctor.output
     assert CONN["password"] not in shown.output + revoked.output + verified.output
 
 
@@ -134,6 +137,9 @@ def test_writer_role_can_lease_but_cannot_rewrite_history(shared: Shared) -> Non
             for statement in writer_grants(shared.schema, writer):
                 conn.execute(statement)
         writer_dsn = shared.server.dsn(shared.dbname, user=writer, password=password)
+        # A worker machine runs `init` with the writer role: no CREATE rights needed on a set-up schema.
+        make_runtime(shared.tmp / "worker", master_key=shared.key, ledger="postgres", ledger_dsn=writer_dsn,
+                     ledger_schema=shared.schema).close()
         rt = open_runtime(shared.settings("owner", ledger_dsn=writer_dsn))
         try:
             lease = rt.broker.lease(PATH, identity(run_id="w"))
@@ -286,3 +292,40 @@ def test_after_a_key_rotation_both_keys_verify_and_an_old_key_only_worker_cannot
         assert not result.ok and "which is not loaded" in result.reason
     finally:
         stale.close()
+
+
+_FORKED: dict[str, Runtime] = {}
+
+
+def _lease_in_forked_child(queue: "multiprocessing.Queue[object]") -> None:
+    rt = _FORKED["rt"]
+    try:
+        rt.broker.lease(PATH, identity(run_id="fork"))
+        backend = rt.ledger._conn().info.backend_pid  # type: ignore[attr-defined]
+        queue.put((len(rt.ledger.find_leases(run_id="fork")), backend))
+    except Exception as err:  # noqa: BLE001 - report to the parent
+        queue.put(repr(err))
+
+
+def test_a_forked_worker_gets_its_own_connection(shared: Shared) -> None:
+    """Executors fork task processes; a child must never talk on its parent's socket."""
+    import multiprocessing
+
+    rt = shared.machine("a")
+    try:
+        rt.broker.lease(PATH, identity(run_id="fork"))  # the parent's connection is open now
+        parent_backend = rt.ledger._conn().info.backend_pid  # type: ignore[attr-defined]
+        _FORKED["rt"] = rt
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_lease_in_forked_child, args=(queue,))
+        child.start()
+        child.join(timeout=60)
+        assert child.exitcode == 0
+        count, child_backend = queue.get(timeout=10)
+        assert count == 2 and child_backend != parent_backend  # its own server session, not the parent's
+        rt.broker.lease(PATH, identity(run_id="fork"))  # the parent's connection still works
+        assert len(rt.ledger.find_leases(run_id="fork")) == 3 and rt.ledger.verify().ok
+    finally:
+        _FORKED.clear()
+        rt.close()

@@ -32,6 +32,7 @@ files, and a writer role that cannot delete or update audit rows.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -170,6 +171,7 @@ class PostgresLedger:
         self.connect_timeout = connect_timeout
         self._local = _ThreadState()
         self._all_conns: list[Any] = []
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         s = sql.Identifier(schema)
         self._t = {name: sql.SQL("{}.{}").format(s, sql.Identifier(name))
@@ -214,6 +216,11 @@ class PostgresLedger:
         s = sql.Identifier(schema)
         conn = connect(target, timeout=connect_timeout, settings={"lock_timeout": str(LOCK_TIMEOUT_MS)})
         try:
+            with backend_errors(target, "checking the ledger schema"):
+                if conn.execute("SELECT to_regclass(%s)", (f'"{schema}".audit_head',)).fetchone()[0] is not None:
+                    # Already set up (maybe by an owner role): a worker role without CREATE
+                    # rights must still be able to run `runlease init` on its machine.
+                    return
             with backend_errors(target, "initializing the ledger schema"), conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"runlease-ledger-init:{schema}",))
                 for statement in _DDL:
@@ -275,6 +282,12 @@ class PostgresLedger:
         return sql.SQL(template).format(**self._t)
 
     def _conn(self) -> "psycopg.Connection[Any]":
+        if os.getpid() != self._pid:
+            # Forked (an executor that forks task processes): the parent's sockets are not
+            # ours to use or to close; forget them and connect afresh.
+            self._pid = os.getpid()
+            self._local = _ThreadState()
+            self._all_conns = []
         conn = self._local.conn
         if conn is None or conn.closed or conn.broken:
             conn = connect(
