@@ -13,9 +13,10 @@ without the ``postgres`` extra.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from runlease.errors import BackendError, ConfigError, scrub
 

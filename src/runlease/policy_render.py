@@ -168,7 +168,7 @@ def _seg_contains(a: Seg, b: Seg) -> bool:
 
 
 def _intersect(a: Rule, b: Rule) -> Rule | None:
-    parts = [_seg_intersect(x, y) for x, y in zip(a, b)]
+    parts = [_seg_intersect(x, y) for x, y in zip(a, b, strict=True)]
     return None if any(p is None for p in parts) else tuple(parts)  # type: ignore[return-value]
 
 
@@ -215,7 +215,7 @@ def vault_rules(grants: list[Grant], opts: RenderOptions) -> dict[str, list[str]
     for rule in _closure(base):
         caps: dict[str, set[str]] = {}
         for original, families in base.items():
-            if all(_seg_contains(o, r) for o, r in zip(original, rule)):
+            if all(_seg_contains(o, r) for o, r in zip(original, rule, strict=True)):
                 for family, family_caps in families.items():
                     caps.setdefault(family, set()).update(family_caps)
         tail = "/".join(_seg_text(s) for s in rule)

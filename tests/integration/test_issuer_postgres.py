@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from runlease.errors import BackendError, ConfigError
+from runlease.errors import BackendError, ConfigError, SecretNotFoundError
 from runlease.ledger.base import AuditQuery
 from runlease.models import LeaseState, SecretPath, utcnow
 from runlease.runtime import Runtime
@@ -244,7 +244,7 @@ def test_cli_put_with_issuer_options_then_lease(pg: PgSetup, monkeypatch: pytest
     conn_json = json.dumps(pg.admin_conn())
     bad = runner.invoke(app, ["put", "dev/connections/cli_pg", "--stdin", "--issuer", "postgres"], input=conn_json)
     assert bad.exit_code == 2 and "parent_role: missing" in bad.output
-    with pytest.raises(Exception):
+    with pytest.raises(SecretNotFoundError):
         pg.rt.store.info(SecretPath.parse("dev/connections/cli_pg"))  # refused before anything was written
     secretish = runner.invoke(app, ["put", "dev/connections/cli_pg", "--stdin", "--issuer", "postgres",
                                     "--issuer-opt", "password=hunter2"], input=conn_json)

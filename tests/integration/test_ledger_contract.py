@@ -83,7 +83,7 @@ def test_lease_round_trip_and_queries(stocked: Backend) -> None:
     assert stored.credential is None  # the ledger never holds the value
     lease_some(rt, 2, run_id="r-43", task_id="a")
     lease_some(rt, 1, run_id="r-43", task_id="b")
-    assert [l.lease_id for l in rt.ledger.find_leases(run_id="r-42")] == [granted.lease_id]
+    assert [lease.lease_id for lease in rt.ledger.find_leases(run_id="r-42")] == [granted.lease_id]
     assert len(rt.ledger.find_leases(run_id="r-43")) == 3
     assert len(rt.ledger.find_leases(run_id="r-43", task_id="a")) == 2
     assert len(rt.ledger.find_leases(limit=2)) == 2
@@ -101,7 +101,7 @@ def test_close_revoke_run_sweep_and_extend(stocked: Backend) -> None:
     assert rt.ledger.get_lease(a).state is LeaseState.REVOKED and rt.ledger.get_lease(a).revoked_at is not None
     assert rt.ledger.find_leases(state=LeaseState.ACTIVE) == [rt.ledger.get_lease(short.lease_id)]
     later = utcnow() + timedelta(seconds=700)
-    assert [l.lease_id for l in rt.ledger.find_leases(expired_before=later)] == [a, b, short.lease_id]
+    assert [lease.lease_id for lease in rt.ledger.find_leases(expired_before=later)] == [a, b, short.lease_id]
     event = AuditEvent.for_identity(short.identity, action="renew", lease_id=short.lease_id)
     new_expiry = utcnow() + timedelta(hours=1)
     assert rt.ledger.extend_lease(short.lease_id, new_expiry, event)

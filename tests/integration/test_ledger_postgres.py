@@ -8,8 +8,8 @@ deployment with a central store.
 from __future__ import annotations
 
 import base64
-import multiprocessing
 import json
+import multiprocessing
 import os
 import secrets
 import subprocess
@@ -84,7 +84,7 @@ def test_run_end_revocation_sees_leases_from_every_machine(shared: Shared) -> No
         b.broker.lease(PATH, identity(run_id="run-x", task_id="load"))
         # The run ends; whichever machine handles it revokes both.
         assert a.broker.revoke_run("run-x", "run ended") == 2
-        assert {l.state for l in b.ledger.find_leases(run_id="run-x")} == {LeaseState.REVOKED}
+        assert {lease.state for lease in b.ledger.find_leases(run_id="run-x")} == {LeaseState.REVOKED}
         trail = [e.action for e in b.ledger.events(AuditQuery(run_id="run-x"))]
         assert trail == ["lease", "lease", "revoke", "revoke"]
         assert a.ledger.verify().ok and b.ledger.verify().ok

@@ -162,7 +162,7 @@ def check_vault_exact(policy: Policy) -> None:
                 assert got == want, (principal, family, env, kind, name)
         # Nothing outside the mount/prefix, and nothing for a path deeper than <env>/<kind>/<name>'s shape.
         for outside in (f"{MOUNT}/data/other/dev/connections/warehouse", f"kv/data/{PREFIX}/dev/connections/warehouse",
-                        f"{MOUNT}/data/{PREFIX}", f"sys/policies/acl/x"):
+                        f"{MOUNT}/data/{PREFIX}", "sys/policies/acl/x"):
             assert vault_effective(rules, outside) == set(), outside
 
 
@@ -328,7 +328,7 @@ def test_cli_writes_one_file_per_principal_and_an_index(tmp_path: Path) -> None:
     index = json.loads((out / "index.json").read_text())
     assert set(index) == {"cli", "airflow:training_*", "kfp:train", "airflow:etl"}
     assert len(set(index.values())) == 4 and all(re.fullmatch(r"runlease-[\w-]+\.hcl", f) for f in index.values())
-    for principal, filename in index.items():
+    for filename in index.values():
         assert parse_hcl((out / filename).read_text())
     iam = CliRunner().invoke(app, ["policy", "render", str(source), "--format", "aws-iam", "--account", ACCOUNT,
                                    "--region", REGION])

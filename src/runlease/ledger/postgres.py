@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -141,6 +142,11 @@ def writer_grants(schema: str, role: str) -> list["sql.Composed"]:
     ]
 
 
+def _check_schema_name(schema: str) -> None:
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+        raise ConfigError(f"ledger schema name {schema!r} (RUNLEASE_LEDGER_SCHEMA) must match [a-z_][a-z0-9_]{{0,62}}")
+
+
 class _ThreadState(threading.local):
     conn: "psycopg.Connection[Any] | None" = None
     hooks: list[Callable[[], None]] | None = None
@@ -165,6 +171,7 @@ class PostgresLedger:
         require_psycopg()
         from psycopg import sql
 
+        _check_schema_name(schema)
         self.target = target
         self.keyring = keyring
         self.schema = schema
@@ -195,6 +202,7 @@ class PostgresLedger:
         connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
     ) -> "PostgresLedger":
         """Open (and with ``create``, first initialize) the ledger in ``schema``."""
+        _check_schema_name(schema)
         target = target_from_dsn(dsn, "PostgreSQL ledger")
         if create:
             cls.initialize(target, keyring, schema=schema, connect_timeout=connect_timeout)
@@ -375,7 +383,7 @@ class PostgresLedger:
             )
             batch = cur.fetchall()
             for values in batch:
-                yield dict(zip(_AUDIT_FIELDS, values))
+                yield dict(zip(_AUDIT_FIELDS, values, strict=True))
             if len(batch) < page:
                 return
             after = int(batch[-1][0])
