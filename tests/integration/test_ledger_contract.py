@@ -21,7 +21,7 @@ from runlease.ledger.base import AuditQuery
 from runlease.models import AuditEvent, LeaseState, Outcome, RunIdentity, SecretPath, utcnow
 from runlease.policy import Policy
 from runlease.runtime import Runtime
-from support.homes import identity, make_runtime
+from support.homes import identity, make_runtime, raw_files
 
 PATH = SecretPath.parse("dev/connections/warehouse")
 CONN = {"conn_type": "postgres", "host": "db", "login": "etl", "password": "Contract-Pa55-word", "port": 5432}
@@ -34,6 +34,8 @@ class Backend:
     #: Run raw SQL (``%s`` placeholders) on the ledger's storage, bypassing runlease.
     raw: Callable[[str, tuple[Any, ...]], None]
     audit: str  # the audit table's qualified name
+    #: Everything the ledger stored, as text (for "never a value" greps).
+    dump: Callable[[], str]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -45,7 +47,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
             with rt.db.write() as tx:
                 tx.conn.execute(statement.replace("%s", "?"), params)
 
-        yield Backend("sqlite", rt, raw, "audit")
+        yield Backend("sqlite", rt, raw, "audit", lambda: raw_files(rt.settings.home).decode("latin-1"))
         rt.close()
         return
     import psycopg
@@ -59,7 +61,14 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         with psycopg.connect(server.dsn(dbname), autocommit=True) as conn:
             conn.execute(statement, params)  # type: ignore[arg-type]
 
-    yield Backend("postgres", rt, raw_pg, f'"{schema}".audit')
+    def dump_pg() -> str:
+        with psycopg.connect(server.dsn(dbname)) as conn:
+            return "\n".join(
+                str(row[0]) for table in ("meta", "audit_head", "leases", "audit")
+                for row in conn.execute(f'SELECT row_to_json(t)::text FROM "{schema}".{table} t')  # type: ignore[arg-type]
+            )
+
+    yield Backend("postgres", rt, raw_pg, f'"{schema}".audit', dump_pg)
     rt.close()
 
 
@@ -131,6 +140,8 @@ def test_audit_events_filters_and_order(stocked: Backend) -> None:
     assert [e.seq for e in rt.ledger.events(AuditQuery(limit=2))] == [1, 2]
     assert all(e.chain and e.key_id == rt.keyring.active_id for e in events)
     assert CONN["password"] not in "".join(e.model_dump_json() for e in events)
+    dumped = stocked.dump()
+    assert "r-a" in dumped and CONN["password"] not in dumped  # the rows are there, the value is not
     assert rt.ledger.verify().ok and rt.ledger.verify().checked == len(events)
 
 
