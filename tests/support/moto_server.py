@@ -26,7 +26,7 @@ import pytest
 
 from support.postgres import free_port
 
-_RECORDING = Path(tempfile.mkdtemp(prefix="runlease-moto-")) / "recording.jsonl"
+_RECORDING = Path(tempfile.gettempdir()) / f"runlease-moto-recording-{os.getpid()}.jsonl"
 # Read by moto when it creates its recorder (at import), so set it before anything imports moto.
 os.environ.setdefault("MOTO_RECORDER_FILEPATH", str(_RECORDING))
 
@@ -84,3 +84,4 @@ def moto_server() -> Iterator[MotoServer]:
         yield MotoServer(endpoint=f"http://127.0.0.1:{port}")
     finally:
         server.stop()
+        _RECORDING.unlink(missing_ok=True)
