@@ -202,6 +202,50 @@ class Broker:
         return self.revoke_where(reason, identity, run_id=run_id, task_id=task_id,
                                  try_number=try_number, map_index=map_index)
 
+    def renew(self, lease_id: str, ttl: timedelta | float | int | None = None,
+              identity: RunIdentity | None = None) -> Lease:
+        """Extend an active lease for a long task, if its issuer can (postgres, vault-database).
+
+        Policy is checked again (renewing extends access), the new expiry
+        never passes ``issued_at + max_ttl``, and it is what the issuer
+        actually granted (Vault may give less than asked). Returns the lease
+        with its new ``expires_at``.
+        """
+        lease = self.ledger.get_lease(lease_id)
+        now = self.clock()
+        if lease.state is not LeaseState.ACTIVE or lease.expires_at <= now:
+            state = lease.state.value if lease.state is not LeaseState.ACTIVE else "past its expiry"
+            raise InvalidValueError(f"lease {lease_id} is {state}; only an active lease can be renewed")
+        issuer = self.issuers.get(lease.issuer)
+        renew = getattr(issuer, "renew", None)
+        if renew is None:
+            raise InvalidValueError(f"issuer {lease.issuer!r} cannot renew a credential; lease a new one instead")
+        self.authorize(lease.identity, lease.path, Capability.LEASE, "renew")
+        duration = min(self._ttl(ttl), lease.issued_at + self.max_ttl - now)
+        if duration <= timedelta(0):
+            raise InvalidValueError(f"lease {lease_id} has reached the maximum TTL; lease a new credential")
+        fields: dict[str, Any] = dict(path=str(lease.path), version=lease.version, lease_id=lease_id)
+        if identity is not None:
+            fields["principal"] = identity.principal or identity.subject
+        try:
+            granted = renew(lease, duration)
+        except Exception as err:
+            self.ledger.append(AuditEvent.for_identity(
+                lease.identity, action="renew", outcome=Outcome.ERROR, **fields,
+                detail={"error": type(err).__name__},
+            ))
+            raise
+        # The issuer's own expiry wins when it is sooner (Vault may grant less); the clock is
+        # read again so a granted expiry computed during the call is never shaved by microseconds.
+        expires = min(granted, self.clock() + duration)
+        event = AuditEvent.for_identity(
+            lease.identity, action="renew", **fields,
+            detail={"ttl_s": int(duration.total_seconds()), "expires_at": expires.isoformat()},
+        )
+        if not self.ledger.extend_lease(lease_id, expires, event):
+            raise InvalidValueError(f"lease {lease_id} was closed while it was being renewed")
+        return lease.model_copy(update={"expires_at": expires})
+
     def sweep_expired(self, now: datetime | None = None) -> int:
         """The TTL backstop: close every active lease past its expiry (e.g. of a SIGKILLed task)."""
         count = 0

@@ -85,3 +85,25 @@ class LeaseNotFoundError(RunleaseError, LookupError):
     """No lease with that id exists in the ledger."""
 
     exit_code = 4
+
+
+class BackendError(RunleaseError):
+    """An external system (PostgreSQL, Vault, AWS) was unreachable, timed out, or refused.
+
+    The message names the system's address and what was asked of it, never a
+    password, token or connection string (those hold credentials).
+    """
+
+    exit_code = 9
+
+
+def scrub(text: str, *secrets: str | None) -> str:
+    """Replace every given secret in ``text`` with ``***`` before it goes into an error message.
+
+    Defence in depth for messages built from a backend's own error text
+    (libpq, botocore, Vault), which is not supposed to echo credentials.
+    """
+    for secret in secrets:
+        if secret:
+            text = text.replace(str(secret), "***")
+    return text

@@ -27,7 +27,9 @@ from runlease.broker import Broker
 from runlease.crypto import Keyring
 from runlease.db import Database
 from runlease.errors import ConfigError
+from runlease.issuers import standard_issuers
 from runlease.keyfile import create_key_file, create_kms_key_file, kms_key_file_info, load_keyring
+from runlease.ledger.base import Ledger
 from runlease.ledger.sqlite import SqliteLedger
 from runlease.policy import EXAMPLE_POLICY, Policy
 from runlease.settings import Settings
@@ -44,7 +46,7 @@ class Runtime:
     keyring: Keyring
     db: Database
     store: SecretStore
-    ledger: SqliteLedger
+    ledger: Ledger
     policy: Policy
     broker: Broker
     #: The home's own store over ``db``: the secret store itself when ``store`` is
@@ -52,14 +54,32 @@ class Runtime:
     local: LocalStore
 
     def close(self) -> None:
+        close_ledger = getattr(self.ledger, "close", None)
+        if close_ledger is not None:
+            close_ledger()
         self.db.close()
 
 
-def _assemble(settings: Settings, keyring: Keyring, db: Database, store: SecretStore, local: LocalStore) -> Runtime:
+def open_ledger(settings: Settings, keyring: Keyring, db: Database, *, create: bool = False) -> Ledger:
+    """The configured ledger: the home's SQLite file, or a shared PostgreSQL schema."""
+    if settings.ledger == "postgres":
+        from runlease.ledger.postgres import PostgresLedger
+
+        assert settings.ledger_dsn is not None  # check_settings guarantees it
+        return PostgresLedger.open(
+            settings.ledger_dsn.get_secret_value(), keyring, schema=settings.ledger_schema,
+            anchor_dir=settings.home, create=create,
+        )
+    return SqliteLedger(db, keyring, settings.anchor_file)
+
+
+def _assemble(settings: Settings, keyring: Keyring, db: Database, store: SecretStore, local: LocalStore, *,
+              create_ledger: bool = False) -> Runtime:
     policy = Policy.load(settings.effective_policy_file)
-    ledger = SqliteLedger(db, keyring, settings.anchor_file)
+    ledger = open_ledger(settings, keyring, db, create=create_ledger)
     broker = Broker(
         store, ledger, policy=policy, default_env=settings.env,
+        issuers=standard_issuers(lambda path: store.get(path)),
         default_ttl=timedelta(seconds=settings.default_ttl), max_ttl=timedelta(seconds=settings.max_ttl),
     )
     return Runtime(settings, keyring, db, store, ledger, policy, broker, local)
@@ -67,7 +87,7 @@ def _assemble(settings: Settings, keyring: Keyring, db: Database, store: SecretS
 
 #: Store names this build can open. Adapters for central managers add theirs.
 KNOWN_STORES: tuple[str, ...] = ("local", "vault", "aws")
-KNOWN_LEDGERS: tuple[str, ...] = ("local",)
+KNOWN_LEDGERS: tuple[str, ...] = ("local", "postgres")
 
 
 def check_settings(settings: Settings) -> None:
@@ -78,6 +98,8 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError(
             f"unknown ledger {settings.ledger!r} (RUNLEASE_LEDGER): expected one of {', '.join(KNOWN_LEDGERS)}"
         )
+    if settings.ledger == "postgres" and settings.ledger_dsn is None:
+        raise ConfigError("RUNLEASE_LEDGER=postgres needs RUNLEASE_LEDGER_DSN (a libpq DSN of the shared ledger)")
 
 
 def remote_store(settings: Settings) -> SecretStore | None:
@@ -93,7 +115,7 @@ def remote_store(settings: Settings) -> SecretStore | None:
     return None
 
 
-def open_runtime(settings: Settings | None = None) -> Runtime:
+def open_runtime(settings: Settings | None = None, *, create_ledger: bool = False) -> Runtime:
     """Open an initialized home. Key problems raise before anything is written."""
     settings = settings or Settings()
     check_settings(settings)
@@ -102,7 +124,7 @@ def open_runtime(settings: Settings | None = None) -> Runtime:
     try:
         local = LocalStore(db, keyring)
         store = remote_store(settings) or local
-        return _assemble(settings, keyring, db, store, local)
+        return _assemble(settings, keyring, db, store, local, create_ledger=create_ledger)
     except BaseException:
         db.close()
         raise
@@ -130,7 +152,7 @@ def init_home(settings: Settings | None = None, *, kms: "KmsKeyOptions | None" =
     if kms is not None and settings.key_file.exists() and kms_file is None:
         raise ConfigError(f"{settings.key_file} is a plain key file; --kms-key-id only applies to a new home")
     if settings.store_file.exists():
-        return open_runtime(settings), False
+        return open_runtime(settings, create_ledger=True), False
     store_id: str | None = kms_file[1] if kms_file else None
     if settings.master_key is None and not settings.key_file.exists():
         if kms is not None:
@@ -146,7 +168,7 @@ def init_home(settings: Settings | None = None, *, kms: "KmsKeyOptions | None" =
         example = home / "policy.example.toml"
         if not example.exists():
             example.write_text(EXAMPLE_POLICY)
-        return _assemble(settings, keyring, db, remote or local, local), True
+        return _assemble(settings, keyring, db, remote or local, local, create_ledger=True), True
     except BaseException:
         db.close()
         raise

@@ -37,8 +37,13 @@ class Settings(BaseSettings):
     #: Store-specific options (Vault address/mount, AWS region/prefix, ...), as
     #: JSON in ``RUNLEASE_STORE_OPTIONS``.
     store_options: dict[str, Any] = Field(default_factory=dict)
-    #: Where leases and the audit chain live: ``local`` (the store's SQLite file).
+    #: Where leases and the audit chain live: ``local`` (the store's SQLite file)
+    #: or ``postgres`` (shared by workers on many machines; see docs/ledger.md).
     ledger: str = "local"
+    #: libpq DSN of the shared ledger (``RUNLEASE_LEDGER_DSN``); it holds a password, hence SecretStr.
+    ledger_dsn: SecretStr | None = None
+    #: PostgreSQL schema that holds the ledger's tables.
+    ledger_schema: str = Field(default="runlease", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
 
     @field_validator("home", mode="after")
     @classmethod

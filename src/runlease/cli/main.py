@@ -21,6 +21,8 @@ from runlease.cli.common import (
     to_json,
 )
 from runlease.cli.doctor import doctor_command
+from runlease.cli.issuer_opts import check_issuer_metadata, parse_issuer_opts
+from runlease.cli.policy_cmd import policy_app
 from runlease.connection import connection_to_uri
 from runlease.keyfile import prepend_new_key
 from runlease.ledger.base import AuditQuery
@@ -39,6 +41,7 @@ audit_app = typer.Typer(help="Show, verify and export the hash-chained audit tra
 key_app = typer.Typer(help="Manage the key-encryption key.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 app.add_typer(key_app, name="key")
+app.add_typer(policy_app, name="policy")
 app.command("doctor", help="Check the home, key, store, audit chain and policy; exit 1 if anything is wrong.")(
     cli_errors(doctor_command)
 )
@@ -95,17 +98,23 @@ def put(
     cas: Optional[int] = typer.Option(None, "--cas", help="only write if CURRENT is this version (0: must not exist)"),
     pending: bool = typer.Option(False, "--pending", help="stage the new version as PENDING, not CURRENT"),
     issuer: Optional[str] = typer.Option(None, "--issuer", help="issuer for leases of this secret (default static)"),
+    issuer_opt: list[str] = typer.Option(
+        [], "--issuer-opt", help="KEY=VALUE issuer setting kept in metadata (repeatable), e.g. parent_role=reader",
+    ),
 ) -> None:
     """Write a new version. The value comes from --from-file, stdin or a hidden prompt, never argv."""
     secret_path = SecretPath.parse(path)
+    opts = parse_issuer_opts(issuer_opt)
+    if opts and issuer is None:
+        fail("--issuer-opt needs --issuer", 2)
     value = parse_value(secret_path, read_value_text(from_file, stdin, f"value for {path}"), fmt)
     with runtime() as rt:
         if issuer is not None:
-            rt.broker.issuers.get(issuer)
+            check_issuer_metadata(rt, secret_path, issuer, opts)
         stage = Stage.PENDING if pending else Stage.CURRENT
         version = rt.broker.put(secret_path, value, cli_identity("put"), cas=cas, stage=stage)
         if issuer is not None:
-            rt.store.update_metadata(secret_path, {"issuer": issuer})
+            rt.store.update_metadata(secret_path, {"issuer": issuer, **opts})
     console.print(f"wrote {secret_path} version {version} ({stage.value})")
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from runlease.errors import ConfigError
+from runlease.issuers.aws_sts import AwsStsIssuer
 from runlease.issuers.base import IssuedCredential, Issuer
+from runlease.issuers.options import SecretLoader
+from runlease.issuers.postgres import PostgresIssuer
 from runlease.issuers.static import StaticIssuer
+from runlease.issuers.vault_database import VaultDatabaseIssuer
 
 
 class IssuerRegistry:
@@ -27,4 +31,18 @@ class IssuerRegistry:
             ) from None
 
 
-__all__ = ["IssuedCredential", "Issuer", "IssuerRegistry", "StaticIssuer"]
+def standard_issuers(load_secret: SecretLoader) -> IssuerRegistry:
+    """Every issuer this build ships. Dynamic ones re-read their secret (CURRENT) to revoke or renew.
+
+    Their SDKs (psycopg, boto3, hvac) are imported on first use, so building
+    the registry costs nothing when a deployment only uses ``static``.
+    """
+    return IssuerRegistry(
+        StaticIssuer(), PostgresIssuer(load_secret), AwsStsIssuer(), VaultDatabaseIssuer(load_secret),
+    )
+
+
+__all__ = [
+    "AwsStsIssuer", "IssuedCredential", "Issuer", "IssuerRegistry", "PostgresIssuer", "StaticIssuer",
+    "VaultDatabaseIssuer", "standard_issuers",
+]

@@ -58,6 +58,13 @@ class Ledger(Protocol):
         """Mark an active lease revoked/expired and append its event; False if it was not active."""
         ...
 
+    def extend_lease(self, lease_id: str, expires_at: datetime, event: AuditEvent) -> bool:
+        """Move an active lease's expiry (its issuer renewed the credential) and append its event.
+
+        False if the lease is no longer active (revoked or expired meanwhile).
+        """
+        ...
+
     def events(self, query: AuditQuery) -> Iterator[AuditEvent]: ...
 
     def verify(self) -> VerifyResult: ...

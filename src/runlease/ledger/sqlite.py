@@ -194,3 +194,12 @@ class SqliteLedger:
             if changed:
                 self.append(event)
         return bool(changed)
+
+    def extend_lease(self, lease_id: str, expires_at: datetime, event: AuditEvent) -> bool:
+        with self.db.write() as tx:
+            changed = tx.conn.execute(
+                "UPDATE leases SET expires_at=? WHERE lease_id=? AND state='active'", (ts(expires_at), lease_id)
+            ).rowcount
+            if changed:
+                self.append(event)
+        return bool(changed)
