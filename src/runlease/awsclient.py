@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from runlease.botolog import quiet_botocore
 from runlease.errors import ConfigError, StoreAccessDeniedError, StoreUnavailableError
 
 T = TypeVar("T")
@@ -131,19 +132,22 @@ class AwsService:
         a denial; error codes in ``passthrough`` are re-raised for the caller to
         interpret (not found, conflicts).
         """
-        client = self.client()
-        try:
-            return self._transport(what, lambda: fn(client), passthrough)
-        except _Denied:
-            pass
-        client = self.refresh(client)
-        try:
-            return self._transport(what, lambda: fn(client), passthrough)
-        except _Denied as denied:
-            raise StoreAccessDeniedError(
-                f"{self.describe()} refused {what} ({denied.code}) even with freshly loaded credentials; "
-                f"the caller needs {action}"
-            ) from None
+        # Every call runs quiet: GetSecretValue / KMS Decrypt / AssumeRole responses
+        # and signed request headers hold credentials that botocore logs at DEBUG.
+        with quiet_botocore():
+            client = self.client()
+            try:
+                return self._transport(what, lambda: fn(client), passthrough)
+            except _Denied:
+                pass
+            client = self.refresh(client)
+            try:
+                return self._transport(what, lambda: fn(client), passthrough)
+            except _Denied as denied:
+                raise StoreAccessDeniedError(
+                    f"{self.describe()} refused {what} ({denied.code}) even with freshly loaded credentials; "
+                    f"the caller needs {action}"
+                ) from None
 
     def _transport(self, what: str, fn: Callable[[], T], passthrough: frozenset[str]) -> T:
         from botocore.exceptions import (
