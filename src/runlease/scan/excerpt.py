@@ -33,8 +33,8 @@ def redact_line(line: str, hits: list[Hit]) -> str:
     last_start = len(line) + 1
     for start, end, rule_id in spans:
         end = min(end, last_start)  # overlapping spans: the earlier marker covers the rest
-        if start >= end:
-            continue
+        if start > end or (start == end and start < len(line)):
+            continue  # start == end == len(line): a value continuing on later lines
         out = out[:start] + marker(rule_id) + out[end:]
         last_start = start
     return scrub(out)

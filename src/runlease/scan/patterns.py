@@ -15,6 +15,7 @@ import binascii
 import json
 import re
 from collections.abc import Callable, Iterable
+from urllib.parse import unquote
 
 from .entropy import looks_random
 from .models import Hit
@@ -58,7 +59,7 @@ _URI_PLACEHOLDER_PW = re.compile(
 
 def is_placeholder_uri_password(pw: str) -> bool:
     """``:password@``, ``:${PW}@``, ``:my-password@``, ``:***@`` and friends."""
-    low = pw.lower()
+    low = unquote(pw).lower()
     return bool(_URI_PLACEHOLDER_PW.match(pw)) or any(
         word in low for word in ("example", "passw", "secret", "changeme", "placeholder", "xxx")
     )
