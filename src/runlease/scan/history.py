@@ -47,7 +47,7 @@ def iter_added_lines(repo: Path, pathspecs: list[str] | None = None, rev: str = 
     """Yield every (commit, file) with the lines it added, newest commit first."""
     cmd = [
         "git", "-C", str(repo), "-c", "core.quotepath=off", "log", rev, "-p", "-U0",
-        "--no-color", "--no-ext-diff", "--no-renames", "--diff-filter=d", f"--format={_COMMIT_MARK}%H",
+        "--no-color", "--no-ext-diff", "--no-renames", "--diff-filter=d", "--format=%x00commit %H",
         "--", *(pathspecs or []),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
