@@ -20,7 +20,7 @@ from . import dotenv, patterns, python_ast
 from .excerpt import fingerprint, redact_line, shorten
 from .files import DEFAULT_MAX_BYTES, ScanTarget, read_text
 from .models import Finding, Hit
-from .prefilter import AST_GROUPS, default_prefilter
+from .prefilter import AST_FOCUS_GROUPS, AST_GROUPS, default_prefilter
 from .rules import RULES
 from .suppress import is_allowed_by_pragma
 from .textindex import TextIndex
@@ -109,7 +109,10 @@ def detect(text: str, path: str, *, tracked: bool | None = None) -> tuple[list[H
             tree = python_ast.parse_python(text)
             if tree is not None:
                 parsed = True
-                hits.extend(python_ast.check_python(index, tree))
+                focus = sorted(
+                    {index.line_of(o) for g in AST_FOCUS_GROUPS for o in prefiltered.offsets.get(g, ())}
+                )
+                hits.extend(python_ast.check_python(index, tree, focus))
             else:
                 hits.extend(patterns.detect_text_assignments(index, prefiltered, quoted_only=True))
                 hits.extend(patterns.detect_airflow_conn_text(index, prefiltered))

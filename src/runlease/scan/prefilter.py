@@ -58,6 +58,8 @@ KEYWORD_GROUPS: dict[str, tuple[str, ...]] = {
 
 # Groups whose presence makes a Python file worth an AST parse.
 AST_GROUPS = frozenset({"secret_name", "airflow_conn", "airflow_connection"})
+# Lines holding these groups' keywords are the only ones the AST rules can fire on.
+AST_FOCUS_GROUPS = AST_GROUPS | {"uri"}
 
 
 @dataclass

@@ -14,7 +14,7 @@ for assignments, keyword arguments, dict entries and parameter defaults.
 from __future__ import annotations
 
 import ast
-import json
+import bisect
 import re
 import warnings
 
@@ -77,11 +77,31 @@ def _call_arg(call: ast.Call, position: int, keyword: str) -> ast.AST | None:
 class _Checker(ast.NodeVisitor):
     """Collects hits in one walk; ``kfp_functions`` are known component/pipeline names."""
 
-    def __init__(self, index: TextIndex, kfp_functions: set[str]) -> None:
+    def __init__(self, index: TextIndex, kfp_functions: set[str], focus_lines: list[int] | None) -> None:
         self.index = index
         self.kfp_functions = kfp_functions
         self.hits: list[Hit] = []
         self._in_pipeline = 0
+        self._focus = focus_lines
+
+    # -- pruning --------------------------------------------------------------
+    def _touches(self, node: ast.stmt) -> bool:
+        """Does the statement span a line where the prefilter saw a keyword?
+
+        Every AST rule needs a secret-like name, ``Connection(``, ``AIRFLOW_CONN_``
+        or ``://`` somewhere in the statement, so statements without such a line
+        are skipped whole; on DAG-sized files this skips most of the tree.
+        """
+        if self._focus is None:
+            return True
+        i = bisect.bisect_left(self._focus, node.lineno)
+        return i < len(self._focus) and self._focus[i] <= (node.end_lineno or node.lineno)
+
+    def generic_visit(self, node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.stmt) and not self._touches(child):
+                continue
+            self.visit(child)
 
     # -- hit construction ---------------------------------------------------
     def _col(self, line: int, byte_col: int) -> int:
@@ -241,9 +261,9 @@ class _Checker(ast.NodeVisitor):
 
 
 def _kfp_function_names(tree: ast.Module) -> set[str]:
-    """Names of functions decorated as KFP components or pipelines in this module."""
+    """Names of top-level functions decorated as KFP components or pipelines."""
     names: set[str] = set()
-    for node in ast.walk(tree):
+    for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             decorators = {_tail_name(d) for d in node.decorator_list}
             if decorators & (_KFP_COMPONENT_DECORATORS | _KFP_PIPELINE_DECORATORS):
@@ -271,8 +291,12 @@ def parse_python(text: str) -> ast.Module | None:
     return None
 
 
-def check_python(index: TextIndex, tree: ast.Module) -> list[Hit]:
-    """Run every AST rule over ``tree`` (parsed from ``index.text``)."""
-    checker = _Checker(index, _kfp_function_names(tree))
+def check_python(index: TextIndex, tree: ast.Module, focus_lines: list[int] | None = None) -> list[Hit]:
+    """Run every AST rule over ``tree`` (parsed from ``index.text``).
+
+    ``focus_lines`` (sorted, 1-based) limits the walk to statements spanning one
+    of them; None walks everything.
+    """
+    checker = _Checker(index, _kfp_function_names(tree), focus_lines)
     checker.visit(tree)
     return checker.hits
