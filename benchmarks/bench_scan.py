@@ -171,6 +171,11 @@ def generate_tree(root: Path, files: int, megabytes: float, seed: int):
         path = root / f"team{i % 20:02d}" / ("pipelines" if "kfp" in text[:200] else "dags") / f"f{i:05d}.py"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
+    # Make the tree its own git repository with everything staged, as a pre-commit run
+    # sees it: the planted .env files are then "tracked", which the dotenv-file rule
+    # is about (the work directory itself sits in this repository's ignored .work/).
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "add", "-A"], check=True)
     return labels, corpus_root
 
 
@@ -340,6 +345,7 @@ def to_markdown(r: dict) -> str:
 Tree: {r['files']:,} generated Python files (Airflow DAGs and KFP pipelines), {r['megabytes']:.1f} MB,
 with the labeled test corpus ({r['labels']} planted credentials in DAGs, pipelines,
 notebooks-as-.py, YAML, JSON, .env and .env.example files) planted under `planted/`.
+The tree is a fresh git repository with every file staged (as pre-commit sees it).
 Both tools scan the same tree in the same run, as subprocesses started from the tree's
 root with `--all-files` (wall time includes interpreter start-up and JSON output).
 detect-secrets runs with all its default plugins and filters.

@@ -158,3 +158,14 @@ def test_jobs_gives_the_same_findings(git_repo: Path, run_scan) -> None:
     two = json.loads(run_scan("--format", "json", "--jobs", "2", cwd=git_repo).stdout)["findings"]
     assert sorted(f["fingerprint"] for f in one) == sorted(f["fingerprint"] for f in two)
     assert len(one) == 8
+
+
+def test_pre_commit_hook_definition_and_docs_cover_every_rule() -> None:
+    from conftest import REPO_ROOT
+
+    hooks = (REPO_ROOT / ".pre-commit-hooks.yaml").read_text()
+    for expected in ("- id: runlease-scan", "entry: runlease scan", "language: python", "pass_filenames: true"):
+        assert expected in hooks
+    docs = (REPO_ROOT / "docs" / "scanning.md").read_text()
+    for rule_id in RULES:
+        assert f"| `{rule_id}` |" in docs, f"docs/scanning.md lacks rule {rule_id}"

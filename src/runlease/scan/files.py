@@ -38,7 +38,7 @@ class ScanTarget:
 
     path: Path
     display: str
-    tracked: bool | None  # None: not inside a git work tree
+    tracked: bool | None  # asked only for .env-like files; None: not asked or no git work tree
 
 
 def git_toplevel(directory: Path) -> Path | None:

@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .engine import ScanResult
@@ -38,7 +39,10 @@ def render_table(result: ScanResult, console: Console) -> None:
         table.add_column("Excerpt (value redacted)", overflow="fold")
         for finding in result.findings:
             style = "red" if finding.severity == "error" else "yellow"
-            table.add_row(finding.location, finding.rule_id, f"[{style}]{finding.severity}[/]", finding.excerpt)
+            # Excerpts are code: escape them so "[red]" in a line is not read as rich markup.
+            table.add_row(
+                escape(finding.location), finding.rule_id, f"[{style}]{finding.severity}[/]", escape(finding.excerpt)
+            )
         console.print(table, markup=True, highlight=False)
     console.print(summary_line(result), highlight=False, markup=False)
 
