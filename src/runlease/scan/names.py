@@ -67,3 +67,8 @@ def is_keyish_name(name: str) -> bool:
     if _REFERENCE_SUFFIX.search(norm) and not norm.endswith("_key"):
         return False
     return bool(re.search(r"(?:^|_)(?:key|salt|signature|sig|cookie)(?:_|$)", norm))
+
+
+def is_password_name(name: str) -> bool:
+    """Names of human-chosen secrets (passwords), which may be plain words."""
+    return bool(re.search(r"pass(?:word|wd|phrase)|pwd|(?:^|_)pw$", normalize_name(name)))

@@ -19,10 +19,10 @@ from urllib.parse import unquote
 
 from .entropy import looks_random
 from .models import Hit
-from .names import is_keyish_name, is_secret_name
+from .names import is_keyish_name, is_password_name, is_secret_name
 from .prefilter import PrefilterResult
 from .textindex import TextIndex
-from .values import is_placeholder
+from .values import is_placeholder, looks_like_token
 
 # --- known formats -----------------------------------------------------------
 
@@ -206,7 +206,8 @@ def classify_literal(name: str, value: str) -> str | None:
     if is_keyish_name(name) and looks_random(value) and not is_placeholder(value):
         return "high-entropy-secret"
     if is_secret_name(name) and not is_placeholder(value, name):
-        return "secret-assignment"
+        if is_password_name(name) or looks_like_token(value):
+            return "secret-assignment"
     return None
 
 

@@ -97,10 +97,12 @@ _TRIVIAL = frozenset(
 )
 
 _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")  # another variable's name, e.g. "GITHUB_TOKEN"
-_DOTTED_NAME = re.compile(r"^[a-z_][a-z0-9_]*(?:[.:/][a-z0-9_-]+)+$")  # module.attr, a/b, ns:key
+_DOTTED_NAME = re.compile(r"^[A-Za-z_][A-Za-z_]*(?:[.:/][A-Za-z_-]+)+$")  # module.attr, a/b, List.NextMarker
+_REGEX_SYNTAX = re.compile(r"\(\?|\\[bdswBDSW]|\[\^|\|\(|\)\|")  # (?:, \b, [^, |(, )|
 _SNAKE_WORDS = re.compile(r"^_*[a-z]+(?:_+[a-z]+)*_+$|^_*[a-z]+(?:_+[a-z]+)+_*$")  # conn ids: "postgres_default"
 _NAMEISH_WORDS = ("passw", "secret", "token", "credential", "apikey", "api_key")
 _FUNCTION_CALL = re.compile(r"^[A-Za-z_][\w.]*\(.*\)$")
+_CAMEL_WORDS = re.compile(r"^[A-Z]?[a-z]+(?:[A-Z][a-z]+)+$")  # "NextToken", "Marker": API field names
 
 
 def is_placeholder(value: str, name: str | None = None) -> bool:
@@ -117,10 +119,15 @@ def is_placeholder(value: str, name: str | None = None) -> bool:
         return True  # prose: help texts, descriptions, SQL, UI translations
     if len(set(stripped)) <= 2:
         return True  # "xxxxxx", "000000"
-    if _ENV_NAME.match(stripped) or _SNAKE_WORDS.match(stripped) or _DOTTED_NAME.match(stripped):
+    if (
+        _ENV_NAME.match(stripped)
+        or _SNAKE_WORDS.match(stripped)
+        or _DOTTED_NAME.match(stripped)
+        or _CAMEL_WORDS.match(stripped)
+    ):
         return True
-    if _FUNCTION_CALL.match(stripped):
-        return True
+    if _FUNCTION_CALL.match(stripped) or _REGEX_SYNTAX.search(stripped):
+        return True  # an expression or a regular expression
     if re.fullmatch(r"[A-Za-z_.\-]+", stripped) and (
         stripped.startswith(".") or any(word in low for word in _NAMEISH_WORDS)
     ):
@@ -135,6 +142,15 @@ def is_placeholder(value: str, name: str | None = None) -> bool:
         if norm_value and (norm_value in norm_name or norm_name in norm_value):
             return True  # password = "db_password": a key name, not a value
     return False
+
+
+def looks_like_token(value: str) -> bool:
+    """Tokens and keys are machine-made: letters *and* digits, or long.
+
+    A password can be a word ("airflow" is a real, bad password); a token cannot,
+    so ``upgrade_token = "upgrades"`` is a label, not a credential.
+    """
+    return (any(c.isdigit() for c in value) and any(c.isalpha() for c in value)) or len(value) >= 20
 
 
 def looks_real(value: str, name: str | None = None) -> bool:
