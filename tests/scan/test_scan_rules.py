@@ -123,3 +123,25 @@ def test_excerpts_and_fingerprints_never_contain_the_value(value: str, name: str
         dumped = finding.model_dump_json()
         assert value not in dumped
         assert "«redacted:" in finding.excerpt
+
+
+def test_scanner_never_imports_airflow_or_kfp() -> None:
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    code = (
+        "import sys\n"
+        "from runlease.scan import scan_text\n"
+        "import runlease.scan.cli\n"
+        "scan_text('from airflow.models import Connection\\nfrom kfp import dsl\\n"
+        "Connection(password=\"Zx9kP2mQ!7ab\")\\n', 'dag.py')\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('airflow', 'kfp'))\n"
+        "assert not loaded, loaded\n"
+    )
+    env_path = str(REPO_ROOT / "src")
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": env_path, "PATH": ""}
+    )
+    assert proc.returncode == 0, proc.stderr
