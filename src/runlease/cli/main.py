@@ -23,6 +23,7 @@ from runlease.cli.common import (
 from runlease.cli.doctor import doctor_command
 from runlease.cli.issuer_opts import check_issuer_metadata, parse_issuer_opts
 from runlease.cli.policy_cmd import policy_app
+from runlease.scan.cli import register as register_scan
 from runlease.connection import connection_to_uri
 from runlease.keyfile import prepend_new_key
 from runlease.ledger.base import AuditQuery
@@ -42,6 +43,7 @@ key_app = typer.Typer(help="Manage the key-encryption key.", no_args_is_help=Tru
 app.add_typer(audit_app, name="audit")
 app.add_typer(key_app, name="key")
 app.add_typer(policy_app, name="policy")
+register_scan(app)
 app.command("doctor", help="Check the home, key, store, audit chain and policy; exit 1 if anything is wrong.")(
     cli_errors(doctor_command)
 )
