@@ -5,4 +5,7 @@ import os
 from pathlib import Path
 
 _SRC = str(Path(__file__).resolve().parent / "src")
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH", "")) if p)
+_AIRFLOW_PROVIDER = str(Path(__file__).resolve().parent / "airflow_provider")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (_SRC, _AIRFLOW_PROVIDER, os.environ.get("PYTHONPATH", "")) if p
+)
