@@ -27,6 +27,12 @@ identity is available in a different place in each (Airflow 3.3 Task SDK,
 ``outside``
     Anything else: ``airflow connections get``, the scheduler, the API server,
     the DAG processor. Also a read, by the Unix user running the process.
+
+Known limit: ``AIRFLOW_CTX_*`` are never removed from ``os.environ``. A real task
+process exits after its task, but a process that runs several tasks in-process
+(``dag.test()`` without an executor) keeps the last task's variables, and a
+lookup it makes *between* tasks (e.g. while re-parsing DAG files) is attributed
+to that last task.
 """
 
 from __future__ import annotations
