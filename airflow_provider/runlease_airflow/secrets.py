@@ -18,10 +18,14 @@ What a lookup does:
    try -- template rendering, execute, callbacks -- the value is *leased* to
    that try (reusing a still-valid lease from :mod:`runlease_airflow.lease_cache`);
    at DAG-parse time and outside any task it is an audited *read*.
-3. A secret runlease does not hold returns None (fall through); a policy
-   denial raises :class:`~runlease_airflow.errors.RunleaseAccessDenied` (no fall
-   through); other failures propagate, and Airflow logs them and tries the
-   next backend.
+3. A secret runlease does not hold returns None (fall through) *before* policy
+   is consulted: runlease has no authority over a secret it does not hold, and
+   the same ID may legitimately live in the next backend (the metadata
+   database, or an API server's chain resolving it for a task). The cost is
+   that a caller can learn whether runlease holds an ID, never its value. For a
+   secret runlease holds, a policy denial raises
+   :class:`~runlease_airflow.errors.RunleaseAccessDenied` (no fall through);
+   other failures propagate, and Airflow logs them and tries the next backend.
 4. Every value handed out is registered with Airflow's masker and runlease's
    redactor before Airflow sees it (:mod:`runlease_airflow.masking`).
 
@@ -141,6 +145,7 @@ class RunleaseBackend(BaseSecretsBackend):
         try:
             if caller.leases:
                 return self._lease(path, caller)
+            self.broker.store.resolve(path)  # not held -> SecretNotFoundError -> fall through, see 3.
             value = self.broker.read(path, caller.identity, kind=path.kind, detail={"phase": caller.phase}).value
         except SecretNotFoundError:
             return None
@@ -162,6 +167,7 @@ class RunleaseBackend(BaseSecretsBackend):
             if cached is not None:
                 # Protected when it was leased: the cache lives in this process only.
                 return cached.value
+        broker.store.resolve(path)  # not held -> SecretNotFoundError -> fall through (module docstring, 3.)
         lease = broker.lease(path, caller.identity, self.config.ttl, kind=path.kind, detail={"phase": caller.phase})
         protect(lease.value)
         if self.config.cache:

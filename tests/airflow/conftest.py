@@ -206,7 +206,7 @@ def run_dags(site: AirflowSite, dag_ids: list[str], *, executor: bool) -> DagRun
     return DagRuns(results, proc.stdout, proc.stderr)
 
 
-IN_PROCESS_DAGS = ["training_pipeline", "rl_retry", "rl_mapped", "untrusted_reporting"]
+IN_PROCESS_DAGS = ["training_pipeline", "rl_retry", "rl_skip", "rl_mapped", "untrusted_reporting"]
 EXECUTOR_DAGS = ["training_pipeline", "rl_leaky", "rl_retry", "rl_parse_time", "rl_killed"]
 
 

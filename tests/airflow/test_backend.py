@@ -202,6 +202,30 @@ def test_policy_denial_is_authoritative_audited_and_names_no_value(home: Path) -
     assert [(e.action, e.path) for e in denied] == [("read", "dev/connections/warehouse")]
 
 
+def test_ids_runlease_does_not_hold_fall_through_even_when_policy_is_enforced(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (home / "policy.toml").write_text(
+        '[[grant]]\nprincipals = ["airflow:other_dag"]\nenvironments = ["dev"]\n'
+        'paths = ["connections/*"]\ncapabilities = ["lease", "read"]\n'
+    )
+    backend = RunleaseBackend(home=str(home))
+    before = len(events(backend.state.runtime))
+    assert backend.get_connection("aws_default") is None  # e.g. held by the metadata database instead
+    for name, value in TASK_ENV.items():
+        monkeypatch.setenv(name, value)
+    assert backend.get_connection("aws_default") is None
+    assert len(events(backend.state.runtime)) == before
+
+
+def test_a_connection_stored_as_a_uri_string_is_parsed(home: Path) -> None:
+    backend = RunleaseBackend(home=str(home))
+    backend.broker.put("dev/connections/legacy", "mysql://app:legacy-pass-771@db.legacy:3306/shop", ADMIN)
+    conn = backend.get_connection("legacy")
+    assert (conn.conn_type, conn.host, conn.login, conn.password, conn.port, conn.schema) == (
+        "mysql", "db.legacy", "app", "legacy-pass-771", 3306, "shop")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "named"),
     [

@@ -71,6 +71,13 @@ def test_a_retry_leases_each_try_and_revokes_both(inprocess_runs, site_runtime: 
     ]
 
 
+def test_a_task_that_skips_itself_has_its_lease_revoked(inprocess_runs, site_runtime: Runtime) -> None:
+    run = inprocess_runs["rl_skip"]
+    assert run["task_states"] == {"skip_after_lookup": "skipped"}
+    (lease,) = site_runtime.ledger.find_leases(run_id=run["run_id"])
+    assert (lease.state, lease.revoke_reason) == (LeaseState.REVOKED, "task skipped")
+
+
 def test_mapped_instances_get_their_own_lease_reused_within_the_instance(
     inprocess_runs, site_runtime: Runtime
 ) -> None:

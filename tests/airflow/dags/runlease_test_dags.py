@@ -6,6 +6,7 @@
   stored as-is in the metadata database, and a task that returns a credential
   as its result stores it there whatever the secrets backend does.
 - ``rl_retry`` leases on every try and fails its first try.
+- ``rl_skip`` leases and then skips itself.
 - ``rl_mapped`` leases from two mapped task instances.
 - ``untrusted_reporting`` is not granted the warehouse by the test policy.
 - ``rl_killed`` leases and then SIGKILLs its own task process (executor path only:
@@ -22,6 +23,7 @@ from datetime import datetime, timedelta
 
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, BaseHook, Variable, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
 
 log = logging.getLogger("rl_test_dags")
 START = datetime(2026, 1, 1)
@@ -63,6 +65,16 @@ with DAG(dag_id="rl_retry", schedule=None, start_date=START, catchup=False) as r
             raise RuntimeError("first try fails on purpose")
 
     flaky()
+
+
+with DAG(dag_id="rl_skip", schedule=None, start_date=START, catchup=False) as skip:
+
+    @task
+    def skip_after_lookup() -> None:
+        Variable.get("api_token")
+        raise AirflowSkipException("nothing new to process")
+
+    skip_after_lookup()
 
 
 with DAG(dag_id="rl_mapped", schedule=None, start_date=START, catchup=False) as mapped:
