@@ -67,6 +67,7 @@ def test_verify_presented_key_accepts_current_and_previous_only(hook: RunleaseHo
     assert hook.verify_presented_key("client_api_key", OLD_KEY) is True
     assert hook.verify_presented_key("client_api_key", "client-key-forged-000000") is False
     verifies = [e for e in broker.ledger.events(AuditQuery(action="verify"))]
-    assert [e.detail["matched"] for e in verifies] == ["CURRENT", "PREVIOUS", None]
+    assert [(e.detail["matched"], e.outcome.value) for e in verifies] == [
+        ("CURRENT", "ok"), ("PREVIOUS", "ok"), (None, "denied")]
     for event in verifies:
         assert OLD_KEY not in event.model_dump_json() and NEW_KEY not in event.model_dump_json()

@@ -23,7 +23,7 @@ import hmac
 from typing import Any
 
 from runlease.errors import AccessDeniedError, RunleaseError, SecretNotFoundError
-from runlease.models import AuditEvent, Capability, Lease, SecretPath, Stage
+from runlease.models import AuditEvent, Capability, Lease, Outcome, SecretPath, Stage
 
 from runlease_airflow.errors import RunleaseAccessDenied
 from runlease_airflow.identity import current_caller
@@ -114,7 +114,8 @@ class RunleaseHook(BaseHook):
         engine provides it. Otherwise compares here: policy ``read`` on the
         path, constant-time comparison against both versions (PREVIOUS stays
         valid for the rotation's grace period), and an audit event that
-        records which stage matched -- never the presented key.
+        records which stage matched (outcome ``denied`` when none did) --
+        never the presented key.
         """
         broker = self.backend.broker
         path = self.path(secret_id, kind)
@@ -139,6 +140,6 @@ class RunleaseHook(BaseHook):
                 matched, version = stage.value, stored.version
         broker.ledger.append(AuditEvent.for_identity(
             identity, action="verify", path=str(path), version=version,
-            detail={"matched": matched},
+            outcome=Outcome.OK if matched else Outcome.DENIED, detail={"matched": matched},
         ))
         return matched is not None
