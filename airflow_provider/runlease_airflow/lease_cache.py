@@ -77,7 +77,14 @@ class LeaseCache:
             return None
         now = time.monotonic()
         if now - checked_at >= revalidate_seconds:
-            if current_version(path) != lease.version or lease_state(lease.lease_id) is not LeaseState.ACTIVE:
+            try:
+                still_valid = (current_version(path) == lease.version
+                               and lease_state(lease.lease_id) is LeaseState.ACTIVE)
+            except Exception:
+                # e.g. the secret was deleted: forget the plaintext, let the caller see the error
+                self._drop(key)
+                raise
+            if not still_valid:
                 self._drop(key)
                 self.misses += 1
                 return None

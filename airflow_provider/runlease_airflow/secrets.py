@@ -58,9 +58,6 @@ try:
 except ImportError:  # pragma: no cover - core-only installs
     from airflow.secrets import BaseSecretsBackend  # type: ignore[no-redef]
 
-#: Airflow's three lookup families, and the runlease kind each maps to by default.
-SECRET_TYPES = ("connections", "variables", "config")
-
 
 class RunleaseBackend(BaseSecretsBackend):
     """Resolve Airflow secrets from runlease, leasing each one to the task try that asked."""

@@ -60,6 +60,17 @@ def test_revoked_lease_is_a_miss(runtime: Runtime) -> None:
     assert lookup(cache, runtime, TRY_1) is None
 
 
+def test_deleted_secret_drops_the_entry_and_raises(runtime: Runtime) -> None:
+    from runlease.errors import SecretNotFoundError
+
+    cache = LeaseCache()
+    cache.put(runtime.broker.lease(PATH, TRY_1, ttl=600))
+    runtime.broker.delete(PATH, ADMIN)
+    with pytest.raises(SecretNotFoundError):
+        lookup(cache, runtime, TRY_1)
+    assert len(cache) == 0
+
+
 def test_lease_close_to_expiry_is_not_served(runtime: Runtime) -> None:
     cache = LeaseCache()
     short = EXPIRY_MARGIN.total_seconds() - 1
