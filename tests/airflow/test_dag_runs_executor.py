@@ -7,7 +7,6 @@ with Airflow's masking) and run the listener in its own process.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

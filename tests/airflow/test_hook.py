@@ -38,7 +38,8 @@ def hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RunleaseHook:
 def test_lease_with_its_own_ttl_is_bound_to_the_task_try(hook: RunleaseHook) -> None:
     lease = hook.lease("registry", ttl=120)
     assert lease.value["password"] == "registry-pass-3141"
-    assert (lease.identity.pipeline, lease.identity.task_id, lease.identity.try_number) == ("serving", "check_clients", 1)
+    who = lease.identity
+    assert (who.pipeline, who.task_id, who.try_number) == ("serving", "check_clients", 1)
     assert int((lease.expires_at - lease.issued_at).total_seconds()) == 120
 
 

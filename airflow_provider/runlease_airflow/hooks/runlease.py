@@ -62,7 +62,7 @@ class RunleaseHook(BaseHook):
         return self._backend
 
     def path(self, secret_id: str, kind: str = "connections") -> SecretPath:
-        """Where ``secret_id`` lives: the backend's prefix for connections/variables/config, else ``<env>/<kind>/<id>``."""
+        """Where ``secret_id`` lives: the backend's prefix for its three types, else ``<env>/<kind>/<id>``."""
         config = self.backend.config
         prefix = config.prefixes.get(kind)
         if prefix is not None:
