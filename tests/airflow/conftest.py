@@ -13,6 +13,7 @@ directory before anything imports Airflow.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import secrets
@@ -35,6 +36,7 @@ import pytest
 
 # Before any test module imports Airflow: never touch a developer's ~/airflow.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="runlease-airflow-pytest-")
+atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 from runlease.models import RunIdentity  # noqa: E402
