@@ -32,6 +32,7 @@ bench:
 	$(MAKE) venv EXTRAS=dev,airflow,kfp,vault,aws,postgres,bench
 	$(PY) benchmarks/bench_redact.py --markdown docs/benchmarks.md
 	$(PY) benchmarks/bench_lease.py --markdown docs/benchmarks.md
+	$(PY) benchmarks/bench_airflow_backend.py --markdown docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

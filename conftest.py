@@ -5,9 +5,8 @@ import os
 from pathlib import Path
 
 _SRC = str(Path(__file__).resolve().parent / "src")
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH", "")) if p)
-
-# kfp.local runs every component in a fresh `python -m kfp.dsl.executor_main`
-# subprocess; it must import runlease_kfp from this checkout too.
-_KFP_COMPONENTS = str(Path(__file__).resolve().parent / "kfp_components")
-os.environ["PYTHONPATH"] = os.pathsep.join((_KFP_COMPONENTS, os.environ["PYTHONPATH"]))
+_ROOT = Path(__file__).resolve().parent
+# Subprocesses (kfp.local components, Airflow task processes, concurrency workers)
+# must import every source root from this checkout too.
+_ROOTS = [str(_ROOT / d) for d in ("src", "airflow_provider", "kfp_components")]
+os.environ["PYTHONPATH"] = os.pathsep.join([*_ROOTS, *filter(None, [os.environ.get("PYTHONPATH", "")])])

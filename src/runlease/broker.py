@@ -118,8 +118,14 @@ class Broker:
         *,
         kind: str = "connections",
         stage: Stage = Stage.CURRENT,
+        detail: dict[str, Any] | None = None,
     ) -> Lease:
-        """Hand ``identity`` a credential for ``ref`` (a path, or an ID in the default env)."""
+        """Hand ``identity`` a credential for ``ref`` (a path, or an ID in the default env).
+
+        ``detail`` adds small non-secret facts to the audit event (an adapter's
+        phase, e.g. Airflow's template rendering vs. execute); the broker's own
+        keys win over the caller's.
+        """
         path = self.path(ref, kind)
         self.authorize(identity, path, Capability.LEASE, "lease")
         duration = self._ttl(ttl)
@@ -140,8 +146,8 @@ class Broker:
         )
         event = AuditEvent.for_identity(
             identity, ts=now, action="lease", path=str(path), version=secret.version, lease_id=lease_id,
-            detail={"issuer": issuer_name, "stage": stage.value, "ttl_s": int(duration.total_seconds()),
-                    "expires_at": expires.isoformat()},
+            detail={**(detail or {}), "issuer": issuer_name, "stage": stage.value,
+                    "ttl_s": int(duration.total_seconds()), "expires_at": expires.isoformat()},
         )
         try:
             self.ledger.record_lease(lease, event)
@@ -257,14 +263,19 @@ class Broker:
 
     @correlated
     def read(self, ref: str | SecretPath, identity: RunIdentity, *, kind: str = "connections",
-             version: int | None = None, stage: Stage = Stage.CURRENT, revealed: bool = False) -> StoredSecret:
-        """Read a value without a lease (CLI ``get``); audited, and masked from here on."""
+             version: int | None = None, stage: Stage = Stage.CURRENT, revealed: bool = False,
+             detail: dict[str, Any] | None = None) -> StoredSecret:
+        """Read a value without a lease (CLI ``get``); audited, and masked from here on.
+
+        ``detail`` adds non-secret facts to the audit event, as for :meth:`lease`.
+        """
         path = self.path(ref, kind)
         self.authorize(identity, path, Capability.READ, "read")
         secret = self.cache.get(path, stage, version)
         self.mask(secret.value)
         self.ledger.append(AuditEvent.for_identity(
-            identity, action="read", path=str(path), version=secret.version, detail={"revealed": revealed},
+            identity, action="read", path=str(path), version=secret.version,
+            detail={**(detail or {}), "revealed": revealed},
         ))
         return secret
 

@@ -1,0 +1,153 @@
+"""Revoke leases when Airflow says a task try or a DAG run is over.
+
+Task end runs *in the task process*: the Task SDK's ``finalize``
+(``airflow/sdk/execution_time/task_runner.py``) calls
+``on_task_instance_success``, ``on_task_instance_skipped``, and
+``on_task_instance_failed`` for both FAILED and UP_FOR_RETRY, after the task's
+own callbacks (which may still use their leases). The scheduler also calls
+``on_task_instance_failed`` when it fails a task whose process died
+(``airflow/models/taskinstance.py``), so the same hook is the backstop there.
+
+Run end runs where the DAG run's state is decided: ``DagRun.update_state``
+(``airflow/models/dagrun.py``) calls ``on_dag_run_success`` /
+``on_dag_run_failed`` in the scheduler (or in the process running
+``dag.test()``). Whatever the run still holds -- a task killed with SIGKILL
+never reached ``finalize`` -- is revoked there; lease TTLs cover the rest.
+
+Leases are found in the ledger by run, task and try and then filtered by DAG
+id, because run ids are only unique per DAG (two DAGs on the same schedule
+both have ``scheduled__2026-01-01T00:00:00+00:00``). A deferred task's leases
+were issued in an earlier process; the ledger query finds them too.
+
+Listener hooks must never break the task: failures are logged (never with a
+value -- none is held here) and swallowed, and TTL remains the backstop.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pluggy
+
+log = logging.getLogger(__name__)
+
+#: Airflow's listener hooks are pluggy hooks of project "airflow"
+#: (``airflow/_shared/listeners/__init__.py``: ``hookimpl = HookimplMarker("airflow")``).
+hookimpl = pluggy.HookimplMarker("airflow")
+
+TASK_ACTOR = "runlease-airflow:task-listener"
+RUN_ACTOR = "runlease-airflow:dagrun-listener"
+
+
+def _states() -> list[Any]:
+    from runlease_airflow.process_state import opened_states
+
+    states = opened_states()
+    if states:
+        return states
+    from runlease_airflow.discovery import configured_backend
+
+    backend = configured_backend()
+    return [backend.state] if backend is not None else []
+
+
+def _map_index(value: Any) -> int | None:
+    try:
+        index = int(value)
+    except (TypeError, ValueError):
+        return None
+    return None if index < 0 else index
+
+
+def revoke_task_try(dag_id: str, run_id: str, task_id: str, try_number: int | None,
+                    map_index: int | None, outcome: str, states: list[Any] | None = None) -> int:
+    """Revoke every active lease of one task try; returns how many were revoked.
+
+    ``states`` defaults to every runtime this process opened (or the configured backend's).
+    """
+    from runlease.models import LeaseState, RunIdentity
+
+    from runlease_airflow.lease_cache import task_key
+
+    actor = RunIdentity(orchestrator="airflow", pipeline=dag_id, run_id=run_id, task_id=task_id,
+                        try_number=try_number, map_index=map_index, principal=TASK_ACTOR)
+    revoked = 0
+    for state in _states() if states is None else states:
+        broker = state.runtime.broker
+        state.leases.drop_task(task_key(actor))
+        for lease in broker.ledger.find_leases(run_id=run_id, task_id=task_id, try_number=try_number,
+                                               state=LeaseState.ACTIVE):
+            if lease.identity.pipeline != dag_id or lease.identity.map_index != map_index:
+                continue
+            revoked += broker.revoke(lease.lease_id, reason=f"task {outcome}", identity=actor)
+    return revoked
+
+
+def revoke_dag_run(dag_id: str, run_id: str, outcome: str, states: list[Any] | None = None) -> int:
+    """Revoke everything a DAG run still holds; returns how many leases were revoked."""
+    from runlease.models import LeaseState, RunIdentity
+
+    actor = RunIdentity(orchestrator="airflow", pipeline=dag_id, run_id=run_id, principal=RUN_ACTOR)
+    revoked = 0
+    for state in _states() if states is None else states:
+        broker = state.runtime.broker
+        state.leases.drop_run(dag_id, run_id)
+        for lease in broker.ledger.find_leases(run_id=run_id, state=LeaseState.ACTIVE):
+            if lease.identity.pipeline != dag_id:
+                continue
+            revoked += broker.revoke(lease.lease_id, reason=f"dag run {outcome}", identity=actor)
+    return revoked
+
+
+def _task_ended(task_instance: Any, outcome: str) -> None:
+    try:
+        count = revoke_task_try(
+            dag_id=task_instance.dag_id, run_id=task_instance.run_id, task_id=task_instance.task_id,
+            try_number=getattr(task_instance, "try_number", None),
+            map_index=_map_index(getattr(task_instance, "map_index", -1)), outcome=outcome,
+        )
+        if count:
+            log.info("runlease: revoked %d lease(s) of %s.%s try %s (%s)", count, task_instance.dag_id,
+                     task_instance.task_id, getattr(task_instance, "try_number", None), outcome)
+    except Exception as err:
+        log.warning("runlease: could not revoke the leases of %s.%s (%s: %s); their TTL still applies",
+                    getattr(task_instance, "dag_id", "?"), getattr(task_instance, "task_id", "?"),
+                    type(err).__name__, err)
+
+
+def _run_ended(dag_run: Any, outcome: str) -> None:
+    try:
+        count = revoke_dag_run(dag_id=dag_run.dag_id, run_id=dag_run.run_id, outcome=outcome)
+        if count:
+            log.info("runlease: revoked %d lease(s) still held by run %s of %s (%s)", count, dag_run.run_id,
+                     dag_run.dag_id, outcome)
+    except Exception as err:
+        log.warning("runlease: could not revoke the leases of run %s (%s: %s); their TTL still applies",
+                    getattr(dag_run, "run_id", "?"), type(err).__name__, err)
+
+
+@hookimpl
+def on_task_instance_success(previous_state: Any, task_instance: Any) -> None:
+    _task_ended(task_instance, "success")
+
+
+@hookimpl
+def on_task_instance_failed(previous_state: Any, task_instance: Any, error: Any) -> None:
+    state = getattr(task_instance, "state", None)
+    _task_ended(task_instance, str(getattr(state, "value", state) or "failed"))
+
+
+@hookimpl
+def on_task_instance_skipped(previous_state: Any, task_instance: Any) -> None:
+    _task_ended(task_instance, "skipped")
+
+
+@hookimpl
+def on_dag_run_success(dag_run: Any, msg: str) -> None:
+    _run_ended(dag_run, "success")
+
+
+@hookimpl
+def on_dag_run_failed(dag_run: Any, msg: str) -> None:
+    _run_ended(dag_run, "failed")

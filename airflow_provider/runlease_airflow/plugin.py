@@ -1,0 +1,23 @@
+"""The Airflow plugin that registers :mod:`runlease_airflow.listener`.
+
+Registered through the ``airflow.plugins`` entry point (pyproject.toml), which
+Airflow loads in every process whatever the provider discovery mode
+(``airflow/_shared/plugins_manager/plugins_manager.py``
+``_load_entrypoint_plugins``). Airflow validates plugins by class *name*
+(``is_valid_plugin``: any base named ``AirflowPlugin`` from a
+``plugins_manager`` module), so the Task SDK's class works in core processes too.
+"""
+
+from __future__ import annotations
+
+try:
+    from airflow.sdk.plugins_manager import AirflowPlugin
+except ImportError:  # pragma: no cover - core-only installs
+    from airflow.plugins_manager import AirflowPlugin  # type: ignore[no-redef]
+
+from runlease_airflow import listener
+
+
+class RunleasePlugin(AirflowPlugin):
+    name = "runlease"
+    listeners = [listener]

@@ -1,0 +1,172 @@
+"""``RunleaseBackend``: Airflow connections, variables and config values as run-bound leases.
+
+Configure it the normal way::
+
+    [secrets]
+    backend = runlease_airflow.secrets.RunleaseBackend
+    backend_kwargs = {"env": "prod", "connections_lookup_pattern": "^(warehouse|registry)$"}
+
+(workers read ``[workers] secrets_backend`` first; per-key overrides come from
+``AIRFLOW__SECRETS__BACKEND_KWARG__<KEY>``; see :mod:`runlease_airflow.config`
+for every kwarg.)
+
+What a lookup does:
+
+1. Map the Airflow ID to a runlease path (prefix, optional lookup pattern). An
+   ID that is not ours returns None at once, so Airflow asks the next backend.
+2. Find out who is asking (:mod:`runlease_airflow.identity`). Inside a task
+   try -- template rendering, execute, callbacks -- the value is *leased* to
+   that try (reusing a still-valid lease from :mod:`runlease_airflow.lease_cache`);
+   at DAG-parse time and outside any task it is an audited *read*.
+3. A secret runlease does not hold returns None (fall through) *before* policy
+   is consulted: runlease has no authority over a secret it does not hold, and
+   the same ID may legitimately live in the next backend (the metadata
+   database, or an API server's chain resolving it for a task). The cost is
+   that a caller can learn whether runlease holds an ID, never its value. For a
+   secret runlease holds, a policy denial raises
+   :class:`~runlease_airflow.errors.RunleaseAccessDenied` (no fall through);
+   other failures propagate, and Airflow logs them and tries the next backend.
+4. Every value handed out is registered with Airflow's masker and runlease's
+   redactor before Airflow sees it (:mod:`runlease_airflow.masking`).
+
+Lookups are methods of Airflow's ``BaseSecretsBackend``
+(``airflow/_shared/secrets_backend/base.py``): ``get_conn_value``,
+``get_connection``, ``get_variable``, ``get_config``. ``get_connection`` is
+overridden to build the Connection from the stored dict directly instead of a
+URI round trip; the class Airflow set with ``_set_connection_class`` (the Task
+SDK's in workers, ``airflow.models.Connection`` on the server) is honoured.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from runlease.connection import parse_connection
+from runlease.errors import AccessDeniedError, ConfigError, RunleaseError, SecretNotFoundError
+from runlease.models import SecretPath, SecretValue
+
+from runlease_airflow.config import BACKEND, BackendConfig
+from runlease_airflow.errors import RunleaseAccessDenied
+from runlease_airflow.identity import Caller, current_caller
+from runlease_airflow.masker_bridge import install_sdk_masker_bridge
+from runlease_airflow.masking import connection_extra_text, protect
+from runlease_airflow.process_state import ProcessState, state_for
+
+try:
+    from airflow.sdk.bases.secrets_backend import BaseSecretsBackend
+except ImportError:  # pragma: no cover - core-only installs
+    from airflow.secrets import BaseSecretsBackend  # type: ignore[no-redef]
+
+
+class RunleaseBackend(BaseSecretsBackend):
+    """Resolve Airflow secrets from runlease, leasing each one to the task try that asked."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        self.config = BackendConfig.from_kwargs(kwargs)
+        # Cover core-configured log handlers with the SDK masker (see masker_bridge: without
+        # it the LocalExecutor echoes task output unmasked to the scheduler's console).
+        install_sdk_masker_bridge()
+        try:
+            self._state = state_for(self.config.settings)
+        except RunleaseError as err:
+            settings = self.config.settings
+            key_source = "RUNLEASE_MASTER_KEY" if settings.master_key is not None else str(settings.key_file)
+            raise ConfigError(
+                f"{BACKEND} backend_kwargs 'home': cannot open the runlease home {settings.home} "
+                f"(kwarg 'home' or RUNLEASE_HOME; key from {key_source}): {err}"
+            ) from None
+
+    # -- what other modules use -------------------------------------------------
+
+    @property
+    def state(self) -> ProcessState:
+        return self._state
+
+    @property
+    def broker(self) -> Any:
+        return self._state.runtime.broker
+
+    # -- Airflow's interface ------------------------------------------------------
+
+    def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
+        """The connection as Airflow's JSON connection format (for callers that want a string)."""
+        conn = self._connection_dict(conn_id)
+        return json.dumps(conn) if conn is not None else None
+
+    def get_connection(self, conn_id: str, team_name: str | None = None) -> Any:
+        conn = self._connection_dict(conn_id)
+        if conn is None:
+            return None
+        conn_class = self._get_connection_class()
+        return conn_class(
+            conn_id=conn_id,
+            conn_type=conn.get("conn_type"),
+            host=conn.get("host"),
+            login=conn.get("login"),
+            password=conn.get("password"),
+            schema=conn.get("schema"),
+            port=conn.get("port"),
+            extra=connection_extra_text(conn),
+        )
+
+    def get_variable(self, key: str, team_name: str | None = None) -> str | None:
+        value = self._resolve("variables", key)
+        if value is None or isinstance(value, str):
+            return value
+        return json.dumps(value)
+
+    def get_config(self, key: str) -> str | None:
+        value = self._resolve("config", key)
+        if value is None or isinstance(value, str):
+            return value
+        return json.dumps(value)
+
+    # -- the lookup ----------------------------------------------------------------
+
+    def _connection_dict(self, conn_id: str) -> dict[str, Any] | None:
+        value = self._resolve("connections", conn_id)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            # Stored as a bare URI or JSON string; parse_connection names the field, never the value.
+            return parse_connection(value)
+        return value
+
+    def _resolve(self, secret_type: str, secret_id: str) -> SecretValue | None:
+        path = self.config.path_for(secret_type, secret_id)
+        if path is None:
+            return None
+        caller = current_caller()
+        try:
+            if caller.leases:
+                return self._lease(path, caller)
+            self.broker.store.resolve(path)  # not held -> SecretNotFoundError -> fall through, see 3.
+            value = self.broker.read(path, caller.identity, kind=path.kind, detail={"phase": caller.phase}).value
+        except SecretNotFoundError:
+            return None
+        except AccessDeniedError as err:
+            raise RunleaseAccessDenied(str(err)) from None
+        protect(value)
+        return value
+
+    def _lease(self, path: SecretPath, caller: Caller) -> SecretValue:
+        state = self._state
+        broker = state.runtime.broker
+        if self.config.cache:
+            cached = state.leases.get(
+                caller.identity, path,
+                revalidate_seconds=self.config.cache_revalidate_seconds,
+                current_version=lambda p: broker.store.resolve(p).version,
+                lease_state=lambda lease_id: broker.ledger.get_lease(lease_id).state,
+            )
+            if cached is not None:
+                # Protected when it was leased: the cache lives in this process only.
+                return cached.value
+        broker.store.resolve(path)  # not held -> SecretNotFoundError -> fall through (module docstring, 3.)
+        lease = broker.lease(path, caller.identity, self.config.ttl, kind=path.kind, detail={"phase": caller.phase})
+        protect(lease.value)
+        if self.config.cache:
+            state.leases.put(lease)
+        return lease.value
