@@ -37,10 +37,10 @@ from importlib import metadata
 from pathlib import Path
 
 START, END = "<!-- bench:airflow-backend:start -->", "<!-- bench:airflow-backend:end -->"
-PASSWORD = "Bench-pass/word@0123456789"
+PASSWORD = "Bench-pass/word@0123456789"  # runlease: allow high-entropy-secret (test fixture)
 CONN = {"conn_type": "postgres", "host": "warehouse.internal", "login": "etl", "password": PASSWORD,
         "schema": "analytics", "port": 5432, "extra": {"sslmode": "require"}}
-URI = "postgres://etl:Bench-pass%2Fword%400123456789@warehouse.internal:5432/analytics?sslmode=require"
+URI = "postgres://etl:Bench-pass%2Fword%400123456789@warehouse.internal:5432/analytics?sslmode=require"  # runlease: allow connection-uri-credentials (test fixture)
 TASK_ENV = {"AIRFLOW_CTX_DAG_ID": "training_pipeline", "AIRFLOW_CTX_DAG_RUN_ID": "manual__bench",
             "AIRFLOW_CTX_TASK_ID": "train_model", "AIRFLOW_CTX_TRY_NUMBER": "1"}
 TARGET_HIT_RATIO = 2.0

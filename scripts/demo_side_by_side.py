@@ -32,7 +32,7 @@ def run_table(runtime: object, run_id: str) -> Table:
 def main(run_ids: list[str]) -> None:
     runtime = open_runtime()
     try:
-        Console(width=160).print(Columns([run_table(runtime, r) for r in run_ids], padding=(0, 4)))
+        Console(width=200).print(Columns([run_table(runtime, r) for r in run_ids], padding=(0, 4)))
         print(runtime.ledger.verify().describe())
     finally:
         runtime.close()

@@ -18,8 +18,8 @@ from runlease.settings import Settings
 from runlease_airflow.secrets import RunleaseBackend
 
 ADMIN = RunIdentity(orchestrator="cli", pipeline="tests")
-PASSWORD = "Be/unit-test-pass@word-7731"
-API_KEY = "ak-unit-test-4f2c9e"
+PASSWORD = "Be/unit-test-pass@word-7731"  # runlease: allow high-entropy-secret (test fixture)
+API_KEY = "ak-unit-test-4f2c9e"  # runlease: allow secret-assignment (test fixture)
 WAREHOUSE = {"conn_type": "postgres", "host": "wh.internal", "login": "etl", "password": PASSWORD,
              "schema": "analytics", "port": 5432, "extra": {"sslmode": "require", "api_key": API_KEY}}
 TASK_ENV = {"AIRFLOW_CTX_DAG_ID": "training_pipeline", "AIRFLOW_CTX_DAG_RUN_ID": "manual__r1",
@@ -146,7 +146,7 @@ def test_rotation_is_seen_by_the_next_lookup(home: Path, monkeypatch: pytest.Mon
         monkeypatch.setenv(name, value)
     backend = RunleaseBackend(home=str(home))
     assert backend.get_connection("warehouse").password == PASSWORD
-    backend.broker.put("dev/connections/warehouse", {**WAREHOUSE, "password": "Rotated-pass-0042"}, ADMIN)
+    backend.broker.put("dev/connections/warehouse", {**WAREHOUSE, "password": "Rotated-pass-0042"}, ADMIN)  # runlease: allow secret-assignment (test fixture)
     assert backend.get_connection("warehouse").password == "Rotated-pass-0042"
     versions = sorted(lease.version for lease in backend.broker.ledger.find_leases())
     assert versions == [1, 2]
@@ -220,7 +220,7 @@ def test_ids_runlease_does_not_hold_fall_through_even_when_policy_is_enforced(
 
 def test_a_connection_stored_as_a_uri_string_is_parsed(home: Path) -> None:
     backend = RunleaseBackend(home=str(home))
-    backend.broker.put("dev/connections/legacy", "mysql://app:legacy-pass-771@db.legacy:3306/shop", ADMIN)
+    backend.broker.put("dev/connections/legacy", "mysql://app:legacy-pass-771@db.legacy:3306/shop", ADMIN)  # runlease: allow connection-uri-credentials (test fixture)
     conn = backend.get_connection("legacy")
     assert (conn.conn_type, conn.host, conn.login, conn.password, conn.port, conn.schema) == (
         "mysql", "db.legacy", "app", "legacy-pass-771", 3306, "shop")

@@ -28,7 +28,7 @@ def hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RunleaseHook:
         monkeypatch.setenv(name, value)
     runtime, _ = init_home(Settings(home=tmp_path / "home"))
     runtime.broker.put("dev/connections/registry", {"conn_type": "http", "host": "registry.internal",
-                                                    "login": "pub", "password": "registry-pass-3141"}, ADMIN)
+                                                    "login": "pub", "password": "registry-pass-3141"}, ADMIN)  # runlease: allow secret-assignment (test fixture)
     runtime.broker.put("dev/tokens/client_api_key", OLD_KEY, ADMIN)
     runtime.broker.put("dev/tokens/client_api_key", NEW_KEY, ADMIN)  # old CURRENT becomes PREVIOUS
     runtime.close()

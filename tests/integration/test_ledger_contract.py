@@ -24,7 +24,7 @@ from runlease.runtime import Runtime
 from support.homes import identity, make_runtime, raw_files
 
 PATH = SecretPath.parse("dev/connections/warehouse")
-CONN = {"conn_type": "postgres", "host": "db", "login": "etl", "password": "Contract-Pa55-word", "port": 5432}
+CONN = {"conn_type": "postgres", "host": "db", "login": "etl", "password": "Contract-Pa55-word", "port": 5432}  # runlease: allow secret-assignment (test fixture)
 
 
 @dataclass

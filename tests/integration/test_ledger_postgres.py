@@ -34,7 +34,7 @@ from support.homes import identity, make_runtime
 from support.postgres import PostgresServer
 
 PATH = SecretPath.parse("dev/connections/warehouse")
-CONN = {"conn_type": "postgres", "host": "db", "login": "etl", "password": "Shared-Ledger-Pa55", "port": 5432}
+CONN = {"conn_type": "postgres", "host": "db", "login": "etl", "password": "Shared-Ledger-Pa55", "port": 5432}  # runlease: allow secret-assignment (test fixture)
 WORKER = Path(__file__).resolve().parents[1] / "support" / "ledger_worker.py"
 
 
@@ -183,7 +183,7 @@ def test_postgres_ledger_without_a_dsn_is_a_clear_config_error(tmp_path: Path) -
 
     with pytest.raises(ConfigError, match="RUNLEASE_LEDGER=postgres needs RUNLEASE_LEDGER_DSN"):
         check_settings(Settings(home=tmp_path, ledger="postgres"))
-    assert "Shared" not in repr(Settings(home=tmp_path, ledger_dsn="postgresql://u:Shared-Pw@h/db"))
+    assert "Shared" not in repr(Settings(home=tmp_path, ledger_dsn="postgresql://u:Shared-Pw@h/db"))  # runlease: allow connection-uri-credentials (test fixture)
 
 
 @pytest.mark.parametrize("failure", ["refused", "silent", "wrong_password", "no_schema"])
@@ -266,7 +266,7 @@ def test_an_unreachable_ledger_fails_a_write_before_the_store_changes(shared: Sh
         rt.ledger.target = target_from_dsn(shared.server.dsn(shared.dbname).replace(
             f"port={shared.server.port}", f"port={closed_port}"), "PostgreSQL ledger")  # type: ignore[attr-defined]
         with pytest.raises(BackendError, match=f"127.0.0.1:{closed_port}"):
-            rt.broker.put(PATH, {**CONN, "password": "Another-Pa55"}, identity())
+            rt.broker.put(PATH, {**CONN, "password": "Another-Pa55"}, identity())  # runlease: allow secret-assignment (test fixture)
         assert rt.store.info(PATH).versions == before
     finally:
         rt.close()

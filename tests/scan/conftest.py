@@ -9,21 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def git(repo: Path, *args: str) -> str:
-    """Run git in ``repo`` with a fixed identity; return stdout."""
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "Scan Test",
-        "GIT_AUTHOR_EMAIL": "scan@example.invalid",
-        "GIT_COMMITTER_NAME": "Scan Test",
-        "GIT_COMMITTER_EMAIL": "scan@example.invalid",
-    }
-    out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, env=env, check=True)
-    return out.stdout
+from scan_support import REPO_ROOT, git
 
 
 @pytest.fixture
@@ -34,13 +20,6 @@ def git_repo(tmp_path: Path) -> Path:
     git(repo, "init", "-q", "-b", "main")
     git(repo, "config", "commit.gpgsign", "false")
     return repo
-
-
-def commit_all(repo: Path, message: str) -> str:
-    """Stage everything and commit; return the new commit's hash."""
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", message)
-    return git(repo, "rev-parse", "HEAD").strip()
 
 
 @pytest.fixture

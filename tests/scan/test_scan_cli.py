@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import typer
-from conftest import commit_all, git
+from scan_support import commit_all, git
 from scan_corpus import Fakes
 from typer.testing import CliRunner
 
@@ -161,7 +161,7 @@ def test_jobs_gives_the_same_findings(git_repo: Path, run_scan) -> None:
 
 
 def test_pre_commit_hook_definition_and_docs_cover_every_rule() -> None:
-    from conftest import REPO_ROOT
+    from scan_support import REPO_ROOT
 
     hooks = (REPO_ROOT / ".pre-commit-hooks.yaml").read_text()
     for expected in ("- id: runlease-scan", "entry: runlease scan", "language: python", "pass_filenames: true"):

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import commit_all
+from scan_support import commit_all
 from scan_corpus import generate_corpus, plant_values
 
 from runlease.scan import collect_targets, scan_targets

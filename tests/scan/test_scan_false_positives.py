@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
+from scan_support import REPO_ROOT
 
 from runlease.scan import collect_targets, scan_targets
 from runlease.scan.files import git_toplevel

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import commit_all
+from scan_support import commit_all
 from scan_corpus import Fakes
 
 

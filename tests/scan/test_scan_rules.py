@@ -129,7 +129,7 @@ def test_scanner_never_imports_airflow_or_kfp() -> None:
     import subprocess
     import sys
 
-    from conftest import REPO_ROOT
+    from scan_support import REPO_ROOT
 
     code = (
         "import sys\n"

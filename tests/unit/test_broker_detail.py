@@ -17,7 +17,7 @@ WHO = RunIdentity(orchestrator="airflow", pipeline="training", run_id="r1", task
 @pytest.fixture()
 def runtime(tmp_path: Path) -> Runtime:
     rt, _ = init_home(Settings(home=tmp_path / "home"))
-    rt.broker.put("warehouse", {"conn_type": "postgres", "password": "pw-for-detail-test"},
+    rt.broker.put("warehouse", {"conn_type": "postgres", "password": "pw-for-detail-test"},  # runlease: allow secret-assignment (test fixture)
                   RunIdentity(orchestrator="cli", pipeline="admin"))
     yield rt
     rt.close()

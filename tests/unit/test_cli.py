@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from runlease.cli.main import app
 
-PASSWORD = "Cli-Pa55word-that-must-not-leak"
+PASSWORD = "Cli-Pa55word-that-must-not-leak"  # runlease: allow secret-assignment (test fixture)
 URI = f"postgres://etl:{PASSWORD}@warehouse.internal:5432/analytics?sslmode=require"
 
 

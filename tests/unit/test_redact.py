@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from runlease.redact import RedactingFilter, Redactor, default_redactor, install_redacting_filter
 
-SECRET = "s3cr3t-Passw0rd"
+SECRET = "s3cr3t-Passw0rd"  # runlease: allow secret-assignment (test fixture)
 
 
 def make(*values: str, **kwargs: object) -> Redactor:

@@ -20,7 +20,7 @@ from runlease.store.aws import PLACEHOLDER, AwsSecretsStore, version_id
 from store_support import aws_options, free_port
 
 P = SecretPath.parse("dev/connections/warehouse")
-PASSWORD = "Aws-Pa55word-never-logged"
+PASSWORD = "Aws-Pa55word-never-logged"  # runlease: allow secret-assignment (test fixture)
 CONN = {"conn_type": "postgres", "host": "db", "login": "etl", "password": PASSWORD}
 
 

@@ -21,7 +21,7 @@ from runlease.settings import Settings
 from store_support import free_port
 
 WHO = RunIdentity(orchestrator="cli", pipeline="ops", task_id="test")
-URI = "postgres://etl:Kms-Pa55word-x@db.internal:5432/analytics"
+URI = "postgres://etl:Kms-Pa55word-x@db.internal:5432/analytics"  # runlease: allow connection-uri-credentials (test fixture)
 
 
 @pytest.fixture()
@@ -41,7 +41,7 @@ def test_key_file_holds_only_kms_ciphertext_bound_to_the_store(moto_url: str, km
     settings = Settings(home=tmp_path / "home")
     rt, created = init_home(settings, kms=kms_options(moto_url, kms_key))
     assert created
-    rt.broker.put("dev/connections/warehouse", {"conn_type": "postgres", "password": "pw-kms"}, WHO)
+    rt.broker.put("dev/connections/warehouse", {"conn_type": "postgres", "password": "pw-kms"}, WHO)  # runlease: allow secret-assignment (test fixture)
     store_id = rt.local.store_id
     rt.close()
     doc = json.loads(settings.key_file.read_text())

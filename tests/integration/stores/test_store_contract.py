@@ -16,7 +16,7 @@ from runlease.models import SecretPath, Stage
 
 P = SecretPath.parse("dev/connections/warehouse")
 Q = SecretPath.parse("dev/variables/bucket")
-CONN = {"conn_type": "postgres", "host": "db.internal", "login": "etl", "password": "S3cret-pa55!",
+CONN = {"conn_type": "postgres", "host": "db.internal", "login": "etl", "password": "S3cret-pa55!",  # runlease: allow secret-assignment (test fixture)
         "port": 5432, "extra": {"sslmode": "require", "options": ["a", "ü"]}}
 
 
@@ -81,7 +81,7 @@ def test_check_and_set_on_put(store: Any) -> None:
     assert [v.version for v in store.history(P)] == [1, 2]
     assert store.get(P).value["password"] == "two"
     assert stages(store) == {Stage.CURRENT: 2, Stage.PREVIOUS: 1}
-    assert store.put(P, {**CONN, "password": "staged"}, cas=2, stage=Stage.PENDING) == 3
+    assert store.put(P, {**CONN, "password": "staged"}, cas=2, stage=Stage.PENDING) == 3  # runlease: allow secret-assignment (test fixture)
     assert stages(store) == {Stage.CURRENT: 2, Stage.PREVIOUS: 1, Stage.PENDING: 3}
 
 
@@ -105,7 +105,7 @@ def test_move_stage_is_compare_and_swap_and_leaves_other_labels(store: Any) -> N
 def test_rotation_finish_sequence(store: Any) -> None:
     """create (PENDING) -> finish (PENDING->CURRENT, CURRENT->PREVIOUS) -> retire PREVIOUS."""
     store.put(P, CONN)
-    new = store.put(P, {**CONN, "password": "rotated"}, stage=Stage.PENDING, cas=1)
+    new = store.put(P, {**CONN, "password": "rotated"}, stage=Stage.PENDING, cas=1)  # runlease: allow secret-assignment (test fixture)
     store.move_stage(P, Stage.CURRENT, new, expected=1)
     store.move_stage(P, Stage.PREVIOUS, 1)
     store.move_stage(P, Stage.PENDING, None, expected=new)

@@ -26,7 +26,7 @@ from runlease.store.vault_auth import VaultClientOptions, VaultSession
 from store_support import free_port, vault_options
 
 P = SecretPath.parse("dev/connections/warehouse")
-PASSWORD = "Vault-Pa55word-never-logged"
+PASSWORD = "Vault-Pa55word-never-logged"  # runlease: allow secret-assignment (test fixture)
 CONN = {"conn_type": "postgres", "host": "db", "login": "etl", "password": PASSWORD}
 
 
@@ -312,8 +312,8 @@ def test_concurrent_puts_both_land_and_current_only_moves_forward(fake_vault: Fa
     a, b = VaultStore.from_options(opts), VaultStore.from_options(opts)
     a.put(P, CONN)
     _barrier_on(fake_vault, "POST", "/_state/")
-    results = _run_both(lambda: a.put(P, {**CONN, "password": "from-a"}),
-                        lambda: b.put(P, {**CONN, "password": "from-b"}))
+    results = _run_both(lambda: a.put(P, {**CONN, "password": "from-a"}),  # runlease: allow secret-assignment (test fixture)
+                        lambda: b.put(P, {**CONN, "password": "from-b"}))  # runlease: allow secret-assignment (test fixture)
     assert all(isinstance(r, int) for r in results), results
     assert len(set(results)) == 2
     info = a.info(P)

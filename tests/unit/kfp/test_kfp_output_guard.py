@@ -12,7 +12,7 @@ import pytest
 from runlease.redact import Redactor
 from runlease_kfp.output_guard import RedactingTextStream, guard_process_output
 
-SECRET = "s3cr3t-Value-4711"
+SECRET = "s3cr3t-Value-4711"  # runlease: allow secret-assignment (test fixture)
 PEM = "-----BEGIN KEY-----\nQUJDREVGR0hJSktMTU5PUA==\nUVJTVFVWV1hZWmFiY2RlZg==\n-----END KEY-----"
 
 
