@@ -61,7 +61,7 @@ from pydantic import ValidationError
 from runlease.awsclient import AwsConnectionOptions, AwsService, error_code
 from runlease.errors import ConflictError, InvalidPathError, InvalidValueError, SecretNotFoundError
 from runlease.models import SecretInfo, SecretPath, SecretValue, SecretVersion, Stage, utcnow
-from runlease.store.base import Resolved, StoredSecret
+from runlease.store.base import Resolved, StoredSecret, metadata_conflicts
 from runlease.store.codec import decode_json, encode_json
 from runlease.store.options import options_error
 
@@ -404,8 +404,16 @@ class AwsSecretsStore:
         self._call("TagResource", f"deleting {name}", lambda c: c.tag_resource(
             SecretId=name, Tags=[{"Key": TAG_DELETED, "Value": utcnow().isoformat()}]))
 
-    def update_metadata(self, path: SecretPath, patch: dict[str, Any]) -> dict[str, Any]:
+    def update_metadata(
+        self, path: SecretPath, patch: dict[str, Any], *, expected: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         secret = self._live(path, self._describe(path))
+        # Tags have no conditional write: ``expected`` is checked against the
+        # description just read, so a concurrent tag write in between is not
+        # detected (the same window as ``cas`` on a PENDING put; see the module docstring).
+        stale = metadata_conflicts(secret.metadata(), expected)
+        if stale:
+            raise ConflictError(f"metadata of {path} changed: {', '.join(stale)} no longer as expected")
         tag, untag = _metadata_tags(path, patch)
         name = self._name(path)
         stale = [k for k in untag if k in secret.tags]

@@ -80,6 +80,21 @@ class SecretStore(Protocol):
         """Soft delete: reads fail, history stays; a later ``put`` revives the secret."""
         ...
 
-    def update_metadata(self, path: SecretPath, patch: dict[str, Any]) -> dict[str, Any]:
-        """Merge non-secret settings (issuer, rotation policy) into the secret's metadata."""
+    def update_metadata(
+        self, path: SecretPath, patch: dict[str, Any], *, expected: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Merge non-secret settings (issuer, rotation policy) into the secret's metadata.
+
+        ``expected`` makes the write a compare-and-swap: it happens only if, for
+        every key given, the stored metadata holds exactly that value (``None``:
+        the key is absent); otherwise ``ConflictError`` and nothing is written.
+        Rotation claims a secret this way, so two rotators cannot both start.
+        """
         ...
+
+
+def metadata_conflicts(metadata: dict[str, Any], expected: dict[str, Any] | None) -> list[str]:
+    """Keys whose stored value differs from ``expected`` (``None`` expects the key to be absent)."""
+    if not expected:
+        return []
+    return sorted(key for key, want in expected.items() if metadata.get(key) != want)

@@ -18,7 +18,7 @@ from runlease.crypto import Keyring, Sealed, rewrap, seal, unseal
 from runlease.db import Database
 from runlease.errors import ConflictError, InvalidValueError, MasterKeyError, SecretNotFoundError
 from runlease.models import SecretInfo, SecretPath, SecretValue, SecretVersion, Stage, utcnow
-from runlease.store.base import Resolved, StoredSecret
+from runlease.store.base import Resolved, StoredSecret, metadata_conflicts
 
 _KEY_CHECK_PREFIX = "key_check:"
 
@@ -270,9 +270,24 @@ class LocalStore:
             self._live_row(tx.conn, path)
             tx.conn.execute("UPDATE secrets SET deleted_at=? WHERE path=?", (_ts(utcnow()), str(path)))
 
-    def update_metadata(self, path: SecretPath, patch: dict[str, Any]) -> dict[str, Any]:
+    def update_metadata(
+        self, path: SecretPath, patch: dict[str, Any], *, expected: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        # Read, compare and write under one BEGIN IMMEDIATE: exact across processes.
         with self.db.write() as tx:
             meta = json.loads(self._live_row(tx.conn, path)[2])
+            stale = metadata_conflicts(meta, expected)
+            if stale:
+                raise ConflictError(f"metadata of {path} changed: {', '.join(stale)} no longer as expected")
             meta.update(patch)
             tx.conn.execute("UPDATE secrets SET metadata=? WHERE path=?", (json.dumps(meta, sort_keys=True), str(path)))
         return meta
+
+    def deprecate(self, path: SecretPath, version: int) -> None:
+        """Mark a version deprecated (rotation retired it); it stays readable by number for audit."""
+        with self.db.write() as tx:
+            changed = tx.conn.execute(
+                "UPDATE versions SET deprecated=1 WHERE path=? AND version=?", (str(path), version)
+            ).rowcount
+            if not changed:
+                raise SecretNotFoundError(f"secret {path} has no version {version}")

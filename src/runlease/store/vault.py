@@ -58,7 +58,7 @@ from pydantic import ValidationError
 from runlease.errors import ConflictError, IntegrityError, InvalidPathError, SecretNotFoundError
 from runlease.errors import RunleaseError, StoreUnavailableError
 from runlease.models import SecretInfo, SecretPath, SecretValue, SecretVersion, Stage, utcnow
-from runlease.store.base import Resolved, StoredSecret
+from runlease.store.base import Resolved, StoredSecret, metadata_conflicts
 from runlease.store.codec import check_value, decoded, encode_json, malformed
 from runlease.store.options import options_error
 from runlease.store.vault_auth import VaultClientOptions, VaultSession, http_status, vault_session
@@ -370,8 +370,15 @@ class VaultStore:
 
         self._mutate(path, change)
 
-    def update_metadata(self, path: SecretPath, patch: dict[str, Any]) -> dict[str, Any]:
+    def update_metadata(
+        self, path: SecretPath, patch: dict[str, Any], *, expected: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        # ``change`` runs on the state record just read, and the write is a KV
+        # check-and-set on that record's version: the comparison is exact.
         def change(state: _State) -> None:
+            stale = metadata_conflicts(state.metadata, expected)
+            if stale:
+                raise ConflictError(f"metadata of {path} changed: {', '.join(stale)} no longer as expected")
             state.metadata.update(patch)
 
         return dict(self._mutate(path, change).metadata)

@@ -163,6 +163,21 @@ def test_metadata_merges_and_travels_with_reads(store: Any) -> None:
     assert store.update_metadata(P, {"issuer": "static"})["issuer"] == "static"
 
 
+def test_metadata_compare_and_swap(store: Any) -> None:
+    """Rotation claims a secret with ``expected``: a stale expectation writes nothing."""
+    store.put(P, CONN)
+    claim = {"token": "t1", "status": "rotating"}
+    assert store.update_metadata(P, {"rotation_state": claim}, expected={"rotation_state": None})["rotation_state"] == claim
+    with pytest.raises(ConflictError, match="rotation_state"):
+        store.update_metadata(P, {"rotation_state": {"token": "t2"}}, expected={"rotation_state": None})
+    with pytest.raises(ConflictError):
+        store.update_metadata(P, {"rotation_state": {"token": "t2"}}, expected={"rotation_state": {"token": "t0"}})
+    assert store.resolve(P).metadata["rotation_state"] == claim
+    done = {"token": "t1", "status": "done"}
+    store.update_metadata(P, {"rotation_state": done}, expected={"rotation_state": claim})
+    assert store.resolve(P).metadata["rotation_state"] == done
+
+
 def test_resolve_is_authoritative_across_instances(stores: Any) -> None:
     """Two store objects on the same backend: a stage moved through one is seen by the other at once."""
     a, b = stores.make(), stores.make()
