@@ -10,6 +10,7 @@ unrecorded.
 
 from __future__ import annotations
 
+import hmac
 import secrets
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -20,7 +21,7 @@ from pydantic import Secret
 from runlease.cache import RotationAwareCache
 from runlease.connection import sensitive_strings
 from runlease.correlation import correlated
-from runlease.errors import AccessDeniedError, InvalidValueError
+from runlease.errors import AccessDeniedError, InvalidValueError, SecretNotFoundError
 from runlease.issuers import IssuerRegistry
 from runlease.ledger.base import Ledger
 from runlease.models import (
@@ -39,6 +40,11 @@ from runlease.models import (
 from runlease.policy import Policy
 from runlease.redact import Redactor, default_redactor
 from runlease.store.base import SecretStore, StoredSecret
+
+
+#: Who verifies a presented key when the caller names nobody (a serving process checking its
+#: clients outside any run). Policy principal pattern: ``runlease:verify``.
+VERIFIER = RunIdentity(orchestrator="runlease", pipeline="verify", principal="runlease:verify")
 
 
 def new_lease_id() -> str:
@@ -278,6 +284,45 @@ class Broker:
             detail={**(detail or {}), "revealed": revealed},
         ))
         return secret
+
+    @correlated
+    def verify_presented_key(self, ref: str | SecretPath, presented: str, identity: RunIdentity | None = None, *,
+                             kind: str = "tokens") -> bool:
+        """True if ``presented`` equals the CURRENT or the PREVIOUS version of a stored key.
+
+        Why PREVIOUS too: a rotation finishes by making the new key CURRENT
+        while clients still hold the old one; until the rotation retires it
+        (after the grace period) the old key must keep working, or every
+        client breaks the moment the rotation finishes. Both stages are
+        always compared with :func:`hmac.compare_digest` (no early exit), so
+        timing tells a caller nothing about which one matched or how much of
+        a guess was right. Audited as ``verify`` with the matching stage
+        (outcome ``denied`` when none matched) -- never the presented key.
+        Policy: ``read`` on the path (for ``identity``, default :data:`VERIFIER`).
+        """
+        path = self.path(ref, kind)
+        who = identity or VERIFIER
+        self.authorize(who, path, Capability.READ, "verify")
+        candidate = presented.encode() if isinstance(presented, str) else b""
+        matched: Stage | None = None
+        version: int | None = None
+        for stage in (Stage.CURRENT, Stage.PREVIOUS):
+            try:
+                stored = self.cache.get(path, stage)
+            except SecretNotFoundError:
+                if stage is Stage.CURRENT:
+                    raise
+                continue
+            self.mask(stored.value)
+            equal = isinstance(stored.value, str) and hmac.compare_digest(stored.value.encode(), candidate)
+            if equal and matched is None:
+                matched, version = stage, stored.version
+        self.ledger.append(AuditEvent.for_identity(
+            who, action="verify", path=str(path), version=version,
+            outcome=Outcome.OK if matched else Outcome.DENIED,
+            detail={"matched": matched.value if matched else None},
+        ))
+        return matched is not None
 
     @correlated
     def put(self, ref: str | SecretPath, value: SecretValue, identity: RunIdentity, *, kind: str = "connections",

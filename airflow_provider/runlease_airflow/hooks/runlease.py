@@ -119,10 +119,13 @@ class RunleaseHook(BaseHook):
         """
         broker = self.backend.broker
         path = self.path(secret_id, kind)
+        identity = current_caller().identity
         delegate = getattr(broker, "verify_presented_key", None)
         if delegate is not None:
-            return bool(delegate(path, presented))
-        identity = current_caller().identity
+            try:
+                return bool(delegate(path, presented, identity))
+            except AccessDeniedError as err:
+                raise RunleaseAccessDenied(str(err)) from None
         try:
             broker.authorize(identity, path, Capability.READ, "verify")
         except AccessDeniedError as err:
