@@ -4,7 +4,7 @@ Built on :class:`runlease.awsclient.AwsService` (timeouts, bounded retries,
 403-class errors mapped to clear errors, botocore's credential-bearing
 DEBUG lines suppressed). Two additions the rotators need: calling AWS with
 an explicit access key -- the admin credentials kept as a runlease secret
-(``settings.credentials``), and the PENDING key itself when the IAM
+(``settings.admin``), and the PENDING key itself when the IAM
 rotator tests it -- instead of the process's standard credential chain.
 """
 
@@ -28,7 +28,7 @@ class AwsTargetSettings(BaseModel):
     endpoint_url: str | None = None
     #: runlease path of an aws connection (login = access key id, password = secret key) to call AWS
     #: with; default: the process's standard credential chain (environment, profile, instance role).
-    credentials: str | None = None
+    admin: str | None = None
     connect_timeout: float = Field(default=5.0, gt=0, le=120)
     read_timeout: float = Field(default=15.0, gt=0, le=300)
     max_attempts: int = Field(default=3, ge=1, le=10)
@@ -72,9 +72,9 @@ def admin_service(ctx: RotationContext, settings: AwsTargetSettings, service: st
                   default_region: str | None = None) -> AwsService:
     """The client the rotator manages the target with."""
     options = settings.options(default_region)
-    if settings.credentials is None:
+    if settings.admin is None:
         return AwsService(service, options, label=label)
-    admin = ctx.read_secret(settings.credentials)
+    admin = ctx.read_secret(settings.admin)
     if not isinstance(admin.value, dict):
-        raise ConfigError(f"{label}: credentials secret {settings.credentials} is not an aws connection")
+        raise ConfigError(f"{label}: credentials secret {settings.admin} is not an aws connection")
     return keyed_service(service, options, admin.value, label)

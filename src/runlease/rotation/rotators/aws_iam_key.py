@@ -59,8 +59,8 @@ class AwsIamKeyRotator:
 
     def check_settings(self, settings: dict[str, Any], path: SecretPath) -> None:
         opts = rotator_settings(IamKeySettings, settings, path, self.name)
-        if opts.credentials:
-            SecretPath.parse(opts.credentials)
+        if opts.admin:
+            SecretPath.parse(opts.admin)
 
     def _iam(self, ctx: RotationContext, opts: IamKeySettings) -> Any:
         return admin_service(ctx, opts, "iam", f"IAM (rotating {ctx.path})", default_region=IAM_REGION)

@@ -68,8 +68,8 @@ class AwsSecretsManagerRotator:
 
     def check_settings(self, settings: dict[str, Any], path: SecretPath) -> None:
         opts = rotator_settings(SecretsManagerSettings, settings, path, self.name)
-        if opts.credentials:
-            SecretPath.parse(opts.credentials)
+        if opts.admin:
+            SecretPath.parse(opts.admin)
 
     def _sm(self, ctx: RotationContext) -> tuple[Any, SecretsManagerSettings]:
         opts = self._settings(ctx)
