@@ -22,7 +22,9 @@ from contextlib import contextmanager
 #: Logger -> message prefixes whose records can carry credentials.
 SECRET_BEARING: dict[str, tuple[str, ...]] = {
     "botocore.parsers": ("Response body",),
-    "botocore.endpoint": ("Sending http request", "Response body"),
+    # "Making request for ... with params": the request's parameters (PutSecretValue's SecretString,
+    # an UpdateAccessKey's key id) before they are even sent.
+    "botocore.endpoint": ("Making request for", "Sending http request", "Response body"),
     "botocore.auth": ("CanonicalRequest",),
 }
 
