@@ -148,8 +148,10 @@ class PostgresRotator:
         try:
             conn = connect(target, timeout=opts.connect_timeout, settings=_timeouts())
         except BackendError as err:
-            if any(word in str(err) for word in _REFUSALS):
-                raise RotationTestFailed(f"{target.where} refused the PENDING login: {err}") from None
+            text = str(err)
+            if any(word in text for word in _REFUSALS):
+                said = " ".join(text.split("FATAL:", 1)[-1].split())  # libpq's reason, without the preamble
+                raise RotationTestFailed(f"{target.where} refused the PENDING login: {said}") from None
             raise
         try:
             with backend_errors(target, "checking the PENDING login"):
