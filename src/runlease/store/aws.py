@@ -73,6 +73,11 @@ TAG_MANAGED = "runlease:managed"
 TAG_DELETED = "runlease:deleted-at"
 TAG_META = "runlease:meta:"
 TAG_META_JSON = "runlease:metaj:"
+#: Continuation chunks of a JSON value longer than one tag: ``runlease:metaj+<i>:<key>``.
+TAG_META_MORE = "runlease:metaj+"
+TAG_VALUE_MAX = 256
+#: At most this many tags per metadata value (AWS allows 50 tags per secret).
+MAX_CHUNKS = 8
 #: Characters AWS allows in tag keys and values.
 _TAG_TEXT = re.compile(r"[\w\s.:/=+\-@]*")
 MAX_ATTEMPTS = 16
@@ -159,29 +164,69 @@ class _Secret:
             if key.startswith(TAG_META):
                 meta[key[len(TAG_META):]] = value
             elif key.startswith(TAG_META_JSON):
+                name = key[len(TAG_META_JSON):]
+                encoded = self._joined(name, value)
+                if encoded is None:
+                    continue  # a chunk is missing (a hand-edited tag): ignore it rather than fail every read
                 try:
-                    meta[key[len(TAG_META_JSON):]] = json.loads(base64.urlsafe_b64decode(value.encode()))
+                    meta[name] = json.loads(base64.urlsafe_b64decode(encoded.encode()))
                 except ValueError:
                     continue  # a hand-edited tag: ignore it rather than fail every read
         return meta
 
+    def _joined(self, name: str, value: str) -> str | None:
+        """The whole base64 text of a JSON value: one tag, or ``<n>:<chunk 0>`` plus n-1 continuations.
 
-def _metadata_tags(path: SecretPath, patch: dict[str, Any]) -> tuple[list[dict[str, str]], list[str]]:
-    """Tags to set and tag keys to remove for a metadata patch; errors name the key, never a value."""
-    tag, untag = [], []
+        The count in the first tag is what makes a rewrite safe to read at any
+        moment: all chunks are set by one TagResource call, and continuation
+        tags left over from a longer old value are beyond the count.
+        """
+        if ":" not in value:  # base64url has no ':': a value that fits one tag
+            return value
+        count, _, first = value.partition(":")
+        if not count.isdigit():
+            return None
+        parts = [first] + [self.tags.get(_more_key(i, name)) for i in range(1, int(count))]
+        return None if any(p is None for p in parts) else "".join(parts)  # type: ignore[arg-type]
+
+
+def _more_key(i: int, key: str) -> str:
+    return f"{TAG_META_MORE}{i}:{key}"
+
+
+def _metadata_tags(path: SecretPath, patch: dict[str, Any]) -> tuple[list[dict[str, str]], list[str], list[str]]:
+    """Tags to set, tag keys to remove before and after setting them, for a metadata patch.
+
+    A string that fits AWS's tag alphabet is one plain tag; anything else is
+    base64url JSON, split over up to :data:`MAX_CHUNKS` tags when longer than
+    one (a rotation policy or state does not fit 256 characters). Errors name
+    the key, never a value.
+    """
+    tag, before, after = [], [], []
     for key, value in patch.items():
-        if not isinstance(key, str) or not key or not _TAG_TEXT.fullmatch(key) or len(TAG_META_JSON + key) > 128:
-            raise InvalidValueError(f"metadata key {key!r} of {path} cannot be an AWS tag key (max 113 of A-Z a-z 0-9 _ . : / = + - @)")
-        if isinstance(value, str) and _TAG_TEXT.fullmatch(value) and len(value) <= 256:
+        if not isinstance(key, str) or not key or not _TAG_TEXT.fullmatch(key) or len(_more_key(MAX_CHUNKS, key)) > 128:
+            raise InvalidValueError(f"metadata key {key!r} of {path} cannot be an AWS tag key (max 111 of A-Z a-z 0-9 _ . : / = + - @)")
+        if isinstance(value, str) and _TAG_TEXT.fullmatch(value) and len(value) <= TAG_VALUE_MAX:
             tag.append({"Key": TAG_META + key, "Value": value})
-            untag.append(TAG_META_JSON + key)
+            before.append(TAG_META_JSON + key)
+            after.extend(_more_key(i, key) for i in range(1, MAX_CHUNKS))
+            continue
+        encoded = base64.urlsafe_b64encode(json.dumps(value, sort_keys=True).encode()).decode()
+        if len(encoded) <= TAG_VALUE_MAX:
+            chunks = [encoded]
         else:
-            encoded = base64.urlsafe_b64encode(json.dumps(value, sort_keys=True).encode()).decode()
-            if len(encoded) > 256:
-                raise InvalidValueError(f"metadata {key!r} of {path} is too large for an AWS tag (256 characters)")
-            tag.append({"Key": TAG_META_JSON + key, "Value": encoded})
-            untag.append(TAG_META + key)
-    return tag, untag
+            first = TAG_VALUE_MAX - len(f"{MAX_CHUNKS}:")  # room for the "<count>:" prefix
+            rest = encoded[first:]
+            chunks = [encoded[:first]] + [rest[i:i + TAG_VALUE_MAX] for i in range(0, len(rest), TAG_VALUE_MAX)]
+            if len(chunks) > MAX_CHUNKS:
+                raise InvalidValueError(f"metadata {key!r} of {path} is too large for AWS tags "
+                                        f"({MAX_CHUNKS} tags of {TAG_VALUE_MAX} characters)")
+            chunks[0] = f"{len(chunks)}:{chunks[0]}"
+        tag.append({"Key": TAG_META_JSON + key, "Value": chunks[0]})
+        tag.extend({"Key": _more_key(i, key), "Value": chunk} for i, chunk in enumerate(chunks[1:], start=1))
+        before.append(TAG_META + key)
+        after.extend(_more_key(i, key) for i in range(len(chunks), MAX_CHUNKS))
+    return tag, before, after
 
 
 class AwsSecretsStore:
@@ -414,14 +459,18 @@ class AwsSecretsStore:
         stale = metadata_conflicts(secret.metadata(), expected)
         if stale:
             raise ConflictError(f"metadata of {path} changed: {', '.join(stale)} no longer as expected")
-        tag, untag = _metadata_tags(path, patch)
+        tag, before, after = _metadata_tags(path, patch)
         name = self._name(path)
-        stale = [k for k in untag if k in secret.tags]
+        stale = [k for k in before if k in secret.tags]
         if stale:
             self._call("UntagResource", f"updating metadata of {name}",
                        lambda c: c.untag_resource(SecretId=name, TagKeys=stale))
         if tag:
             self._call("TagResource", f"updating metadata of {name}", lambda c: c.tag_resource(SecretId=name, Tags=tag))
+        leftover = [k for k in after if k in secret.tags]  # continuations of a longer old value, now unread
+        if leftover:
+            self._call("UntagResource", f"updating metadata of {name}",
+                       lambda c: c.untag_resource(SecretId=name, TagKeys=leftover))
         meta = secret.metadata()
         meta.update(patch)
         return meta

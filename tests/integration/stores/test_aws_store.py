@@ -50,6 +50,24 @@ def test_layout_version_ids_placeholder_and_tags(moto_url: str) -> None:
     assert store.resolve(P).metadata == {"issuer": {"name": "postgres"}, "rotation": {"days": 30}}
 
 
+def test_long_metadata_is_chunked_over_tags_and_shrinking_removes_the_rest(moto_url: str) -> None:
+    store = AwsSecretsStore.from_options(aws_options(moto_url))
+    name = f"{store.prefix}{P}"
+    store.put(P, CONN)
+    store.update_metadata(P, {"rotation_state": {"reason": "x" * 900}})
+    tags = {t["Key"]: t["Value"] for t in sm(moto_url).describe_secret(SecretId=name)["Tags"]}
+    chunks = sorted(k for k in tags if k.startswith("runlease:metaj+"))
+    assert chunks == ["runlease:metaj+1:rotation_state", "runlease:metaj+2:rotation_state",
+                      "runlease:metaj+3:rotation_state", "runlease:metaj+4:rotation_state"]
+    assert all(len(v) <= 256 for v in tags.values())
+    store.update_metadata(P, {"rotation_state": {"reason": "short"}})
+    tags = {t["Key"]: t["Value"] for t in sm(moto_url).describe_secret(SecretId=name)["Tags"]}
+    assert not [k for k in tags if k.startswith("runlease:metaj+")]
+    assert store.resolve(P).metadata == {"rotation_state": {"reason": "short"}}
+    with pytest.raises(InvalidValueError, match="too large for AWS tags"):
+        store.update_metadata(P, {"rotation_state": {"reason": "x" * 3000}})
+
+
 def test_every_value_read_names_its_stage_or_version(moto_url: str) -> None:
     store = AwsSecretsStore.from_options(aws_options(moto_url))
     seen: list[dict[str, Any]] = []

@@ -178,6 +178,18 @@ def test_metadata_compare_and_swap(store: Any) -> None:
     assert store.resolve(P).metadata["rotation_state"] == done
 
 
+def test_metadata_values_larger_than_one_aws_tag_round_trip(store: Any) -> None:
+    """A rotation policy or state is longer than AWS's 256-character tag value; shrinking it leaves no debris."""
+    store.put(P, CONN)
+    big = {"rotator": "aws-secretsmanager", "settings": {f"k{i}": "v" * 40 for i in range(20)}}
+    store.update_metadata(P, {"rotation": big, "issuer": "static"})
+    assert store.resolve(P).metadata == {"rotation": big, "issuer": "static"}
+    store.update_metadata(P, {"rotation": {"rotator": "token"}}, expected={"rotation": big})
+    assert store.resolve(P).metadata == {"rotation": {"rotator": "token"}, "issuer": "static"}
+    store.update_metadata(P, {"rotation": big})
+    assert store.info(P).metadata["rotation"] == big
+
+
 def test_resolve_is_authoritative_across_instances(stores: Any) -> None:
     """Two store objects on the same backend: a stage moved through one is seen by the other at once."""
     a, b = stores.make(), stores.make()
