@@ -56,8 +56,9 @@ from runlease.store.base import StoredSecret
 #: Longest failure reason kept in the state record (the audit event has the same text).
 MAX_REASON = 300
 
-#: ``after(point, step)`` is called after a step's target effect (``"effect"``) and after its
-#: commit (``"commit"``). Tests use it to kill the process at exactly those points.
+#: ``after(point, step)`` is called after a step's target effect (``"effect"``), after its
+#: store effect inside the commit (``"store"``: create, finish, retire) and after the commit
+#: (``"commit"``). Tests use it to kill the process at exactly those points.
 AfterHook = Callable[[str, Step], None]
 
 
@@ -276,6 +277,7 @@ class RotationEngine:
 
         def build() -> tuple[RotationState, AuditEvent]:
             version = adopted if adopted is not None else self.store.put(path, value, stage=Stage.PENDING)  # type: ignore[arg-type]
+            self._hook("store", Step.CREATE)
             new = state.model_copy(update={"step": Step.CREATE, "pending_version": version,
                                            "updated_at": self.clock()})
             extra = {"adopted": True} if adopted is not None else {}
@@ -329,6 +331,7 @@ class RotationEngine:
             holder = self._holder(path, Stage.PENDING)
             if holder == pending.version:
                 self.store.move_stage(path, Stage.PENDING, None, expected=holder)
+            self._hook("store", Step.FINISH)
             now = self.clock()
             new = state.model_copy(update={"status": Status.GRACE, "step": Step.FINISH, "finished_at": now,
                                            "previous_version": state.base_version, "updated_at": now})
@@ -402,6 +405,7 @@ class RotationEngine:
             if holder == previous.version:
                 self.store.move_stage(path, Stage.PREVIOUS, None, expected=holder)
             self._deprecate(path, previous.version)
+            self._hook("store", Step.RETIRE)
             now = self.clock()
             new = state.model_copy(update={"status": Status.DONE, "step": Step.RETIRE, "retired_at": now,
                                            "updated_at": now})

@@ -3,8 +3,9 @@
     python crash_worker.py HOME PATH POINT STEP
 
 POINT is ``effect`` (the rotator changed the target; nothing of the step is
-committed) or ``commit`` (the step's stage moves, state and audit event are
-committed). The kill is ``kill -9`` from inside: no finally block, no atexit,
+committed), ``store`` (inside the commit: the new version or the label moves
+written, the state record and audit event not yet) or ``commit`` (all of the
+step committed). The kill is ``kill -9`` from inside: no finally block, no atexit,
 no SQLite close. Exits 3 if the rotation ended without reaching the point,
 so a test can tell "crashed where asked" from "never got there".
 """
