@@ -65,6 +65,13 @@ paths        = ["connections/*", "variables/*", "tokens/*"]
 capabilities = ["lease", "read"]
 
 [[grant]]
+description  = "the rotation DAGs rotate what has a rotation policy and read the rotators' admin connections"
+principals   = ["airflow:rl_rotation", "airflow:runlease_rotation"]
+environments = ["dev"]
+paths        = ["*"]
+capabilities = ["rotate", "read"]
+
+[[grant]]
 description  = "operators outside any DAG (airflow connections get / variables get) may read two secrets"
 principals   = ["airflow:-"]
 environments = ["dev"]
