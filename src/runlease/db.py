@@ -111,12 +111,21 @@ class Transaction:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self._after_commit: list[Callable[[], None]] = []
+        self._latest: dict[str, Callable[[], None]] = {}
 
     def on_commit(self, hook: Callable[[], None]) -> None:
         self._after_commit.append(hook)
 
+    def on_commit_latest(self, key: str, hook: Callable[[], None]) -> None:
+        """Like :meth:`on_commit`, but only the last hook registered under ``key`` runs.
+
+        For side effects where only the final state matters (the audit anchor
+        after several appends in one transaction): one file write, not one per event.
+        """
+        self._latest[key] = hook
+
     def _committed(self) -> None:
-        for hook in self._after_commit:
+        for hook in [*self._after_commit, *self._latest.values()]:
             hook()
 
 

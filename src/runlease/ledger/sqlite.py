@@ -73,7 +73,8 @@ class SqliteLedger:
                 )
                 out.append(stamped.model_copy(update={"chain": previous}))
             anchor = Anchor(seq, previous)
-            tx.on_commit(lambda: advance_anchor(self.anchor_file, anchor))
+            # Several appends in one transaction (a grouped rotation) move the anchor once, to the last event.
+            tx.on_commit_latest("audit-anchor", lambda: advance_anchor(self.anchor_file, anchor))
         return out
 
     def events(self, query: AuditQuery) -> Iterator[AuditEvent]:
