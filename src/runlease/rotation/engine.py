@@ -85,13 +85,14 @@ class RotationEngine:
     def _path(ref: str | SecretPath) -> SecretPath:
         return ref if isinstance(ref, SecretPath) else SecretPath.parse(ref)
 
-    def _load(self, path: SecretPath) -> tuple[RotationPolicy, RotationState | None, Any]:
-        metadata = self.store.resolve(path).metadata
-        policy = policy_of(path, metadata)
+    def _load(self, path: SecretPath) -> tuple[RotationPolicy, RotationState | None, Any, int]:
+        """Policy, state, the raw state record (what a swap expects) and where CURRENT is: one store read."""
+        resolved = self.store.resolve(path)
+        policy = policy_of(path, resolved.metadata)
         if policy is None:
             raise ConfigError(f"{path} has no rotation policy; set one with `runlease rotation set {path} ...`")
-        state, raw = state_of(path, metadata)
-        return policy, state, raw
+        state, raw = state_of(path, resolved.metadata)
+        return policy, state, raw, resolved.version
 
     def state(self, ref: str | SecretPath) -> RotationState | None:
         path = self._path(ref)
@@ -135,7 +136,8 @@ class RotationEngine:
                                read_secret=read_secret)
 
     def _version(self, path: SecretPath, version: int) -> StoredSecret:
-        secret = self.store.get(path, version=version)
+        """A version's value through the broker's cache (versions are immutable: cached by number)."""
+        secret = self.broker.cache.get(path, Stage.CURRENT, version)
         self.broker.mask(secret.value)
         return secret
 
@@ -172,7 +174,7 @@ class RotationEngine:
         path = self._path(ref)
         self._authorize(identity, path)
         for _ in range(3):  # a lost claim race re-reads once or twice, then reports who won
-            policy, state, raw = self._load(path)
+            policy, state, raw, _ = self._load(path)
             if state is not None:
                 if state.status is Status.ROTATING:
                     if token in (None, state.token):
@@ -211,7 +213,7 @@ class RotationEngine:
         if step is Step.RETIRE:
             return self.retire(path, identity, token=token)
         self._authorize(identity, path)
-        policy, state, raw = self._load(path)
+        policy, state, raw, current = self._load(path)
         if state is None or state.token != token:
             holder = f"token {state.token}" if state is not None else "no rotation"
             raise RotationBusyError(f"rotation {token} of {path} is not the one running ({holder})")
@@ -226,10 +228,11 @@ class RotationEngine:
         ctx = self._context(path, policy, state, identity)
         handler = {Step.CREATE: self._create, Step.SET: self._set, Step.TEST: self._test, Step.FINISH: self._finish}[step]
         try:
+            self._check_current(path, ctx, rotator, state, raw, identity, step, current)
             new = handler(path, ctx, rotator, state, raw, identity)
         except ConflictError:
             # Lost the state swap: another process ran this step of the same token (fine) or took over.
-            _, now_state, _ = self._load(path)
+            _, now_state, _, _ = self._load(path)
             if now_state is not None and now_state.token == token and now_state.done(step):
                 return now_state
             raise
@@ -243,9 +246,8 @@ class RotationEngine:
         return new
 
     def _check_current(self, path: SecretPath, ctx: RotationContext, rotator: Rotator, state: RotationState,
-                       raw: Any, identity: RunIdentity, step: Step) -> None:
+                       raw: Any, identity: RunIdentity, step: Step, holder: int | None) -> None:
         """Abandon the rotation if someone wrote a new CURRENT meanwhile (finish would overwrite it)."""
-        holder = self._holder(path, Stage.CURRENT)
         if holder is not None and holder in (state.base_version, state.pending_version):
             return
         reason = (f"CURRENT of {path} moved from v{state.base_version} to v{holder} during the rotation "
@@ -264,7 +266,6 @@ class RotationEngine:
 
     def _create(self, path: SecretPath, ctx: RotationContext, rotator: Rotator, state: RotationState, raw: Any,
                 identity: RunIdentity) -> RotationState:
-        self._check_current(path, ctx, rotator, state, raw, identity, Step.CREATE)
         current = self._version(path, state.base_version)
         # A PENDING above the claim's high-water mark was staged by this token before a crash: adopt it.
         holder = self._holder(path, Stage.PENDING)
@@ -287,7 +288,6 @@ class RotationEngine:
 
     def _set(self, path: SecretPath, ctx: RotationContext, rotator: Rotator, state: RotationState, raw: Any,
              identity: RunIdentity) -> RotationState:
-        self._check_current(path, ctx, rotator, state, raw, identity, Step.SET)
         pending, current = self._pending_and_current(path, state)
         rotator.set(ctx, pending, current)
         self._hook("effect", Step.SET)
@@ -297,7 +297,6 @@ class RotationEngine:
 
     def _test(self, path: SecretPath, ctx: RotationContext, rotator: Rotator, state: RotationState, raw: Any,
               identity: RunIdentity) -> RotationState:
-        self._check_current(path, ctx, rotator, state, raw, identity, Step.TEST)
         pending, current = self._pending_and_current(path, state)
         try:
             rotator.test(ctx, pending, current)
@@ -315,7 +314,6 @@ class RotationEngine:
 
     def _finish(self, path: SecretPath, ctx: RotationContext, rotator: Rotator, state: RotationState, raw: Any,
                 identity: RunIdentity) -> RotationState:
-        self._check_current(path, ctx, rotator, state, raw, identity, Step.FINISH)
         pending, current = self._pending_and_current(path, state)
         rotator.finish(ctx, pending, current)
         self._hook("effect", Step.FINISH)
@@ -377,7 +375,7 @@ class RotationEngine:
         """
         path = self._path(ref)
         self._authorize(identity, path)
-        policy, state, raw = self._load(path)
+        policy, state, raw, current_version = self._load(path)
         if state is None or state.status is not Status.GRACE:
             return state
         if token is not None and state.token != token:
@@ -389,7 +387,7 @@ class RotationEngine:
         rotator = self._rotator(state)
         ctx = self._context(path, policy, state, identity)
         previous = self._version(path, state.previous_version)
-        current = self._version(path, self.store.resolve(path, Stage.CURRENT).version)
+        current = self._version(path, current_version)
         try:
             rotator.retire(ctx, previous, current)
         except (ConfigError, RotationFailedError):
@@ -415,7 +413,7 @@ class RotationEngine:
         try:
             new = self._commit(path, raw, build)
         except ConflictError:
-            _, now_state, _ = self._load(path)
+            _, now_state, _, _ = self._load(path)
             if now_state is not None and now_state.token == state.token and now_state.status is Status.DONE:
                 return now_state
             raise
@@ -426,12 +424,93 @@ class RotationEngine:
 
     def rotate(self, ref: str | SecretPath, identity: RunIdentity, token: str | None = None, *,
                force: bool = False) -> RotationState:
-        """Start (or resume) a rotation and run it through ``finish``. Retire comes after the grace period."""
+        """Start (or resume) a rotation and run it through ``finish``. Retire comes after the grace period.
+
+        Consecutive steps whose rotator work never leaves runlease (the
+        rotator's ``offline_steps``: all of the token rotator's, the postgres
+        rotator's create and finish) commit together when the store's writes
+        join the ledger's transaction (the local store with the local
+        ledger): fewer durable commits, and a crash inside the group rolls it
+        back to where it began, from where it resumes. A step that touches
+        the target always commits on its own, and never runs inside a store
+        transaction. ``run_step`` (what the DAG's tasks call) commits every
+        step on its own.
+        """
         path = self._path(ref)
-        state = self.start(path, identity, token, force=force)
+        policy, state, _, _ = self._load(path)
+        if (state is not None and state.status is Status.GRACE and token != state.token
+                and (force or self.grace_over(policy, state))):
+            self.retire(path, identity, force=True)  # touches the target: before any grouped transaction
+        offline = self._groupable(policy)
+        with self._group(Step.CREATE in offline) as group:
+            state = self.start(path, identity, token, force=force)
+            if state.next_step() in offline:
+                state = group.run(self._run_offline, path, identity, state, offline)
+        group.reraise()
         while (step := state.next_step()) is not None:
+            if step not in offline:
+                state = self.run_step(path, identity, step, state.token)
+                continue
+            with self._group(True) as group:
+                state = group.run(self._run_offline, path, identity, state, offline)
+            group.reraise()
+        return state
+
+    def _groupable(self, policy: RotationPolicy) -> frozenset[Step]:
+        """The steps ``rotate`` may commit together: the rotator's offline steps, if one commit covers all."""
+        from runlease.ledger.sqlite import SqliteLedger
+        from runlease.store.local import LocalStore
+
+        shared = (isinstance(self.store, LocalStore) and isinstance(self.ledger, SqliteLedger)
+                  and self.store.db is self.ledger.db)
+        return frozenset(getattr(self.rotators.get(policy.rotator), "offline_steps", ())) if shared else frozenset()
+
+    def _group(self, grouped: bool) -> "_Group":
+        return _Group(self.ledger if grouped else None)
+
+    def _run_offline(self, path: SecretPath, identity: RunIdentity, state: RotationState,
+                     offline: frozenset[Step]) -> RotationState:
+        while (step := state.next_step()) is not None and step in offline:
             state = self.run_step(path, identity, step, state.token)
         return state
+
+
+class _Group:
+    """One transaction around several steps; a verdict (failed test, abandoned rotation) still commits.
+
+    ``_fail`` records the failure inside the group's transaction; rolling that
+    back would lose the "failed, PENDING discarded" record. So :meth:`run`
+    holds a verdict, the transaction commits, and :meth:`reraise` raises it
+    afterwards. Any other error rolls the group back (it resumes from where
+    it began). Without a ledger (not grouped) everything raises at once.
+    """
+
+    def __init__(self, ledger: Any | None) -> None:
+        self._cm = ledger.atomic() if ledger is not None else None
+        self.verdict: Exception | None = None
+
+    def __enter__(self) -> "_Group":
+        if self._cm is not None:
+            self._cm.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        if self._cm is not None:
+            return self._cm.__exit__(*exc)
+        return None
+
+    def run(self, fn: Callable[..., RotationState], *args: Any) -> RotationState:
+        try:
+            return fn(*args)
+        except (RotationTestFailed, RotationFailedError) as verdict:
+            if self._cm is None:
+                raise
+            self.verdict = verdict
+            return None  # type: ignore[return-value]  # reraise() runs before anyone reads it
+
+    def reraise(self) -> None:
+        if self.verdict is not None:
+            raise self.verdict
 
 
 def _step(state: RotationState) -> str:

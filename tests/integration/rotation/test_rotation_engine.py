@@ -25,9 +25,12 @@ from runlease.rotation import (
     RotationEngine,
     RotationFailedError,
     RotationNotReadyError,
+    RotationTestFailed,
     Status,
     Step,
 )
+from runlease.rotation.rotators import RotatorRegistry
+from runlease.rotation.rotators.token import TokenRotator
 from runlease.rotation.status import scan
 from runlease.runtime import open_runtime
 from runlease.settings import Settings
@@ -225,3 +228,29 @@ def test_status_says_when_each_secret_is_due_and_retirable(rt) -> None:
     interrupted = {str(r.path): r for r in scan(rt.store)}[str(fresh.path)]
     assert interrupted.is_due(utcnow()) and interrupted.last_result() == "rotating (after start)"
     assert state.status is Status.ROTATING
+
+
+class RefusingRotator(TokenRotator):
+    """The token rotator, except that its target refuses every new key (a verdict, not an outage)."""
+
+    name = "refusing"
+
+    def test(self, ctx, pending, current) -> None:  # noqa: ANN001
+        raise RotationTestFailed(f"the target refused PENDING v{pending.version}")
+
+
+def test_a_failed_test_inside_a_grouped_commit_is_still_recorded(rt) -> None:
+    """``rotate`` commits offline steps together; a verdict must commit the failure, not roll it back."""
+    target = token_target(rt)
+    set_policy(rt, target.path, "refusing", prefix="rk_")
+    engine = RotationEngine(rt.broker, RotatorRegistry([RefusingRotator()]))
+    current = rt.store.get(target.path).value
+    with pytest.raises(RotationTestFailed, match="the target refused PENDING v2.*CURRENT v1 is unchanged"):
+        engine.rotate(target.path, ADMIN)
+    state = engine.state(target.path)
+    assert state.status is Status.FAILED and state.reason == "the target refused PENDING v2"
+    assert stages(rt, target.path) == {Stage.CURRENT: 1}
+    assert rt.store.history(target.path)[1].deprecated
+    assert target.works(current)
+    steps = [(e.detail["step"], e.outcome) for e in rt.ledger.events(AuditQuery(action="rotate"))]
+    assert steps == [("start", Outcome.OK), ("create", Outcome.OK), ("set", Outcome.OK), ("test", Outcome.ERROR)]

@@ -35,6 +35,7 @@ from runlease.errors import ConfigError, StoreAccessDeniedError
 from runlease.models import SecretPath, SecretValue
 from runlease.rotation.errors import RotationTestFailed
 from runlease.rotation.rotators.aws_common import AwsTargetSettings, admin_service, keyed_service
+from runlease.rotation.state import Step
 from runlease.rotation.rotators.base import RotationContext, connection_value, rotator_settings
 from runlease.store.base import StoredSecret
 
@@ -52,6 +53,8 @@ class IamKeySettings(AwsTargetSettings):
 
 
 class AwsIamKeyRotator:
+    #: Steps whose work here never leaves runlease (see RotationEngine.rotate).
+    offline_steps = frozenset({Step.FINISH})
     name = "aws-iam-key"
 
     def _settings(self, ctx: RotationContext) -> IamKeySettings:

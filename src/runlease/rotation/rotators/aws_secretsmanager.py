@@ -34,6 +34,7 @@ from pydantic import Field
 from runlease.models import SecretPath, SecretValue
 from runlease.rotation.errors import RotationTestFailed
 from runlease.rotation.rotators.aws_common import AwsTargetSettings, admin_service
+from runlease.rotation.state import Step
 from runlease.rotation.rotators.base import RotationContext, new_secret_string, rotator_settings
 from runlease.store.base import StoredSecret
 
@@ -61,6 +62,8 @@ def request_token(ctx: RotationContext) -> str:
 
 
 class AwsSecretsManagerRotator:
+    #: Steps whose work here never leaves runlease (see RotationEngine.rotate).
+    offline_steps = frozenset({Step.CREATE})
     name = "aws-secretsmanager"
 
     def _settings(self, ctx: RotationContext) -> SecretsManagerSettings:

@@ -46,6 +46,9 @@ class RotationContext:
 
 class Rotator(Protocol):
     name: str
+    #: Steps whose rotator call never leaves runlease (no network, no target effect): the engine
+    #: may commit them together. Everything else commits on its own, outside any store transaction.
+    offline_steps: frozenset[Any]
 
     def check_settings(self, settings: dict[str, Any], path: SecretPath) -> None:
         """Validate ``rotation.settings`` when a policy is set (errors name the key)."""

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runlease.errors import ConfigError
 from runlease.models import SecretPath, SecretValue
 from runlease.rotation.errors import RotationTestFailed
+from runlease.rotation.state import Step
 from runlease.rotation.rotators.base import RotationContext, new_secret_string, rotator_settings
 from runlease.store.base import StoredSecret
 
@@ -33,6 +34,8 @@ class TokenSettings(BaseModel):
 
 
 class TokenRotator:
+    #: Steps whose work here never leaves runlease (see RotationEngine.rotate).
+    offline_steps = frozenset({Step.CREATE, Step.SET, Step.TEST, Step.FINISH, Step.RETIRE})
     name = "token"
 
     def _settings(self, ctx: RotationContext) -> TokenSettings:
