@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("hvac", "boto3", "botocore", "requests")
+HEAVY = ("hvac", "boto3", "botocore", "requests", "psycopg", "airflow", "kfp")
 
 
 def _loaded_after(statement: str) -> list[str]:
@@ -18,6 +18,14 @@ def test_runtime_and_store_modules_do_not_import_sdks() -> None:
     assert _loaded_after("import runlease.runtime, runlease.cli.main") == []
     assert _loaded_after(
         "import runlease.store.vault, runlease.store.vault_auth, runlease.store.aws, runlease.kms, runlease.awsclient"
+    ) == []
+
+
+def test_rotation_engine_and_rotators_do_not_import_sdks_or_orchestrators() -> None:
+    assert _loaded_after(
+        "import runlease.rotation, runlease.rotation.status, runlease.cli.rotation_cmd\n"
+        "from runlease.rotation.rotators import standard_rotators\n"
+        "standard_rotators()"
     ) == []
 
 
