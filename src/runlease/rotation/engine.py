@@ -174,7 +174,7 @@ class RotationEngine:
         path = self._path(ref)
         self._authorize(identity, path)
         for _ in range(3):  # a lost claim race re-reads once or twice, then reports who won
-            policy, state, raw, _ = self._load(path)
+            policy, state, raw, base = self._load(path)
             if state is not None:
                 if state.status is Status.ROTATING:
                     if token in (None, state.token):
@@ -194,7 +194,6 @@ class RotationEngine:
                     self.retire(path, identity, force=True)
                     continue
             rotator = self.rotators.get(policy.rotator)
-            base = self.store.resolve(path, Stage.CURRENT).version
             high = max(v.version for v in self.store.history(path))
             now = self.clock()
             new = RotationState(token=token or new_token(), rotator=rotator.name, status=Status.ROTATING,
@@ -221,12 +220,14 @@ class RotationEngine:
             raise RotationFailedError(f"rotation {token} of {path} failed: {state.reason}")
         if state.done(step):
             return state
-        if state.next_step() is not step:
-            raise ConflictError(f"rotation {token} of {path} is after {_step(state)}: run {state.next_step().value} "  # type: ignore[union-attr]
-                                f"before {step.value}")
+        expected = state.next_step()
+        if expected is not step:
+            wanted = expected.value if expected is not None else "nothing"
+            raise ConflictError(f"rotation {token} of {path} is after {_step(state)}: run {wanted} before {step.value}")
         rotator = self._rotator(state)
         ctx = self._context(path, policy, state, identity)
-        handler = {Step.CREATE: self._create, Step.SET: self._set, Step.TEST: self._test, Step.FINISH: self._finish}[step]
+        handler = {Step.CREATE: self._create, Step.SET: self._set, Step.TEST: self._test,
+                   Step.FINISH: self._finish}[step]
         try:
             self._check_current(path, ctx, rotator, state, raw, identity, step, current)
             new = handler(path, ctx, rotator, state, raw, identity)
@@ -277,7 +278,11 @@ class RotationEngine:
             self._hook("effect", Step.CREATE)
 
         def build() -> tuple[RotationState, AuditEvent]:
-            version = adopted if adopted is not None else self.store.put(path, value, stage=Stage.PENDING)  # type: ignore[arg-type]
+            if adopted is not None:
+                version = adopted
+            else:
+                assert value is not None
+                version = self.store.put(path, value, stage=Stage.PENDING)
             self._hook("store", Step.CREATE)
             new = state.model_copy(update={"step": Step.CREATE, "pending_version": version,
                                            "updated_at": self.clock()})

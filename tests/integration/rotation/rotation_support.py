@@ -104,7 +104,7 @@ def aws_client(endpoint: str, service: str) -> Any:
 
 def _aws_admin(rt: Runtime, tag: str) -> str:
     admin_path = f"dev/connections/aws_admin_{tag}"
-    rt.broker.put(admin_path, {"conn_type": "aws", "login": "testing", "password": "testing", "extra": {}}, ADMIN)
+    rt.broker.put(admin_path, {"conn_type": "aws", "login": "testing", "password": "testing", "extra": {}}, ADMIN)  # runlease: allow secret-assignment (moto accepts any key)
     return admin_path
 
 

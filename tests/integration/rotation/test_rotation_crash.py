@@ -4,7 +4,8 @@ For each rotator and each step, a worker process rotates the secret and
 SIGKILLs itself at one point: right after the step's effect on the target
 (nothing of the step committed yet), right after the step's store effect
 inside its commit (create, finish, retire: the new version / the label
-moves, before the state record and audit event), or right after the commit. Then, in this process: CURRENT must still work in the target, the
+moves, before the state record and audit event), or right after the commit.
+Then, in this process: CURRENT must still work in the target, the
 rotation must resume under the same token to the end (retired) -- or, where
 the kill rolled back every step so far (the token rotator on the local
 store commits its offline steps together), start over -- exactly
