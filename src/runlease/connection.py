@@ -233,3 +233,6 @@ def _collect_sensitive(value: Any, found: list[str], sensitive: bool) -> None:
             _collect_sensitive(item, found, sensitive)
     elif sensitive and isinstance(value, str) and value:
         found.append(value)
+    elif sensitive and isinstance(value, (int, float)) and not isinstance(value, bool):
+        # A numeric token (URI query values are JSON-decoded) is still a credential.
+        found.append(str(value))
