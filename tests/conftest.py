@@ -1,0 +1,101 @@
+"""Shared fixtures for the core tests.
+
+Every test gets a fresh runlease home under ``tmp_path`` and an environment
+without ``RUNLEASE_*`` variables, so a developer's own settings (or a key in
+``RUNLEASE_MASTER_KEY``) can never leak into a test or be touched by one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Airflow (used only by the connection-compatibility test) reads AIRFLOW_HOME at
+# import time and may create files there; keep it out of the user's home.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="runlease-tests-airflow-"))
+
+from runlease.models import RunIdentity  # noqa: E402
+from runlease.runtime import Runtime, init_home, open_runtime  # noqa: E402
+from runlease.settings import Settings  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _clean_runlease_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("RUNLEASE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def settings(home: Path) -> Settings:
+    return Settings(home=home)
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    rt, created = init_home(settings)
+    assert created
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+@pytest.fixture
+def reopen(settings: Settings) -> Iterator:
+    """Open further runtimes on the same home (closed at teardown)."""
+    opened: list[Runtime] = []
+
+    def _open(s: Settings | None = None) -> Runtime:
+        rt = open_runtime(s or settings)
+        opened.append(rt)
+        return rt
+
+    yield _open
+    for rt in opened:
+        rt.close()
+
+
+@pytest.fixture
+def identity() -> RunIdentity:
+    return RunIdentity(
+        orchestrator="airflow", pipeline="training_daily", run_id="manual__2024-05-01", task_id="train",
+        try_number=1, principal="svc-training",
+    )
+
+
+@pytest.fixture
+def admin() -> RunIdentity:
+    return RunIdentity(orchestrator="cli", pipeline="admin", principal="operator")
+
+
+def conn(password: str = "s3cr3t-Passw0rd", **fields: object) -> dict:
+    """A connection dict in the stored (canonical) shape."""
+    base = {
+        "conn_type": "postgres", "host": "db.example.com", "login": "etl", "password": password,
+        "schema": "warehouse", "port": 5432, "extra": {},
+    }
+    base.update(fields)
+    return base
+
+
+def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (its own runtime, its own SQLite connections)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLEASE_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=timeout, check=False,
+    )
