@@ -7,18 +7,31 @@ without ``RUNLEASE_*`` variables, so a developer's own settings (or a key in
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 # Airflow (used only by the connection-compatibility test) reads AIRFLOW_HOME at
 # import time and may create files there; keep it out of the user's home.
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="runlease-tests-airflow-"))
+if "AIRFLOW_HOME" not in os.environ:
+    _airflow_home = tempfile.mkdtemp(prefix="runlease-tests-airflow-")
+    os.environ["AIRFLOW_HOME"] = _airflow_home
+    atexit.register(shutil.rmtree, _airflow_home, ignore_errors=True)
+
+# No timing assertions: hypothesis' per-example deadline and its "too slow"
+# health check would turn a busy machine into a failing test.
+hypothesis.settings.register_profile(
+    "runlease", deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow],
+)
+hypothesis.settings.load_profile("runlease")
 
 from runlease.models import RunIdentity  # noqa: E402
 from runlease.runtime import Runtime, init_home, open_runtime  # noqa: E402
