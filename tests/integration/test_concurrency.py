@@ -110,3 +110,56 @@ def test_read_write_lease_mix(runtime: Runtime, admin: RunIdentity, tmp_path: Pa
     assert total == writes + 3
     result = runtime.ledger.verify()
     assert result.ok, result.describe()
+
+
+def test_verify_while_other_processes_append(runtime: Runtime, admin: RunIdentity, tmp_path: Path) -> None:
+    """verify() reads the anchor before its snapshot, so a concurrent append never looks like truncation."""
+    seed(runtime, admin)
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLEASE_")}
+    env["RUNLEASE_HOME"] = str(runtime.settings.home)
+    procs = [subprocess.Popen([sys.executable, str(WORKER), "lease", str(i), "400", str(sync)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for i in range(2)]
+    try:
+        while len(list(sync.glob("ready-*"))) < 2:
+            assert all(p.poll() is None for p in procs), "a worker died before the start signal"
+            time.sleep(0.01)
+        (sync / "go").touch()
+        checks = []
+        while any(p.poll() is None for p in procs) or not checks:
+            result = runtime.ledger.verify()
+            assert result.ok, result.describe()
+            checks.append(result.checked)
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+    assert checks == sorted(checks)  # the verified log only ever grows
+    final = runtime.ledger.verify()
+    assert final.ok and final.checked == 3 + 800
+
+
+def test_threads_share_one_broker(runtime: Runtime, admin: RunIdentity) -> None:
+    """Per-thread SQLite connections: many threads leasing through one broker at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    seed(runtime, admin)
+
+    def work(t: int) -> int:
+        who = RunIdentity(orchestrator="airflow", pipeline="threads", run_id=f"t-{t}", task_id="x", try_number=1)
+        for i in range(100):
+            lease = runtime.broker.lease(f"dev/tokens/{NAMES[i % 3]}", who)
+            assert lease.value == f"value-{NAMES[i % 3]}-v1"
+        runtime.db.close()  # this thread's connection
+        return 100
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert sum(pool.map(work, range(8))) == 800
+    assert lease_rows(runtime) == 800
+    assert len(list(runtime.ledger.events(AuditQuery(action="lease")))) == 800
+    assert runtime.ledger.verify().ok

@@ -235,3 +235,26 @@ def test_unsupported_value_type_writes_nothing(populated: Runtime, admin: RunIde
         populated.broker.put("dev/variables/x", value, admin)  # type: ignore[arg-type]
     assert _state(populated) == before
     assert populated.ledger.verify().ok
+
+
+# --- the home itself -------------------------------------------------------------------------
+
+
+def test_home_files_are_private(populated: Runtime) -> None:
+    s = populated.settings
+    assert s.home.stat().st_mode & 0o777 == 0o700
+    assert s.key_file.stat().st_mode & 0o777 == 0o600
+    assert s.anchor_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_init_home_again_reuses_the_existing_store(populated: Runtime) -> None:
+    s = populated.settings
+    key_before = s.key_file.read_bytes()
+    again, created = init_home(s)
+    try:
+        assert created is False
+        assert s.key_file.read_bytes() == key_before
+        assert again.store.get(again.broker.path("warehouse")).value["password"] == "pw-populated-1"
+        assert again.ledger.verify().ok
+    finally:
+        again.close()
