@@ -17,6 +17,7 @@ import base64
 import binascii
 import json
 import os
+import secrets
 import stat
 from datetime import datetime, timezone
 from pathlib import Path
@@ -78,7 +79,7 @@ def load_keyring(settings: Settings) -> Keyring:
     return Keyring(_read_key_file(settings.key_file))
 
 
-def _write_atomic(path: Path, keys: list[bytes]) -> None:
+def _write_atomic(path: Path, keys: list[bytes], *, exclusive: bool = False) -> None:
     doc = {
         "format": "runlease-keyfile/v1",
         "note": "first key is active; older keys stay until `runlease key rotate` re-wrapped every data key",
@@ -87,15 +88,25 @@ def _write_atomic(path: Path, keys: list[bytes]) -> None:
             for k in keys
         ],
     }
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A temp name per writer, so concurrent writers never rename each other's file away.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, json.dumps(doc, indent=2).encode())
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    if not exclusive:
+        os.replace(tmp, path)
+        return
+    # link() fails if the key file appeared meanwhile: a KEK is never replaced by a new one.
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise MasterKeyError(f"key file {path} already exists; refusing to overwrite it") from None
+    finally:
+        os.unlink(tmp)
 
 
 def create_key_file(path: Path) -> Keyring:
@@ -104,7 +115,7 @@ def create_key_file(path: Path) -> Keyring:
         raise MasterKeyError(f"key file {path} already exists; refusing to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
     key = new_key()
-    _write_atomic(path, [key])
+    _write_atomic(path, [key], exclusive=True)
     return Keyring([key])
 
 

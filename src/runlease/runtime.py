@@ -7,6 +7,7 @@ a new store or ledger backend is added here once.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,6 +21,9 @@ from runlease.ledger.sqlite import SqliteLedger
 from runlease.policy import EXAMPLE_POLICY, Policy
 from runlease.settings import Settings
 from runlease.store.local import LocalStore
+
+
+INIT_LOCK_NAME = "init.lock"
 
 
 @dataclass
@@ -67,6 +71,17 @@ def init_home(settings: Settings | None = None) -> tuple[Runtime, bool]:
     home: Path = settings.home
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(home, 0o700)
+    # Concurrent inits (e.g. several workers starting at once) must not each create a
+    # key and a schema: one initializes, the others wait and then open what it made.
+    lock_fd = os.open(home / INIT_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        return _init_locked(settings, home)
+    finally:
+        os.close(lock_fd)
+
+
+def _init_locked(settings: Settings, home: Path) -> tuple[Runtime, bool]:
     if settings.store_file.exists():
         return open_runtime(settings), False
     if settings.master_key is None and not settings.key_file.exists():
