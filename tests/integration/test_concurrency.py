@@ -163,3 +163,56 @@ def test_threads_share_one_broker(runtime: Runtime, admin: RunIdentity) -> None:
     assert lease_rows(runtime) == 800
     assert len(list(runtime.ledger.events(AuditQuery(action="lease")))) == 800
     assert runtime.ledger.verify().ok
+
+
+INIT_CODE = """
+import sys, time
+from pathlib import Path
+from runlease.runtime import init_home
+from runlease.models import RunIdentity
+sync = Path(sys.argv[1]); i = sys.argv[2]
+(sync / f"ready-{i}").touch()
+while not (sync / "go").exists():
+    time.sleep(0.001)
+rt, created = init_home()
+rt.broker.put(f"dev/tokens/from_{i}", f"value-from-{i}", RunIdentity(orchestrator="cli", pipeline="init"))
+print(created, rt.keyring.active_id)
+rt.close()
+"""
+
+
+def test_concurrent_init_home_agrees_on_one_key(tmp_path: Path) -> None:
+    """Four processes initializing the same fresh home at once: one key, one schema, nothing lost."""
+    from runlease.runtime import open_runtime
+    from runlease.settings import Settings
+
+    home, sync = tmp_path / "home", tmp_path / "sync"
+    sync.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLEASE_")}
+    env["RUNLEASE_HOME"] = str(home)
+    procs = [subprocess.Popen([sys.executable, "-c", INIT_CODE, str(sync), str(i)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    try:
+        while len(list(sync.glob("ready-*"))) < 4:
+            assert all(p.poll() is None for p in procs), "a process died before the start signal"
+            time.sleep(0.01)
+        (sync / "go").touch()
+        outputs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outputs]
+    lines = [out.split() for out, _ in outputs]
+    assert sorted(created for created, _ in lines) == ["False", "False", "False", "True"]
+    assert len({kid for _, kid in lines}) == 1
+    rt = open_runtime(Settings(home=home))
+    try:
+        assert rt.keyring.active_id == lines[0][1]
+        for i in range(4):
+            assert rt.store.get(rt.broker.path(f"dev/tokens/from_{i}")).value == f"value-from-{i}"
+        assert rt.ledger.verify().ok
+    finally:
+        rt.close()
+    assert not list(home.glob("*.tmp"))

@@ -258,3 +258,18 @@ def test_init_home_again_reuses_the_existing_store(populated: Runtime) -> None:
         assert again.ledger.verify().ok
     finally:
         again.close()
+
+
+def test_key_file_creation_never_replaces_an_existing_key(tmp_path: Path) -> None:
+    from runlease.keyfile import _write_atomic
+
+    path = tmp_path / "master.key"
+    create_key_file(path)
+    before = path.read_bytes()
+    with pytest.raises(MasterKeyError, match="already exists"):
+        create_key_file(path)
+    # Even past the existence check (another process created it in between), the write is exclusive.
+    with pytest.raises(MasterKeyError, match="already exists"):
+        _write_atomic(path, [new_key()], exclusive=True)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["master.key"]
