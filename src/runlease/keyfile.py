@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import json
 import os
 import secrets
@@ -121,8 +122,14 @@ def create_key_file(path: Path) -> Keyring:
 
 def prepend_new_key(path: Path) -> Keyring:
     """Add a fresh KEK to the key file as the active one, keeping the old ones readable."""
-    keys = _read_key_file(path)
-    keys.insert(0, new_key())
-    _write_atomic(path, keys)
+    # Read-modify-write under a lock: two concurrent rotations must both keep their key.
+    lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        keys = _read_key_file(path)
+        keys.insert(0, new_key())
+        _write_atomic(path, keys)
+    finally:
+        os.close(lock_fd)
     return Keyring(keys)
 
