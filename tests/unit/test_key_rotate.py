@@ -172,3 +172,47 @@ def test_env_key_with_whitespace_and_url_safe_alphabet(settings: Settings, monke
         assert rt.store.get(SecretPath.parse("dev/tokens/api")).value == "value-1"
     finally:
         rt.close()
+
+
+PREPEND_CODE = """
+import sys, time
+from pathlib import Path
+from runlease.keyfile import prepend_new_key
+sync, key_file, i = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+(sync / f"ready-{i}").touch()
+while not (sync / "go").exists():
+    time.sleep(0.001)
+print(prepend_new_key(key_file).active_id)
+"""
+
+
+def test_concurrent_prepends_keep_every_new_key(runtime: Runtime, tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from runlease.keyfile import load_keyring
+
+    settings = runtime.settings
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", PREPEND_CODE, str(sync), str(settings.key_file), str(i)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+             for i in range(4)]
+    try:
+        while len(list(sync.glob("ready-*"))) < 4:
+            assert all(p.poll() is None for p in procs)
+            time.sleep(0.01)
+        (sync / "go").touch()
+        outputs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outputs]
+    new_ids = {out.strip() for out, _ in outputs}
+    ids = load_keyring(settings).ids
+    assert len(new_ids) == 4 and new_ids <= set(ids)  # no rotation lost its key
+    assert ids[-1] == runtime.keyring.active_id and len(ids) == 5
