@@ -80,7 +80,8 @@ def identity(worker: int) -> RunIdentity:
 # --- measured loops (also the bodies of the worker processes) --------------------
 
 
-def lease_loop(home: Path, n: int, worker: int, cache: bool, barrier=None) -> tuple[float, float, list[int]]:
+def lease_loop(home: Path, n: int, worker: int, cache: bool,
+               barrier=None) -> tuple[float, float, list[int], float]:
     """Open a runtime, warm up, (wait for the others,) then time ``n`` leases one by one."""
     rt = open_runtime(Settings(home=home))
     try:
@@ -93,17 +94,17 @@ def lease_loop(home: Path, n: int, worker: int, cache: bool, barrier=None) -> tu
             barrier.wait()
         lat: list[int] = []
         lease, clock = rt.broker.lease, time.perf_counter_ns
-        start = time.perf_counter()
+        cpu0, start = time.process_time(), time.perf_counter()
         for i in range(n):
             t0 = clock()
             lease(REFS[i % len(REFS)], who)
             lat.append(clock() - t0)
-        end = time.perf_counter()
+        end, cpu = time.perf_counter(), time.process_time() - cpu0
         if cache:
             assert rt.broker.cache.misses == len(REFS), "cache was not warm"
         else:
             assert rt.broker.cache.hits == 0, "cache was not disabled"
-        return start, end, lat
+        return start, end, lat, cpu
     finally:
         rt.close()
 
@@ -116,7 +117,7 @@ def raw_open(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def raw_loop(path: Path, n: int, worker: int, barrier=None) -> tuple[float, float, list[int]]:
+def raw_loop(path: Path, n: int, worker: int, barrier=None) -> tuple[float, float, list[int], float]:
     """The floor: one durable INSERT+COMMIT per iteration, row about the size of a lease row."""
     conn = raw_open(path)
     row = ("x" * 200, b"y" * 64)
@@ -129,15 +130,15 @@ def raw_loop(path: Path, n: int, worker: int, barrier=None) -> tuple[float, floa
             barrier.wait()
         lat: list[int] = []
         clock = time.perf_counter_ns
-        start = time.perf_counter()
+        cpu0, start = time.process_time(), time.perf_counter()
         for _ in range(n):
             t0 = clock()
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("INSERT INTO t(a, b) VALUES (?, ?)", row)
             conn.execute("COMMIT")
             lat.append(clock() - t0)
-        end = time.perf_counter()
-        return start, end, lat
+        end, cpu = time.perf_counter(), time.process_time() - cpu0
+        return start, end, lat, cpu
     finally:
         conn.close()
 
@@ -165,6 +166,11 @@ class Result:
     latencies_ns: list[int] = field(repr=False)
     processes: int = 1
     chain: str = ""
+    cpu_s: float = 0.0  # process CPU time of the measured loop(s), summed over processes
+
+    @property
+    def cpu_ms_per_op(self) -> float:
+        return self.cpu_s / self.ops * 1e3
 
     @property
     def per_s(self) -> float:
@@ -197,16 +203,16 @@ def check_chain(home: Path, expected_leases: int) -> str:
 
 def single(root: Path, n: int, cache: bool) -> Result:
     home = make_home(root, f"single-{'cache' if cache else 'nocache'}")
-    start, end, lat = lease_loop(home, n, 0, cache=cache)
+    start, end, lat, cpu = lease_loop(home, n, 0, cache=cache)
     label = "lease, warm cache" if cache else "lease, cache disabled (decrypt every time)"
-    return Result(label, n, end - start, lat, chain=check_chain(home, n + WARMUP))
+    return Result(label, n, end - start, lat, chain=check_chain(home, n + WARMUP), cpu_s=cpu)
 
 
 def raw_single(root: Path, n: int) -> Result:
     path = root / "raw-single.db"
     raw_open(path).execute("CREATE TABLE t(id INTEGER PRIMARY KEY, a TEXT, b BLOB)")
-    start, end, lat = raw_loop(path, n, 0)
-    return Result("raw SQLite INSERT+COMMIT (WAL, synchronous=FULL)", n, end - start, lat)
+    start, end, lat, cpu = raw_loop(path, n, 0)
+    return Result("raw SQLite INSERT+COMMIT (WAL, synchronous=FULL)", n, end - start, lat, cpu_s=cpu)
 
 
 def multi(root: Path, kind: str, n: int, procs: int) -> Result:
@@ -232,7 +238,8 @@ def multi(root: Path, kind: str, n: int, procs: int) -> Result:
     label = {"lease": "lease, warm cache", "lease-nocache": "lease, cache disabled",
              "raw": "raw SQLite INSERT+COMMIT (WAL, synchronous=FULL)"}[kind]
     chain = "" if kind == "raw" else check_chain(target, procs * (n + WARMUP))
-    return Result(label, procs * n, max(ends) - min(starts), lat, processes=procs, chain=chain)
+    cpu = sum(r[2][3] for r in results)
+    return Result(label, procs * n, max(ends) - min(starts), lat, processes=procs, chain=chain, cpu_s=cpu)
 
 
 def median_run(runs: list[Result]) -> Result:
@@ -294,7 +301,7 @@ def pragmas(root: Path) -> str:
 
 def row(r: Result, note: str = "") -> str:
     return (f"| {r.processes} | {r.label} | {r.ops:,} | {r.pct(50):.3f} | {r.pct(95):.3f} | {r.pct(99):.3f} "
-            f"| {r.mean_ms:.3f} | {r.per_s:,.0f} | {r.chain or 'n/a'}{note} |")
+            f"| {r.mean_ms:.3f} | {r.cpu_ms_per_op:.3f} | {r.per_s:,.0f} | {r.chain or 'n/a'}{note} |")
 
 
 def render(args: argparse.Namespace, command: str, m: dict[str, str], db_pragmas: str,
@@ -314,10 +321,12 @@ def render(args: argparse.Namespace, command: str, m: dict[str, str], db_pragmas
         "leases/s = all leases / (last finish - first start); latency columns pool all processes. "
         f"Multi-process figures are the median of {args.repeat} run(s) by throughput "
         f"(all runs: see below). Chain column: `ledger.verify()` after the scenario, plus the count of "
-        "lease events found.",
+        "lease events found. CPU ms / op = process CPU time of the timed loops (all processes) / ops: "
+        "less sensitive than wall time to other load on the machine.",
         "",
-        "| processes | scenario | leases / ops | p50 ms | p95 ms | p99 ms | mean ms | per second | audit chain |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        "| processes | scenario | leases / ops | p50 ms | p95 ms | p99 ms | mean ms | CPU ms / op | per second "
+        "| audit chain |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     out += [row(r) for r in singles]
     for kind in ("lease", "lease-nocache", "raw"):
