@@ -77,10 +77,9 @@ def test_wrong_key_file_writes_nothing(populated: Runtime, tmp_path: Path) -> No
     assert fingerprint(settings.home) == before
 
 
-def test_wrong_key_cannot_write_through_an_open_broker(populated: Runtime, monkeypatch: pytest.MonkeyPatch,
-                                                       admin: RunIdentity) -> None:
-    """Even a process that got a store object past the check cannot seal under a foreign key:
-    the check happens in LocalStore's constructor, before any write path exists."""
+def test_store_refuses_a_foreign_keyring_at_construction(populated: Runtime) -> None:
+    """The key check happens in LocalStore's constructor, before any write path exists,
+    so nothing can seal data under a key the store was not initialized with."""
     from runlease.crypto import Keyring
     from runlease.store.local import LocalStore
 
