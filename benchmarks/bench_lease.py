@@ -37,6 +37,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import benchdoc  # benchmarks/ is on sys.path when a script here runs
+
 # Import runlease from this checkout even when the venv's editable install points elsewhere.
 _SRC = Path(__file__).resolve().parents[1] / "src"
 if str(_SRC) not in sys.path:
@@ -272,14 +274,7 @@ def filesystem_of(path: Path) -> str:
 
 
 def machine(tmp: Path) -> dict[str, str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = benchdoc.cpu_model()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
         load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -385,18 +380,6 @@ def render(args: argparse.Namespace, command: str, m: dict[str, str], db_pragmas
     return "\n".join(out) + "\n"
 
 
-def write_markdown(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="few samples (smoke run)")
@@ -426,7 +409,7 @@ def main() -> None:
     section = render(args, command, m, db_pragmas, singles, multis)
     print(section)
     if args.markdown:
-        write_markdown(args.markdown, section)
+        benchdoc.write_section(args.markdown, START, END, section)
 
 
 if __name__ == "__main__":
