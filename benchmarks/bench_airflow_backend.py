@@ -36,6 +36,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+import benchdoc  # benchmarks/ is on sys.path when a script here runs
+
 START, END = "<!-- bench:airflow-backend:start -->", "<!-- bench:airflow-backend:end -->"
 PASSWORD = "Bench-pass/word@0123456789"  # runlease: allow high-entropy-secret (test fixture)
 CONN = {"conn_type": "postgres", "host": "warehouse.internal", "login": "etl", "password": PASSWORD,
@@ -112,14 +114,7 @@ def filesystem_of(path: Path) -> str:
 
 
 def machine() -> dict[str, str]:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = benchdoc.cpu_model()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     return {"CPU": cpu, "cores": str(os.cpu_count()), "load average (1/5/15 min) at the end": load,
             "OS": platform.platform(),
@@ -224,19 +219,6 @@ def render(r: dict, args: argparse.Namespace, command: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_markdown(path: Path, section: str) -> None:
-    header = "# Benchmarks\n"
-    text = path.read_text() if path.exists() else header
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="few iterations (smoke run)")
@@ -247,7 +229,7 @@ def main() -> None:
     section = render(run(args), args, command)
     print(section)
     if args.markdown:
-        write_markdown(args.markdown, section)
+        benchdoc.write_section(args.markdown, START, END, section)
 
 
 if __name__ == "__main__":

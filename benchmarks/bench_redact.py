@@ -46,6 +46,8 @@ import ahocorasick_rs
 import runlease.redact
 from runlease.redact import Redactor
 
+import benchdoc  # benchmarks/ is on sys.path when a script here runs
+
 SEED = 20240501
 SECRET_LEN = 24
 PLANT_EVERY = 2048  # bytes; one planted secret per ~2 KB
@@ -401,14 +403,7 @@ def bench_n(n: int, corpus_bytes: int, runs: int, budget: float) -> Row:
 
 
 def machine() -> dict[str, str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = benchdoc.cpu_model()
 
     def version(dist: str) -> str:
         try:
@@ -521,19 +516,6 @@ def render(rows: list[Row], args: argparse.Namespace, command: str, corpus_bytes
     return "\n".join(out) + "\n"
 
 
-def write_markdown(path: Path, section: str) -> None:
-    header = "# runlease benchmarks\n\nWritten by the scripts in `benchmarks/`; each owns one delimited section.\n"
-    text = path.read_text() if path.exists() else header
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small corpus and short budget (smoke run)")
@@ -560,7 +542,7 @@ def main() -> None:
     section = render(rows, args, command, corpus_bytes, runs)
     print(section)
     if args.markdown:
-        write_markdown(args.markdown, section)
+        benchdoc.write_section(args.markdown, START, END, section)
     if not all(r.correct for r in rows):
         sys.exit("runlease output was not correct (a planted secret survived or text changed)")
 

@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+import benchdoc  # benchmarks/ is on sys.path when a script here runs
+
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench:scan:start -->", "<!-- bench:scan:end -->"
 
@@ -224,14 +226,6 @@ def _recall(labels, found: set[tuple[str, int]], prefix: str = "") -> float:
     return hit / len(labels)
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _version(dist: str) -> str:
@@ -307,7 +301,7 @@ def run(args: argparse.Namespace) -> dict:
         "findings_outside_corpus_detect_secrets": len(extra_ds),
         "findings_outside_corpus_detect_secrets_by_type": ds_types,
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": benchdoc.cpu_model(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
@@ -389,18 +383,6 @@ wall times move with load, CPU seconds much less).
 {END}"""
 
 
-def update_markdown(path: Path, section: str) -> None:
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        before, rest = text.split(START, 1)
-        _old, after = rest.split(END, 1)
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -414,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     print(json.dumps(result, indent=2))
     if args.markdown is not None:
-        update_markdown(args.markdown, to_markdown(result))
+        benchdoc.write_section(args.markdown, START, END, to_markdown(result))
     return 0
 
 

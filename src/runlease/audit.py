@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import json
 import os
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,25 +73,88 @@ class Anchor:
     chain: str
 
 
-def read_anchor(path: Path) -> Anchor | None:
+#: The anchor is one fixed-size record, rewritten in place: a short JSON object
+#: (seq, chain, and a check over both so a torn write reads as "unreadable",
+#: never as a different genuine-looking anchor), padded to a constant length.
+ANCHOR_RECORD_BYTES = 192
+
+
+def _anchor_check(seq: int, chain: str) -> str:
+    return hashlib.sha256(f"runlease-anchor|{seq}|{chain}".encode()).hexdigest()[:16]
+
+
+def _encode_anchor(anchor: Anchor) -> bytes:
+    doc = {"seq": anchor.seq, "chain": anchor.chain, "check": _anchor_check(anchor.seq, anchor.chain)}
+    return json.dumps(doc).encode().ljust(ANCHOR_RECORD_BYTES - 1) + b"\n"
+
+
+def _decode_anchor(raw: bytes) -> Anchor:
     try:
-        doc = json.loads(path.read_text())
-        return Anchor(int(doc["seq"]), str(doc["chain"]))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError):
+        doc = json.loads(raw)
+        anchor = Anchor(int(doc["seq"]), str(doc["chain"]))
+        if doc.get("check") != _anchor_check(anchor.seq, anchor.chain):
+            return Anchor(-1, "unreadable")
+        return anchor
+    except (ValueError, KeyError, TypeError):
         return Anchor(-1, "unreadable")
 
 
-def write_anchor(path: Path, anchor: Anchor) -> None:
-    """Atomically replace the anchor file (write + rename); 0600 like the key file."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def read_anchor(path: Path) -> Anchor | None:
+    """The anchor on disk (None: no anchor yet; seq -1: unreadable or torn)."""
     try:
-        os.write(fd, json.dumps({"seq": anchor.seq, "chain": anchor.chain}).encode())
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return Anchor(-1, "unreadable")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        raw = os.pread(fd, ANCHOR_RECORD_BYTES, 0)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    return _decode_anchor(raw) if raw.strip() else None
+
+
+def write_anchor(path: Path, anchor: Anchor) -> None:
+    """Overwrite the anchor unconditionally (0600 like the key file); tools and tests use this."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.pwrite(fd, _encode_anchor(anchor), 0)
+        os.ftruncate(fd, ANCHOR_RECORD_BYTES)
+    finally:
+        os.close(fd)
+
+
+class _AnchorHandles:
+    """One open descriptor per anchor file and process (reopened after a fork).
+
+    Opening, locking and renaming a temp file on every event cost more than the
+    SQLite commit it vouches for; an fd kept open and a fixed-size record
+    rewritten in place under ``flock`` cost two syscalls.
+    """
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def fd(self, path: Path) -> int:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child must not share the parent's open file
+                self._fds, self._pid = {}, os.getpid()
+            key = str(path)
+            fd = self._fds.get(key)
+            if fd is not None and os.fstat(fd).st_nlink == 0:  # the file was removed: start a new one
+                os.close(fd)
+                fd = None
+            if fd is None:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                self._fds[key] = fd
+            return fd
+
+
+_handles = _AnchorHandles()
 
 
 def advance_anchor(path: Path, anchor: Anchor) -> None:
@@ -101,14 +165,15 @@ def advance_anchor(path: Path, anchor: Anchor) -> None:
     (which would report a truncation that did not happen). The flock makes
     read-compare-write atomic between concurrent writers.
     """
-    lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = _handles.fd(path)
+    fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
-        current = read_anchor(path)
+        raw = os.pread(fd, ANCHOR_RECORD_BYTES, 0)
+        current = _decode_anchor(raw) if raw.strip() else None
         if current is None or current.seq < anchor.seq:
-            write_anchor(path, anchor)
+            os.pwrite(fd, _encode_anchor(anchor), 0)
     finally:
-        os.close(lock_fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)

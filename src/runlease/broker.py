@@ -105,7 +105,17 @@ class Broker:
         if ttl is None:
             return self.default_ttl
         if not isinstance(ttl, timedelta):
-            ttl = timedelta(seconds=float(ttl))
+            try:
+                seconds = float(ttl)
+            except (TypeError, ValueError):
+                raise InvalidValueError(f"lease TTL must be a number of seconds, got {type(ttl).__name__}") from None
+            if seconds != seconds:  # NaN
+                raise InvalidValueError("lease TTL must be a number of seconds, got NaN")
+            if seconds <= 0:
+                raise InvalidValueError("lease TTL must be positive")
+            if seconds > self.max_ttl.total_seconds():
+                return self.max_ttl  # also covers values too large for timedelta (inf, 1e30)
+            ttl = timedelta(seconds=seconds)
         if ttl <= timedelta(0):
             raise InvalidValueError("lease TTL must be positive")
         return min(ttl, self.max_ttl)

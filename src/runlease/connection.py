@@ -141,11 +141,7 @@ def connection_from_uri(uri: str) -> dict[str, Any]:
             except json.JSONDecodeError:
                 raise InvalidValueError("invalid connection URI: __extra__ is not valid JSON") from None
         else:
-            for key, value in query.items():
-                try:
-                    extra[key] = json.loads(value) if value else value
-                except json.JSONDecodeError:
-                    extra[key] = value
+            extra = _decode_query_extra(query)
     return connection_from_dict(
         {
             "conn_type": _normalize_conn_type(scheme),
@@ -157,6 +153,17 @@ def connection_from_uri(uri: str) -> dict[str, Any]:
             "extra": extra,
         }
     )
+
+
+def _decode_query_extra(query: dict[str, str]) -> dict[str, Any]:
+    """Flat query parameters as Airflow reads them: each value JSON-decoded when it parses."""
+    extra: dict[str, Any] = {}
+    for key, value in query.items():
+        try:
+            extra[key] = json.loads(value) if value else value
+        except json.JSONDecodeError:
+            extra[key] = value
+    return extra
 
 
 def connection_to_uri(conn: dict[str, Any]) -> str:
@@ -186,7 +193,9 @@ def connection_to_uri(conn: dict[str, Any]) -> str:
         sep = "?" if c.schema_ else "/?"
         flat = all(isinstance(v, str) for v in c.extra.values())
         query = urlencode(c.extra) if flat else ""
-        if flat and c.extra == dict(parse_qsl(query, keep_blank_values=True)):
+        # Flatten only if the parser reads the query back to the same extras: it
+        # JSON-decodes values, so {"api_key": "123"} must travel as __extra__.
+        if flat and c.extra == _decode_query_extra(dict(parse_qsl(query, keep_blank_values=True))):
             uri += sep + query
         else:
             uri += sep + urlencode({EXTRA_KEY: json.dumps(c.extra)})
@@ -224,3 +233,6 @@ def _collect_sensitive(value: Any, found: list[str], sensitive: bool) -> None:
             _collect_sensitive(item, found, sensitive)
     elif sensitive and isinstance(value, str) and value:
         found.append(value)
+    elif sensitive and isinstance(value, (int, float)) and not isinstance(value, bool):
+        # A numeric token (URI query values are JSON-decoded) is still a credential.
+        found.append(str(value))

@@ -11,6 +11,8 @@ must not be shared between threads mid-transaction.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -134,6 +136,9 @@ class Database:
 
     def __init__(self, path: Path, *, create: bool = False) -> None:
         self.path = Path(path)
+        self._thread_turn = threading.Lock()
+        self._turn_fd = -1
+        self._turn_pid = -1
         if not create and not self.path.exists():
             raise StoreUnavailableError(f"no runlease store at {self.path}; run `runlease init`")
         self._local = threading.local()
@@ -179,21 +184,47 @@ class Database:
             yield outer
             return
         conn = self.connection()
-        self._begin_immediate(conn)
-        tx = Transaction(conn)
-        self._local.tx = tx
-        try:
-            yield tx
-            conn.execute("COMMIT")
-        except BaseException:
+        with self._writer_turn():
+            self._begin_immediate(conn)
+            tx = Transaction(conn)
+            self._local.tx = tx
             try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise
-        finally:
-            self._local.tx = None
-        tx._committed()
+                yield tx
+                conn.execute("COMMIT")
+            except BaseException:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise
+            finally:
+                self._local.tx = None
+            # Still inside the turn: after-commit hooks (the audit anchor) then run in
+            # commit order with no second lock hand-off between processes.
+            tx._committed()
+
+    @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """Queue writers in the kernel (flock) before they ask SQLite for its write lock.
+
+        SQLite's busy handler makes a blocked writer *sleep and retry* (1, 2, 5,
+        ... 100 ms), so with several processes writing, the lock often sits free
+        while everyone sleeps: measured here, 4 processes leasing at once had a
+        p99 of ~35 ms and lost throughput to it. A blocking ``flock`` on a side
+        file wakes the next writer the moment the previous one unlocks. A thread
+        lock comes first because flock does not exclude threads sharing one
+        descriptor. ``BEGIN IMMEDIATE`` + ``busy_timeout`` still guard against
+        writers that do not take this turn (the sqlite3 shell, another tool).
+        """
+        with self._thread_turn:
+            if self._turn_pid != os.getpid():  # after fork: our own descriptor, not the parent's
+                self._turn_fd = os.open(f"{self.path}.writers", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                self._turn_pid = os.getpid()
+            fcntl.flock(self._turn_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -231,3 +262,7 @@ class Database:
         if conn is not None:
             conn.close()
             self._local.conn = None
+        with self._thread_turn:  # never while another thread of ours holds the turn
+            if self._turn_pid == os.getpid():
+                os.close(self._turn_fd)
+                self._turn_fd, self._turn_pid = -1, -1

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import json
 import os
+import secrets
 import stat
 from datetime import datetime, timezone
 from pathlib import Path
@@ -145,16 +147,27 @@ def kms_key_file_info(path: Path) -> tuple[str, str] | None:
     return options.key_id, store_id
 
 
-def _write_doc(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_doc(path: Path, doc: dict[str, Any], *, exclusive: bool = False) -> None:
+    """Write the key file atomically (0600); ``exclusive`` never replaces an existing one."""
+    # A temp name per writer, so concurrent writers never rename each other's file away.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, json.dumps(doc, indent=2).encode())
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    if not exclusive:
+        os.replace(tmp, path)
+        return
+    # link() fails if the key file appeared meanwhile: a KEK is never replaced by a new one.
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise MasterKeyError(f"key file {path} already exists; refusing to overwrite it") from None
+    finally:
+        os.unlink(tmp)
 
 
 def _kms_entry(options: "KmsKeyOptions", store_id: str) -> tuple[bytes, dict[str, Any]]:
@@ -174,7 +187,7 @@ def create_kms_key_file(path: Path, options: "KmsKeyOptions", store_id: str) -> 
         raise MasterKeyError(f"key file {path} already exists; refusing to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
     key, entry = _kms_entry(options, store_id)
-    _write_doc(path, {
+    _write_doc(path, exclusive=True, doc={
         "format": KMS_FORMAT,
         "note": "KEKs wrapped by AWS KMS; first is active. Unwrapping needs kms:Decrypt with this encryption context.",
         "store_id": store_id,
@@ -185,7 +198,7 @@ def create_kms_key_file(path: Path, options: "KmsKeyOptions", store_id: str) -> 
     return Keyring([key])
 
 
-def _write_atomic(path: Path, keys: list[bytes]) -> None:
+def _write_atomic(path: Path, keys: list[bytes], *, exclusive: bool = False) -> None:
     doc = {
         "format": PLAIN_FORMAT,
         "note": "first key is active; older keys stay until `runlease key rotate` re-wrapped every data key",
@@ -194,7 +207,7 @@ def _write_atomic(path: Path, keys: list[bytes]) -> None:
             for k in keys
         ],
     }
-    _write_doc(path, doc)
+    _write_doc(path, doc, exclusive=exclusive)
 
 
 def create_key_file(path: Path) -> Keyring:
@@ -203,7 +216,7 @@ def create_key_file(path: Path) -> Keyring:
         raise MasterKeyError(f"key file {path} already exists; refusing to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
     key = new_key()
-    _write_atomic(path, [key])
+    _write_atomic(path, [key], exclusive=True)
     return Keyring([key])
 
 
@@ -211,17 +224,22 @@ def prepend_new_key(path: Path) -> Keyring:
     """Add a fresh KEK to the key file as the active one, keeping the old ones readable.
 
     For a KMS key file the new KEK is generated (and wrapped) by the same KMS key.
+    The read-modify-write runs under a lock: two concurrent rotations must both
+    keep their key.
     """
-    if is_kms_key_file(path):
-        keys = _read_key_file(path)  # proves we can still unwrap the old ones
-        doc = _read_doc(path)
-        options, store_id = _kms_options(path, doc)
-        key, entry = _kms_entry(options, store_id)
-        doc["keys"].insert(0, entry)
-        _write_doc(path, doc)
-        return Keyring([key, *keys])
-    keys = _read_key_file(path)
-    keys.insert(0, new_key())
-    _write_atomic(path, keys)
-    return Keyring(keys)
-
+    lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        keys = _read_key_file(path)  # for a KMS file this also proves we can still unwrap the old ones
+        if is_kms_key_file(path):
+            doc = _read_doc(path)
+            options, store_id = _kms_options(path, doc)
+            key, entry = _kms_entry(options, store_id)
+            doc["keys"].insert(0, entry)
+            _write_doc(path, doc)
+            return Keyring([key, *keys])
+        keys.insert(0, new_key())
+        _write_atomic(path, keys)
+        return Keyring(keys)
+    finally:
+        os.close(lock_fd)

@@ -92,6 +92,10 @@ class Policy(BaseModel):
             doc = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as err:
             raise ConfigError(f"policy file {path} is not valid TOML: {err}") from None
+        internal = sorted({"enforced", "source"} & doc.keys())
+        if internal:
+            # Set by the loader, not the file: a policy file must not be able to turn enforcement off.
+            raise ConfigError(f"policy file {path} is invalid: {', '.join(internal)}: not a policy file setting")
         try:
             return cls.model_validate({**doc, "source": str(path)})
         except ValidationError as err:

@@ -16,6 +16,7 @@ store: key file (plain or KMS-wrapped), ledger database, example policy.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import uuid
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ from runlease.store.local import LocalStore
 
 if TYPE_CHECKING:
     from runlease.kms import KmsKeyOptions
+
+
+INIT_LOCK_NAME = "init.lock"
 
 
 @dataclass
@@ -148,6 +152,18 @@ def init_home(settings: Settings | None = None, *, kms: "KmsKeyOptions | None" =
     home: Path = settings.home
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(home, 0o700)
+    # Concurrent inits (e.g. several workers starting at once) must not each create a
+    # key and a schema: one initializes, the others wait and then open what it made.
+    lock_fd = os.open(home / INIT_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        return _init_locked(settings, home, kms, remote)
+    finally:
+        os.close(lock_fd)
+
+
+def _init_locked(settings: Settings, home: Path, kms: "KmsKeyOptions | None",
+                 remote: SecretStore | None) -> tuple[Runtime, bool]:
     kms_file = kms_key_file_info(settings.key_file) if settings.master_key is None else None
     if kms is not None and settings.key_file.exists() and kms_file is None:
         raise ConfigError(f"{settings.key_file} is a plain key file; --kms-key-id only applies to a new home")

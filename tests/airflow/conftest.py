@@ -204,7 +204,9 @@ class DagRuns:
 
 def run_dags(site: AirflowSite, dag_ids: list[str], *, executor: bool) -> DagRuns:
     args = [sys.executable, str(RUNNER), *dag_ids] + (["--executor"] if executor else [])
-    proc = site.run(*args, timeout=900)
+    # Bounded well below CI's budget: once, under heavy load, LocalExecutor.end() waited forever
+    # for a worker that never took its shutdown message (Airflow 3.3.2); fail fast instead.
+    proc = site.run(*args, timeout=420)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = {}
     for line in proc.stdout.splitlines():

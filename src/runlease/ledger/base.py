@@ -7,7 +7,7 @@ that revokes at run end (one machine: SQLite; many: PostgreSQL).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol
@@ -27,6 +27,38 @@ class AuditQuery(BaseModel):
     action: str | None = None
     after_seq: int = 0
     limit: int | None = None
+
+
+def lease_filter_sql(
+    placeholder: str,
+    stored_time: Callable[[datetime], Any],
+    *,
+    run_id: str | None = None,
+    task_id: str | None = None,
+    try_number: int | None = None,
+    map_index: int | None = None,
+    state: LeaseState | None = None,
+    expired_before: datetime | None = None,
+) -> tuple[str, list[Any]]:
+    """The ``WHERE`` clause (or "") and parameters of a ``find_leases`` call.
+
+    One builder for every ledger so the filters mean the same everywhere; the
+    backends differ only in their parameter placeholder and how they store times.
+    """
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (("run_id", run_id), ("task_id", task_id), ("try_number", try_number),
+                          ("map_index", map_index)):
+        if value is not None:
+            clauses.append(f"{column} = {placeholder}")
+            params.append(value)
+    if state is not None:
+        clauses.append(f"state = {placeholder}")
+        params.append(state.value)
+    if expired_before is not None:
+        clauses.append(f"expires_at <= {placeholder}")
+        params.append(stored_time(expired_before))
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
 class Ledger(Protocol):

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from runlease.audit import Anchor, VerifyResult, advance_anchor, event_row, genesis, link, read_anchor, verify_chain
 from runlease.crypto import Keyring
 from runlease.errors import ConfigError, LeaseNotFoundError, MasterKeyError
-from runlease.ledger.base import AuditQuery
+from runlease.ledger.base import AuditQuery, lease_filter_sql
 from runlease.models import AuditEvent, Lease, LeaseState, RunIdentity, SecretPath, Stage
 from runlease.pg import DEFAULT_CONNECT_TIMEOUT, PgTarget, backend_errors, connect, require_psycopg, target_from_dsn
 
@@ -497,23 +497,11 @@ class PostgresLedger:
         expired_before: datetime | None = None,
         limit: int | None = None,
     ) -> list[Lease]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        for column, value in (("run_id", run_id), ("task_id", task_id), ("try_number", try_number),
-                              ("map_index", map_index)):
-            if value is not None:
-                clauses.append(f"{column} = %s")
-                params.append(value)
-        if state is not None:
-            clauses.append("state = %s")
-            params.append(state.value)
-        if expired_before is not None:
-            clauses.append("expires_at <= %s")
-            params.append(expired_before)
-        text = f"SELECT {', '.join(_LEASE_FIELDS)} FROM {{leases}}"
-        if clauses:
-            text += " WHERE " + " AND ".join(clauses)
-        text += " ORDER BY issued_at, lease_id"
+        where, params = lease_filter_sql(
+            "%s", lambda at: at, run_id=run_id, task_id=task_id, try_number=try_number, map_index=map_index,
+            state=state, expired_before=expired_before,
+        )
+        text = f"SELECT {', '.join(_LEASE_FIELDS)} FROM {{leases}}{where} ORDER BY issued_at, lease_id"
         if limit:
             text += " LIMIT %s"
             params.append(int(limit))

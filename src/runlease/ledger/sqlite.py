@@ -20,7 +20,7 @@ from runlease.audit import Anchor, VerifyResult, advance_anchor, event_row, gene
 from runlease.crypto import Keyring
 from runlease.db import Database, Transaction
 from runlease.errors import LeaseNotFoundError, MasterKeyError
-from runlease.ledger.base import AuditQuery
+from runlease.ledger.base import AuditQuery, lease_filter_sql
 from runlease.models import AuditEvent, Lease, LeaseState, RunIdentity, SecretPath, Stage
 
 _LEASE_COLUMNS = (
@@ -166,22 +166,11 @@ class SqliteLedger:
         expired_before: datetime | None = None,
         limit: int | None = None,
     ) -> list[Lease]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        for column, value in (("run_id", run_id), ("task_id", task_id), ("try_number", try_number), ("map_index", map_index)):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if state is not None:
-            clauses.append("state = ?")
-            params.append(state.value)
-        if expired_before is not None:
-            clauses.append("expires_at <= ?")
-            params.append(ts(expired_before))
-        sql = f"SELECT {_LEASE_COLUMNS} FROM leases"
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        sql += " ORDER BY issued_at, lease_id"
+        where, params = lease_filter_sql(
+            "?", ts, run_id=run_id, task_id=task_id, try_number=try_number, map_index=map_index,
+            state=state, expired_before=expired_before,
+        )
+        sql = f"SELECT {_LEASE_COLUMNS} FROM leases{where} ORDER BY issued_at, lease_id"
         if limit:
             sql += f" LIMIT {int(limit)}"
         return [self._lease_from_row(r) for r in self.db.connection().execute(sql, params)]

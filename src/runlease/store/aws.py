@@ -306,6 +306,22 @@ class AwsSecretsStore:
         self._call("UpdateSecretVersionStage", f"moving {label} of {name}",
                    lambda c: c.update_secret_version_stage(**kwargs), "InvalidParameterException")
 
+    def _drop_labels_from_before_delete(self, path: SecretPath, revived_vid: str) -> None:
+        """Reviving a deleted secret starts afresh, as on the other stores.
+
+        Labels still on pre-delete versions must not make them leasable (or a
+        deleted API key verifiable) again: PREVIOUS and PENDING are removed, and
+        an AWSCURRENT AWS insists on keeping goes back to the placeholder (= none).
+        """
+        fresh = self._describe(path)
+        if fresh is None:
+            return
+        for stage in (Stage.PREVIOUS, Stage.PENDING, Stage.CURRENT):
+            holder = fresh.labels.get(LABELS[stage])
+            if holder is None or holder == revived_vid or version_number(holder) == 0:
+                continue
+            self._move_label(path, LABELS[stage], version_id(0) if stage is Stage.CURRENT else None, holder)
+
     def _restore_previous(self, path: SecretPath, wanted: str | None, auto: str | None) -> None:
         """After AWSCURRENT left ``auto``, AWS put AWSPREVIOUS there; put it back on ``wanted``."""
         if auto is None or wanted == auto:
@@ -372,6 +388,7 @@ class AwsSecretsStore:
                     self._restore_previous(path, secret.labels.get(LABELS[Stage.PREVIOUS]),
                                            secret.labels.get(LABELS[Stage.CURRENT]))
             if secret.deleted:
+                self._drop_labels_from_before_delete(path, version_id(version))
                 self._call("UntagResource", f"reviving {name}",
                            lambda c: c.untag_resource(SecretId=name, TagKeys=[TAG_DELETED]))
             return version

@@ -232,6 +232,10 @@ class LocalStore:
                 c.execute(
                     "UPDATE secrets SET last_version=?, updated_at=?, deleted_at=NULL WHERE path=?", (version, now, p)
                 )
+                if not live:
+                    # Reviving a deleted secret starts afresh: labels from before the
+                    # delete must not make its old versions readable again.
+                    c.execute("DELETE FROM stages WHERE path=?", (p,))
             c.execute(
                 "INSERT INTO versions(path, version, created_at, kek_id, wrapped_dek, ciphertext) VALUES (?,?,?,?,?,?)",
                 (p, version, now, sealed.kek_id, sealed.wrapped_dek, sealed.ciphertext),

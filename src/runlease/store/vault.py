@@ -302,6 +302,10 @@ class VaultStore:
             raise ConflictError(f"check-and-set failed for {path}: expected CURRENT v{cas}, found v{actual}")
         now = self._now()
         new = copy.deepcopy(state) if state is not None else _State(created_at=now)
+        if not live:
+            # Reviving a deleted secret starts afresh: labels from before the delete must not
+            # make its old versions leasable (or a deleted API key verifiable) again.
+            new.stages = {}
         new.last_version = max(version, new.last_version)
         new.deleted_at = None
         new.updated_at = now

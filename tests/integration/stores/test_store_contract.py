@@ -147,7 +147,7 @@ def test_soft_delete_keeps_history_and_put_revives(store: Any) -> None:
     assert [str(i.path) for i in store.list("dev/", include_deleted=True)] == [str(P), str(Q)]
     assert store.put(P, {**CONN, "password": "three"}) == 3
     assert store.get(P).value["password"] == "three"
-    assert stages(store) == {Stage.CURRENT: 3, Stage.PREVIOUS: 1}  # a deleted CURRENT is not demoted
+    assert stages(store) == {Stage.CURRENT: 3}  # revival starts afresh: pre-delete labels are dropped
     assert store.resolve(P).metadata == {"issuer": "static"}
     assert not store.info(P).deleted
 
