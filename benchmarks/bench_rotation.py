@@ -41,6 +41,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import benchdoc
 from runlease.models import RunIdentity, SecretPath
 from runlease.rotation import RotationEngine
 from runlease.rotation.policy import RotationPolicy
@@ -157,16 +158,8 @@ def aggregate(name: str, results: list[dict]) -> dict:
 
 
 def machine() -> dict[str, str]:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return {"CPU": cpu, "cores": str(os.cpu_count()), "load average (1/5/15 min) at the end": load,
+    return {"CPU": benchdoc.cpu_model(), "cores": str(benchdoc.usable_cores()),
+            "load average (1/5/15 min) at the end": benchdoc.load_average(", "),
             "OS": platform.platform(), "Python": platform.python_version()}
 
 
@@ -209,7 +202,7 @@ def render(rows: list[dict], args: argparse.Namespace, command: str, load_before
         "(`synchronous=FULL`). Readers are separate processes reading random secrets' CURRENT as the broker "
         "does (`resolve` + value cached by version); a failed read is an exception or a value that is not a "
         "well-formed key. *Flat out*: each reader spins (4 readers + the rotating process on "
-        f"{os.cpu_count()} cores); *paced*: each reads once per millisecond. Baselines run in the same "
+        f"{benchdoc.usable_cores()} cores); *paced*: each reads once per millisecond. Baselines run in the same "
         "invocation on fresh stores of the same size. This machine is shared with other jobs (load average "
         "above): compare rows of one run, not runs.",
         "",
@@ -244,17 +237,6 @@ def render(rows: list[dict], args: argparse.Namespace, command: str, load_before
     return "\n".join(lines)
 
 
-def write_markdown(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--secrets", type=int, default=1000)
@@ -267,7 +249,7 @@ def main() -> None:
     if args.quick:
         args.secrets, args.repeat = 100, 1
     parent = Path(args.store_dir)
-    load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    load_before = benchdoc.load_average(", ")
     homes: list[Path] = []
     paced = 0.001
     scenarios = (
@@ -295,7 +277,7 @@ def main() -> None:
     section = render(rows, args, shlex.join(["python", *sys.argv]), load_before)
     print(section)
     if args.markdown:
-        write_markdown(args.markdown, section)
+        benchdoc.write_section(args.markdown, START, END, section)
 
 
 if __name__ == "__main__":
