@@ -7,15 +7,16 @@ that revokes at run end (one machine: SQLite; many: PostgreSQL).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 
 from runlease.audit import VerifyResult
-from runlease.models import AuditEvent, Lease, LeaseState
+from runlease.models import AuditEvent, Lease, LeaseState, RunIdentity, SecretPath, Stage
 
 
 class AuditQuery(BaseModel):
@@ -27,6 +28,60 @@ class AuditQuery(BaseModel):
     action: str | None = None
     after_seq: int = 0
     limit: int | None = None
+
+
+#: Lease columns in storage order: both ledgers create, insert and select them in this order.
+LEASE_FIELDS: tuple[str, ...] = (
+    "lease_id", "path", "version", "stage", "issuer", "orchestrator", "pipeline", "run_id", "task_id",
+    "try_number", "map_index", "principal", "issued_at", "expires_at", "state", "revoked_at",
+    "revoke_reason", "issuer_state",
+)
+
+
+def lease_values(lease: Lease, stored_time: Callable[[datetime], Any], stored_json: Callable[[dict[str, Any]], Any]
+                 ) -> tuple[Any, ...]:
+    """A new lease's row, in :data:`LEASE_FIELDS` order (it is active, so never revoked yet)."""
+    i = lease.identity
+    return (
+        lease.lease_id, str(lease.path), lease.version, lease.stage.value if lease.stage else None,
+        lease.issuer, i.orchestrator, i.pipeline, i.run_id, i.task_id, i.try_number, i.map_index,
+        i.principal, stored_time(lease.issued_at), stored_time(lease.expires_at), lease.state.value, None, None,
+        stored_json(lease.issuer_state),
+    )
+
+
+def _utc(value: datetime | str | None) -> datetime | None:
+    """Stored times as UTC datetimes, whether the backend returns ISO text or session-zone datetimes."""
+    if value is None or value == "":
+        return None
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.astimezone(timezone.utc)
+
+
+def lease_from_row(row: tuple[Any, ...]) -> Lease:
+    """A lease from a row in :data:`LEASE_FIELDS` order; times may be ISO text or datetimes, and
+    issuer state JSON text or an already decoded dict, so both backends share it."""
+    (lease_id, path, version, stage, issuer, orch, pipeline, run_id, task_id, try_number, map_index,
+     principal, issued_at, expires_at, state, revoked_at, reason, issuer_state) = row
+    if isinstance(issuer_state, str):
+        issuer_state = json.loads(issuer_state)
+    return Lease(
+        lease_id=lease_id,
+        path=SecretPath.parse(path),
+        version=version,
+        stage=Stage(stage) if stage else None,
+        identity=RunIdentity(
+            orchestrator=orch, pipeline=pipeline, run_id=run_id, task_id=task_id,
+            try_number=try_number, map_index=map_index, principal=principal,
+        ),
+        issuer=issuer,
+        issued_at=_utc(issued_at),
+        expires_at=_utc(expires_at),
+        state=LeaseState(state),
+        revoked_at=_utc(revoked_at),
+        revoke_reason=reason,
+        issuer_state=issuer_state or {},
+    )
 
 
 def lease_filter_sql(

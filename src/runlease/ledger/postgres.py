@@ -38,15 +38,15 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runlease.audit import Anchor, VerifyResult, advance_anchor, event_row, genesis, link, read_anchor, verify_chain
 from runlease.crypto import Keyring
 from runlease.errors import ConfigError, LeaseNotFoundError, MasterKeyError
-from runlease.ledger.base import AuditQuery, lease_filter_sql
-from runlease.models import AuditEvent, Lease, LeaseState, RunIdentity, SecretPath, Stage
+from runlease.ledger.base import LEASE_FIELDS, AuditQuery, lease_filter_sql, lease_from_row, lease_values
+from runlease.models import AuditEvent, Lease, LeaseState
 from runlease.pg import DEFAULT_CONNECT_TIMEOUT, PgTarget, backend_errors, connect, require_psycopg, target_from_dsn
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,11 +60,7 @@ LOCK_TIMEOUT_MS = 30_000
 STATEMENT_TIMEOUT_MS = 60_000
 _PAGE = 1000
 _KEY_CHECK_PREFIX = "key_check:"
-_LEASE_FIELDS = (
-    "lease_id", "path", "version", "stage", "issuer", "orchestrator", "pipeline", "run_id", "task_id",
-    "try_number", "map_index", "principal", "issued_at", "expires_at", "state", "revoked_at",
-    "revoke_reason", "issuer_state",
-)
+_LEASE_FIELDS = LEASE_FIELDS
 _AUDIT_FIELDS = (
     "seq", "ts", "action", "outcome", "path", "version", "lease_id", "orchestrator", "pipeline", "run_id",
     "task_id", "try_number", "map_index", "principal", "detail", "key_id", "chain",
@@ -150,10 +146,6 @@ def _check_schema_name(schema: str) -> None:
 class _ThreadState(threading.local):
     conn: "psycopg.Connection[Any] | None" = None
     hooks: list[Callable[[], None]] | None = None
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    return value.astimezone(timezone.utc) if value is not None else None
 
 
 class PostgresLedger:
@@ -441,41 +433,14 @@ class PostgresLedger:
     def record_lease(self, lease: Lease, event: AuditEvent) -> AuditEvent:
         from psycopg.types.json import Jsonb
 
-        i = lease.identity
         with self._write():
             self._conn().execute(
                 self._sql(f"INSERT INTO {{leases}} ({', '.join(_LEASE_FIELDS)}) "
                           f"VALUES ({', '.join(['%s'] * len(_LEASE_FIELDS))})"),
-                (
-                    lease.lease_id, str(lease.path), lease.version, lease.stage.value if lease.stage else None,
-                    lease.issuer, i.orchestrator, i.pipeline, i.run_id, i.task_id, i.try_number, i.map_index,
-                    i.principal, lease.issued_at, lease.expires_at, lease.state.value, None, None,
-                    Jsonb(lease.issuer_state),
-                ),
+                lease_values(lease, lambda at: at, Jsonb),
             )
             return self.append(event)[0]
 
-    @staticmethod
-    def _lease_from_row(row: tuple[Any, ...]) -> Lease:
-        (lease_id, path, version, stage, issuer, orch, pipeline, run_id, task_id, try_number, map_index,
-         principal, issued_at, expires_at, state, revoked_at, reason, issuer_state) = row
-        return Lease(
-            lease_id=lease_id,
-            path=SecretPath.parse(path),
-            version=version,
-            stage=Stage(stage) if stage else None,
-            identity=RunIdentity(
-                orchestrator=orch, pipeline=pipeline, run_id=run_id, task_id=task_id,
-                try_number=try_number, map_index=map_index, principal=principal,
-            ),
-            issuer=issuer,
-            issued_at=_utc(issued_at),
-            expires_at=_utc(expires_at),
-            state=LeaseState(state),
-            revoked_at=_utc(revoked_at),
-            revoke_reason=reason,
-            issuer_state=issuer_state or {},
-        )
 
     def get_lease(self, lease_id: str) -> Lease:
         conn = self._conn()
@@ -484,7 +449,7 @@ class PostgresLedger:
                                (lease_id,)).fetchone()
         if row is None:
             raise LeaseNotFoundError(f"lease {lease_id} not found")
-        return self._lease_from_row(row)
+        return lease_from_row(row)
 
     def find_leases(
         self,
@@ -507,7 +472,7 @@ class PostgresLedger:
             params.append(int(limit))
         conn = self._conn()
         with backend_errors(self.target, "listing leases"):
-            return [self._lease_from_row(r) for r in conn.execute(self._sql(text), params).fetchall()]
+            return [lease_from_row(r) for r in conn.execute(self._sql(text), params).fetchall()]
 
     def close_lease(self, lease_id: str, state: LeaseState, reason: str, at: datetime, event: AuditEvent) -> bool:
         with self._write():

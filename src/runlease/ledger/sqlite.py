@@ -20,13 +20,10 @@ from runlease.audit import Anchor, VerifyResult, advance_anchor, event_row, gene
 from runlease.crypto import Keyring
 from runlease.db import Database, Transaction
 from runlease.errors import LeaseNotFoundError, MasterKeyError
-from runlease.ledger.base import AuditQuery, lease_filter_sql
-from runlease.models import AuditEvent, Lease, LeaseState, RunIdentity, SecretPath, Stage
+from runlease.ledger.base import LEASE_FIELDS, AuditQuery, lease_filter_sql, lease_from_row, lease_values
+from runlease.models import AuditEvent, Lease, LeaseState
 
-_LEASE_COLUMNS = (
-    "lease_id, path, version, stage, issuer, orchestrator, pipeline, run_id, task_id, try_number, map_index, "
-    "principal, issued_at, expires_at, state, revoked_at, revoke_reason, issuer_state"
-)
+_LEASE_COLUMNS = ", ".join(LEASE_FIELDS)
 _AUDIT_COLUMNS = (
     "seq, ts, action, outcome, path, version, lease_id, orchestrator, pipeline, run_id, task_id, try_number, "
     "map_index, principal, detail, key_id, chain"
@@ -112,40 +109,13 @@ class SqliteLedger:
     # -- leases ---------------------------------------------------------------
 
     def record_lease(self, lease: Lease, event: AuditEvent) -> AuditEvent:
-        i = lease.identity
         with self.db.write() as tx:
             tx.conn.execute(
                 f"INSERT INTO leases({_LEASE_COLUMNS}) VALUES ({','.join('?' * 18)})",
-                (
-                    lease.lease_id, str(lease.path), lease.version, lease.stage.value if lease.stage else None,
-                    lease.issuer, i.orchestrator, i.pipeline, i.run_id, i.task_id, i.try_number, i.map_index,
-                    i.principal, ts(lease.issued_at), ts(lease.expires_at), lease.state.value, None, None,
-                    json.dumps(lease.issuer_state, sort_keys=True),
-                ),
+                lease_values(lease, ts, lambda state: json.dumps(state, sort_keys=True)),
             )
             return self.append(event)[0]
 
-    @staticmethod
-    def _lease_from_row(row: tuple[Any, ...]) -> Lease:
-        (lease_id, path, version, stage, issuer, orch, pipeline, run_id, task_id, try_number, map_index,
-         principal, issued_at, expires_at, state, revoked_at, reason, issuer_state) = row
-        return Lease(
-            lease_id=lease_id,
-            path=SecretPath.parse(path),
-            version=version,
-            stage=Stage(stage) if stage else None,
-            identity=RunIdentity(
-                orchestrator=orch, pipeline=pipeline, run_id=run_id, task_id=task_id,
-                try_number=try_number, map_index=map_index, principal=principal,
-            ),
-            issuer=issuer,
-            issued_at=datetime.fromisoformat(issued_at),
-            expires_at=datetime.fromisoformat(expires_at),
-            state=LeaseState(state),
-            revoked_at=datetime.fromisoformat(revoked_at) if revoked_at else None,
-            revoke_reason=reason,
-            issuer_state=json.loads(issuer_state),
-        )
 
     def get_lease(self, lease_id: str) -> Lease:
         row = self.db.connection().execute(
@@ -153,7 +123,7 @@ class SqliteLedger:
         ).fetchone()
         if row is None:
             raise LeaseNotFoundError(f"lease {lease_id} not found")
-        return self._lease_from_row(row)
+        return lease_from_row(row)
 
     def find_leases(
         self,
@@ -173,7 +143,7 @@ class SqliteLedger:
         sql = f"SELECT {_LEASE_COLUMNS} FROM leases{where} ORDER BY issued_at, lease_id"
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return [self._lease_from_row(r) for r in self.db.connection().execute(sql, params)]
+        return [lease_from_row(r) for r in self.db.connection().execute(sql, params)]
 
     def close_lease(self, lease_id: str, state: LeaseState, reason: str, at: datetime, event: AuditEvent) -> bool:
         with self.db.write() as tx:

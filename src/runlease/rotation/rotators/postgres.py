@@ -39,7 +39,6 @@ from runlease.errors import BackendError, ConfigError
 from runlease.models import SecretPath, SecretValue
 from runlease.pg import PgTarget, backend_errors, connect, require_psycopg, target_from_connection
 from runlease.rotation.errors import RotationTestFailed
-from runlease.rotation.state import Step
 from runlease.rotation.rotators.base import RotationContext, connection_value, rotator_settings
 from runlease.store.base import StoredSecret
 
