@@ -101,18 +101,6 @@ def make_home(parent: Path) -> Path:
     return home
 
 
-def filesystem_of(path: Path) -> str:
-    best, fstype = "", "?"
-    try:
-        for line in Path("/proc/mounts").read_text().splitlines():
-            _, mount, kind = line.split()[:3]
-            if str(path.resolve()).startswith(mount) and len(mount) > len(best):
-                best, fstype = mount, kind
-    except OSError:
-        pass
-    return f"{fstype} ({best or '?'})"
-
-
 def machine() -> dict[str, str]:
     cpu = benchdoc.cpu_model()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
@@ -149,7 +137,7 @@ def run(args: argparse.Namespace) -> dict:
     for backend in (hit_backend, lazy_backend, miss_backend):
         assert backend.get_connection("warehouse").password == PASSWORD
 
-    results: dict = {"store_fs": filesystem_of(store_dir), "batches": batches, "batch": batch}
+    results: dict = {"store_fs": benchdoc.filesystem_of(store_dir), "batches": batches, "batch": batch}
     # Interleave baseline and candidates so drift on a shared machine hits both alike.
     results["env"] = per_call_us(lambda: env_backend.get_connection("warehouse"), batches, batch)
     results["hit"] = per_call_us(lambda: hit_backend.get_connection("warehouse"), batches, batch)
@@ -161,7 +149,7 @@ def run(args: argparse.Namespace) -> dict:
     if shm.is_dir() and os.access(shm, os.W_OK):
         shm_backend = RunleaseBackend(home=str(make_home(shm)), cache="false")
         results["miss_shm"] = latencies_ms(lambda: shm_backend.get_connection("warehouse"), misses)
-        results["shm_fs"] = filesystem_of(shm)
+        results["shm_fs"] = benchdoc.filesystem_of(shm)
     hit_stats = hit_backend.state.leases
     results["cache_hits"], results["cache_misses"] = hit_stats.hits, hit_stats.misses
     return results

@@ -260,19 +260,6 @@ def median_run(runs: list[Result]) -> Result:
 # --- report -------------------------------------------------------------------------------
 
 
-def filesystem_of(path: Path) -> str:
-    best, fstype, device = "", "unknown", ""
-    try:
-        real = str(path.resolve())
-        for line in Path("/proc/mounts").read_text().splitlines():
-            dev, mount, fs = line.split()[:3]
-            if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
-                best, fstype, device = mount, fs, dev
-    except OSError:
-        pass
-    return f"{fstype} ({device} mounted on {best})" if best else "unknown"
-
-
 def machine(tmp: Path) -> dict[str, str]:
     cpu = benchdoc.cpu_model()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -285,7 +272,7 @@ def machine(tmp: Path) -> dict[str, str]:
         "Cores": f"{os.cpu_count()} (usable: {usable})",
         "Python": f"{platform.python_version()} ({platform.python_implementation()})",
         "SQLite": sqlite3.sqlite_version,
-        "Temp dir filesystem": f"{tmp}: {filesystem_of(tmp)}",
+        "Temp dir filesystem": f"{tmp}: {benchdoc.filesystem_of(tmp)}",
         "Load average at start (1/5/15 min)": f"{load} (other workloads on the machine show up here)",
     }
 

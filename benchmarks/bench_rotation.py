@@ -163,21 +163,9 @@ def machine() -> dict[str, str]:
             "OS": platform.platform(), "Python": platform.python_version()}
 
 
-def filesystem_of(path: Path) -> str:
-    best, fstype = "", "?"
-    try:
-        for line in Path("/proc/mounts").read_text().splitlines():
-            _, mount, kind = line.split()[:3]
-            if str(path.resolve()).startswith(mount) and len(mount) > len(best):
-                best, fstype = mount, kind
-    except OSError:
-        pass
-    return f"{fstype} ({best or '?'})"
-
-
 def render(rows: list[dict], args: argparse.Namespace, command: str, load_before: str) -> str:
     m = {"load average (1/5/15 min) at the start": load_before, **machine(),
-         "store filesystem": filesystem_of(Path(args.store_dir))}
+         "store filesystem": benchdoc.filesystem_of(Path(args.store_dir))}
 
     def verdict(row: dict) -> str:
         met = row["seconds"] <= 10 and row["failed"] == 0

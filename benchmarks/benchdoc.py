@@ -37,6 +37,20 @@ def load_average(sep: str = " / ") -> str:
         return "n/a"
 
 
+def filesystem_of(path: Path) -> str:
+    """The filesystem a path lives on (``ext4 (/)``): durable commits cost what its fsync costs."""
+    best, fstype = "", "unknown"
+    try:
+        real = str(path.resolve())
+        for line in Path("/proc/mounts").read_text().splitlines():
+            _, mount, kind = line.split()[:3]
+            if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+                best, fstype = mount, kind
+    except OSError:
+        pass
+    return f"{fstype} ({best})" if best else "unknown"
+
+
 def version(dist: str) -> str:
     try:
         return metadata.version(dist)
