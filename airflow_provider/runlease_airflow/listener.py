@@ -66,7 +66,7 @@ def revoke_task_try(dag_id: str, run_id: str, task_id: str, try_number: int | No
 
     ``states`` defaults to every runtime this process opened (or the configured backend's).
     """
-    from runlease.models import LeaseState, RunIdentity
+    from runlease.models import RunIdentity
 
     from runlease_airflow.lease_cache import task_key
 
@@ -74,29 +74,24 @@ def revoke_task_try(dag_id: str, run_id: str, task_id: str, try_number: int | No
                         try_number=try_number, map_index=map_index, principal=TASK_ACTOR)
     revoked = 0
     for state in _states() if states is None else states:
-        broker = state.runtime.broker
         state.leases.drop_task(task_key(actor))
-        for lease in broker.ledger.find_leases(run_id=run_id, task_id=task_id, try_number=try_number,
-                                               state=LeaseState.ACTIVE):
-            if lease.identity.pipeline != dag_id or lease.identity.map_index != map_index:
-                continue
-            revoked += broker.revoke(lease.lease_id, reason=f"task {outcome}", identity=actor)
+        # map_index None (an unmapped task) filters nothing: a task is either mapped or not.
+        revoked += state.runtime.broker.revoke_where(
+            f"task {outcome}", actor, pipeline=dag_id, run_id=run_id, task_id=task_id,
+            try_number=try_number, map_index=map_index,
+        )
     return revoked
 
 
 def revoke_dag_run(dag_id: str, run_id: str, outcome: str, states: list[Any] | None = None) -> int:
     """Revoke everything a DAG run still holds; returns how many leases were revoked."""
-    from runlease.models import LeaseState, RunIdentity
+    from runlease.models import RunIdentity
 
     actor = RunIdentity(orchestrator="airflow", pipeline=dag_id, run_id=run_id, principal=RUN_ACTOR)
     revoked = 0
     for state in _states() if states is None else states:
-        broker = state.runtime.broker
         state.leases.drop_run(dag_id, run_id)
-        for lease in broker.ledger.find_leases(run_id=run_id, state=LeaseState.ACTIVE):
-            if lease.identity.pipeline != dag_id:
-                continue
-            revoked += broker.revoke(lease.lease_id, reason=f"dag run {outcome}", identity=actor)
+        revoked += state.runtime.broker.revoke_where(f"dag run {outcome}", actor, pipeline=dag_id, run_id=run_id)
     return revoked
 
 

@@ -21,7 +21,7 @@ from pydantic import Secret
 from runlease.cache import RotationAwareCache
 from runlease.connection import sensitive_strings
 from runlease.correlation import correlated
-from runlease.errors import AccessDeniedError, InvalidValueError, SecretNotFoundError
+from runlease.errors import AccessDeniedError, InvalidValueError, RevocationIncompleteError, SecretNotFoundError
 from runlease.issuers import IssuerRegistry
 from runlease.ledger.base import Ledger
 from runlease.models import (
@@ -209,10 +209,23 @@ class Broker:
         return self._close(lease, LeaseState.REVOKED, reason, identity)
 
     def revoke_where(self, reason: str, identity: RunIdentity | None = None, **filters: Any) -> int:
-        """Revoke every active lease matching ledger filters (run_id, task_id, try_number, map_index)."""
-        count = 0
-        for lease in self.ledger.find_leases(state=LeaseState.ACTIVE, **filters):
-            count += self._close(lease, LeaseState.REVOKED, reason, identity)
+        """Revoke every active lease matching ledger filters (pipeline, run_id, task_id, try_number,
+        map_index), going on past issuers that fail (see :meth:`_close_all`)."""
+        return self._close_all(self.ledger.find_leases(state=LeaseState.ACTIVE, **filters),
+                               LeaseState.REVOKED, reason, identity)
+
+    def _close_all(self, leases: list[Lease], new_state: LeaseState, reason: str,
+                   actor: RunIdentity | None) -> int:
+        """Close every lease, going on past an issuer that fails (its error is audited by
+        :meth:`_close`); raise :class:`RevocationIncompleteError` at the end if any did."""
+        count, failed = 0, []
+        for lease in leases:
+            try:
+                count += self._close(lease, new_state, reason, actor)
+            except Exception:  # noqa: BLE001 - audited in _close; the others must still be closed
+                failed.append(lease.lease_id)
+        if failed:
+            raise RevocationIncompleteError(count, failed)
         return count
 
     def revoke_run(self, run_id: str, reason: str = "run ended", identity: RunIdentity | None = None) -> int:
@@ -270,10 +283,8 @@ class Broker:
 
     def sweep_expired(self, now: datetime | None = None) -> int:
         """The TTL backstop: close every active lease past its expiry (e.g. of a SIGKILLed task)."""
-        count = 0
-        for lease in self.ledger.find_leases(state=LeaseState.ACTIVE, expired_before=now or self.clock()):
-            count += self._close(lease, LeaseState.EXPIRED, "ttl expired", None)
-        return count
+        expired = self.ledger.find_leases(state=LeaseState.ACTIVE, expired_before=now or self.clock())
+        return self._close_all(expired, LeaseState.EXPIRED, "ttl expired", None)
 
     # -- reads and writes -----------------------------------------------------
 

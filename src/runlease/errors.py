@@ -87,6 +87,24 @@ class LeaseNotFoundError(RunleaseError, LookupError):
     exit_code = 4
 
 
+class RevocationIncompleteError(RunleaseError):
+    """A bulk revoke/sweep closed what it could, but some issuers failed (each failure is audited).
+
+    Bulk revocation must not stop at the first broken issuer: one unreachable
+    PostgreSQL would otherwise keep every other lease of the run alive.
+    """
+
+    exit_code = 9
+
+    def __init__(self, closed: int, failed: list[str]) -> None:
+        self.closed = closed
+        self.failed = failed
+        super().__init__(
+            f"closed {closed} lease(s); {len(failed)} could not be revoked by their issuer "
+            f"(audited as errors, still active until retried or expired): {', '.join(failed)}"
+        )
+
+
 class BackendError(RunleaseError):
     """An external system (PostgreSQL, Vault, AWS) was unreachable, timed out, or refused.
 

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 from support.core import conn
 
-from runlease.errors import ConfigError, InvalidValueError, LeaseNotFoundError, SecretNotFoundError
+from runlease.errors import (
+    ConfigError, InvalidValueError, LeaseNotFoundError, RevocationIncompleteError, SecretNotFoundError,
+)
 from runlease.issuers.base import IssuedCredential
 from runlease.ledger.base import AuditQuery
 from runlease.models import Lease, LeaseState, RunIdentity, SecretPath, Stage
@@ -297,3 +299,38 @@ def test_unknown_issuer_is_a_config_error(rt: Runtime, identity: RunIdentity) ->
     with pytest.raises(ConfigError, match="nonexistent"):
         rt.broker.lease(P, identity)
     assert rt.ledger.find_leases() == []
+
+
+class FlakyIssuer(FakeIssuer):
+    """Revoking one chosen lease fails (an unreachable target); the others succeed."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken: set[str] = set()
+
+    def revoke(self, lease: Lease) -> None:
+        if lease.lease_id in self.broken:
+            raise ConnectionError("target unreachable")
+        super().revoke(lease)
+
+
+@pytest.mark.parametrize("bulk", ["revoke_run", "sweep_expired"])
+def test_bulk_revocation_goes_on_past_a_failing_issuer(rt: Runtime, identity: RunIdentity, bulk: str) -> None:
+    flaky = FlakyIssuer()
+    rt.broker.issuers.register(flaky)
+    rt.store.update_metadata(P, {"issuer": "flaky"})
+    leases = [rt.broker.lease(P, identity, ttl=60) for _ in range(3)]
+    flaky.broken.add(leases[0].lease_id)  # the first one closed would have stopped the loop before
+    with pytest.raises(RevocationIncompleteError) as caught:
+        if bulk == "revoke_run":
+            rt.broker.revoke_run(identity.run_id or "")
+        else:
+            rt.broker.sweep_expired(now=T0 + timedelta(days=1))
+    assert caught.value.closed == 2 and caught.value.failed == [leases[0].lease_id]
+    states = {lease.lease_id: rt.ledger.get_lease(lease.lease_id).state for lease in leases}
+    assert states[leases[0].lease_id] is LeaseState.ACTIVE
+    assert all(states[lease.lease_id] is not LeaseState.ACTIVE for lease in leases[1:])
+    errors = [e for e in rt.ledger.events(AuditQuery()) if e.outcome.value == "error"]
+    assert [e.lease_id for e in errors] == [leases[0].lease_id]

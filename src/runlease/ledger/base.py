@@ -88,6 +88,7 @@ def lease_filter_sql(
     placeholder: str,
     stored_time: Callable[[datetime], Any],
     *,
+    pipeline: str | None = None,
     run_id: str | None = None,
     task_id: str | None = None,
     try_number: int | None = None,
@@ -102,8 +103,9 @@ def lease_filter_sql(
     """
     clauses: list[str] = []
     params: list[Any] = []
-    for column, value in (("run_id", run_id), ("task_id", task_id), ("try_number", try_number),
-                          ("map_index", map_index)):
+    # pipeline matters: Airflow run ids (manual__<date>) repeat across DAGs.
+    for column, value in (("pipeline", pipeline), ("run_id", run_id), ("task_id", task_id),
+                          ("try_number", try_number), ("map_index", map_index)):
         if value is not None:
             clauses.append(f"{column} = {placeholder}")
             params.append(value)
@@ -132,6 +134,7 @@ class Ledger(Protocol):
     def find_leases(
         self,
         *,
+        pipeline: str | None = None,
         run_id: str | None = None,
         task_id: str | None = None,
         try_number: int | None = None,

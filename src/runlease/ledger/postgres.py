@@ -454,6 +454,7 @@ class PostgresLedger:
     def find_leases(
         self,
         *,
+        pipeline: str | None = None,
         run_id: str | None = None,
         task_id: str | None = None,
         try_number: int | None = None,
@@ -463,8 +464,8 @@ class PostgresLedger:
         limit: int | None = None,
     ) -> list[Lease]:
         where, params = lease_filter_sql(
-            "%s", lambda at: at, run_id=run_id, task_id=task_id, try_number=try_number, map_index=map_index,
-            state=state, expired_before=expired_before,
+            "%s", lambda at: at, pipeline=pipeline, run_id=run_id, task_id=task_id, try_number=try_number,
+            map_index=map_index, state=state, expired_before=expired_before,
         )
         text = f"SELECT {', '.join(_LEASE_FIELDS)} FROM {{leases}}{where} ORDER BY issued_at, lease_id"
         if limit:

@@ -128,6 +128,7 @@ class SqliteLedger:
     def find_leases(
         self,
         *,
+        pipeline: str | None = None,
         run_id: str | None = None,
         task_id: str | None = None,
         try_number: int | None = None,
@@ -137,8 +138,8 @@ class SqliteLedger:
         limit: int | None = None,
     ) -> list[Lease]:
         where, params = lease_filter_sql(
-            "?", ts, run_id=run_id, task_id=task_id, try_number=try_number, map_index=map_index,
-            state=state, expired_before=expired_before,
+            "?", ts, pipeline=pipeline, run_id=run_id, task_id=task_id, try_number=try_number,
+            map_index=map_index, state=state, expired_before=expired_before,
         )
         sql = f"SELECT {_LEASE_COLUMNS} FROM leases{where} ORDER BY issued_at, lease_id"
         if limit:
