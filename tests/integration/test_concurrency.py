@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from support.core import released_together
 
 from runlease.ledger.base import AuditQuery
 from runlease.models import RunIdentity
@@ -33,24 +32,9 @@ def run_workers(rt: Runtime, tmp_path: Path, jobs: list[tuple[str, int]]) -> lis
     sync.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLEASE_")}
     env["RUNLEASE_HOME"] = str(rt.settings.home)
-    procs = [
-        subprocess.Popen([sys.executable, str(WORKER), mode, str(i), str(count), str(sync)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        for i, (mode, count) in enumerate(jobs)
-    ]
-    try:
-        deadline = time.monotonic() + 120
-        while len(list(sync.glob("ready-*"))) < len(jobs):
-            assert all(p.poll() is None for p in procs), "a worker died before the start signal"
-            assert time.monotonic() < deadline, "workers did not get ready"
-            time.sleep(0.01)
-        (sync / "go").touch()
+    argvs = [[sys.executable, str(WORKER), mode, str(i), str(count), str(sync)] for i, (mode, count) in enumerate(jobs)]
+    with released_together(argvs, sync, env) as procs:
         outputs = [p.communicate(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
     results = []
     for p, (out, err) in zip(procs, outputs):
         assert "database is locked" not in err and "database is locked" not in out
@@ -119,25 +103,14 @@ def test_verify_while_other_processes_append(runtime: Runtime, admin: RunIdentit
     sync.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLEASE_")}
     env["RUNLEASE_HOME"] = str(runtime.settings.home)
-    procs = [subprocess.Popen([sys.executable, str(WORKER), "lease", str(i), "400", str(sync)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for i in range(2)]
-    try:
-        while len(list(sync.glob("ready-*"))) < 2:
-            assert all(p.poll() is None for p in procs), "a worker died before the start signal"
-            time.sleep(0.01)
-        (sync / "go").touch()
+    argvs = [[sys.executable, str(WORKER), "lease", str(i), "400", str(sync)] for i in range(2)]
+    with released_together(argvs, sync, env) as procs:
         checks = []
         while any(p.poll() is None for p in procs) or not checks:
             result = runtime.ledger.verify()
             assert result.ok, result.describe()
             checks.append(result.checked)
         outputs = [p.communicate(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
     assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
     assert checks == sorted(checks)  # the verified log only ever grows
     final = runtime.ledger.verify()
@@ -190,19 +163,9 @@ def test_concurrent_init_home_agrees_on_one_key(tmp_path: Path) -> None:
     sync.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLEASE_")}
     env["RUNLEASE_HOME"] = str(home)
-    procs = [subprocess.Popen([sys.executable, "-c", INIT_CODE, str(sync), str(i)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
-    try:
-        while len(list(sync.glob("ready-*"))) < 4:
-            assert all(p.poll() is None for p in procs), "a process died before the start signal"
-            time.sleep(0.01)
-        (sync / "go").touch()
+    argvs = [[sys.executable, "-c", INIT_CODE, str(sync), str(i)] for i in range(4)]
+    with released_together(argvs, sync, env) as procs:
         outputs = [p.communicate(timeout=120) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
     assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outputs]
     lines = [out.split() for out, _ in outputs]
     assert sorted(created for created, _ in lines) == ["False", "False", "False", "True"]

@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -28,3 +31,29 @@ def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 12
     return subprocess.run(
         [sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=timeout, check=False,
     )
+
+
+@contextmanager
+def released_together(argvs: list[list[str]], sync: Path, env: dict[str, str] | None = None,
+                      ready_timeout: float = 120) -> Iterator[list[subprocess.Popen]]:
+    """Start one process per argv, wait until each touched ``sync/ready-<i>``, then touch
+    ``sync/go`` so they all start their work at the same moment; yields the processes.
+
+    Contention tests need the processes to really overlap: interpreter start-up takes
+    longer than the work itself. Processes still running when the block ends are killed.
+    """
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ) if env is None else env) for argv in argvs]
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while len(list(sync.glob("ready-*"))) < len(procs):
+            assert all(p.poll() is None for p in procs), "a process died before the start signal"
+            assert time.monotonic() < deadline, "processes did not get ready"
+            time.sleep(0.01)
+        (sync / "go").touch()
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 
 import pytest
-from support.core import conn
+from support.core import conn, released_together
 
 from runlease.crypto import key_id, new_key
 from runlease.errors import MasterKeyError
@@ -187,30 +187,16 @@ print(prepend_new_key(key_file).active_id)
 
 
 def test_concurrent_prepends_keep_every_new_key(runtime: Runtime, tmp_path) -> None:
-    import os
-    import subprocess
     import sys
-    import time
 
     from runlease.keyfile import load_keyring
 
     settings = runtime.settings
     sync = tmp_path / "sync"
     sync.mkdir()
-    procs = [subprocess.Popen([sys.executable, "-c", PREPEND_CODE, str(sync), str(settings.key_file), str(i)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
-             for i in range(4)]
-    try:
-        while len(list(sync.glob("ready-*"))) < 4:
-            assert all(p.poll() is None for p in procs)
-            time.sleep(0.01)
-        (sync / "go").touch()
+    argvs = [[sys.executable, "-c", PREPEND_CODE, str(sync), str(settings.key_file), str(i)] for i in range(4)]
+    with released_together(argvs, sync) as procs:
         outputs = [p.communicate(timeout=120) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
     assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outputs]
     new_ids = {out.strip() for out, _ in outputs}
     ids = load_keyring(settings).ids
