@@ -158,12 +158,63 @@ class SecretInfo(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+#: Identity fields a verifier can vouch for (``workload`` is the verified subject itself).
+IDENTITY_FIELDS: tuple[str, ...] = ("orchestrator", "pipeline", "run_id", "task_id", "try_number", "map_index")
+
+
+class Verification(BaseModel):
+    """What a trusted party proved about a caller, as opposed to what the caller says.
+
+    Built only by code on the trusted side of the boundary: the Airflow API
+    server (the task instance named by the Execution API token Airflow
+    validated, looked up in Airflow's metadata database) or ``runlease serve``
+    (an OIDC token checked against its issuer's JWKS). ``fields`` lists which
+    :class:`RunIdentity` fields came from that proof; every other field is a
+    claim. Never built from a header, an environment variable or a request body.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    #: How it was proved: ``airflow-execution-api`` or ``oidc``.
+    method: str = Field(min_length=1, max_length=64)
+    #: The proven subject: a task instance id, or a token's ``sub``
+    #: (``system:serviceaccount:<ns>:<sa>``).
+    subject: str = Field(min_length=1, max_length=512)
+    #: The token issuer (``iss``), when there is one.
+    issuer: str | None = Field(default=None, max_length=512)
+    #: Which RunIdentity fields the proof covers (subset of :data:`IDENTITY_FIELDS`).
+    fields: tuple[str, ...] = ()
+    #: Small non-secret verified claims worth auditing (pod name, namespace, ...).
+    claims: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_fields(self) -> "Verification":
+        unknown = set(self.fields) - set(IDENTITY_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown verified field(s): {', '.join(sorted(unknown))}")
+        return self
+
+    def audit_detail(self) -> dict[str, Any]:
+        """What an audit event records of this proof (names only, never a token)."""
+        detail: dict[str, Any] = {"method": self.method, "subject": self.subject, "fields": list(self.fields)}
+        if self.issuer:
+            detail["issuer"] = self.issuer
+        if self.claims:
+            detail["claims"] = dict(self.claims)
+        return detail
+
+
 class RunIdentity(BaseModel):
     """Who is asking: the run, task and try a credential is bound to.
 
     ``subject`` (``orchestrator:pipeline:task``) is what policy principal
     patterns match against; ``principal`` names the workload identity (a
     service account, a Unix user) when the orchestrator has one.
+
+    Every field is a *claim* unless ``verification`` says a trusted party
+    proved it (:meth:`is_verified`). Policy that separates tenants must rest on
+    verified fields: grants with ``workloads`` match only a verified workload,
+    and ``require_verified`` grants only identities whose pipeline was proven.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -175,10 +226,26 @@ class RunIdentity(BaseModel):
     try_number: int | None = Field(default=None, ge=0)
     map_index: int | None = None
     principal: str | None = Field(default=None, max_length=250)
+    verification: Verification | None = None
 
     @property
     def subject(self) -> str:
         return f"{self.orchestrator}:{self.pipeline}:{self.task_id or '-'}"
+
+    def is_verified(self, field: str) -> bool:
+        """True when ``field`` was proven by a trusted party, not merely claimed."""
+        return self.verification is not None and field in self.verification.fields
+
+    @property
+    def workload(self) -> str | None:
+        """The verified workload subject (an OIDC ``sub``), or None when nothing vouches for one."""
+        if self.verification is not None and self.verification.method == "oidc":
+            return self.verification.subject
+        return None
+
+    @property
+    def verified_fields(self) -> tuple[str, ...]:
+        return self.verification.fields if self.verification is not None else ()
 
 
 class LeaseState(str, enum.Enum):
@@ -261,4 +328,9 @@ class AuditEvent(BaseModel):
             fields.setdefault("try_number", identity.try_number)
             fields.setdefault("map_index", identity.map_index)
             fields.setdefault("principal", identity.principal or identity.subject)
+            if identity.verification is not None:
+                # Which fields were proven and by what; everything else in the event is a claim.
+                detail = dict(fields.get("detail") or {})
+                detail.setdefault("verified", identity.verification.audit_detail())
+                fields["detail"] = detail
         return cls(**fields)

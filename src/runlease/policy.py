@@ -10,6 +10,19 @@ once a file exists, anything not granted is denied. Example::
     paths        = ["connections/warehouse", "variables/*"]   # kind/name globs
     capabilities = ["lease", "read"]         # read | lease | rotate | admin
 
+A grant may instead (or also) name verified workloads::
+
+    [[grant]]
+    workloads    = ["system:serviceaccount:ml:pipeline-a"]   # OIDC subjects, globs
+    environments = ["prod"]
+    paths        = ["connections/warehouse"]
+    capabilities = ["lease"]
+
+It matches only a request whose workload token ``runlease serve`` verified;
+with both ``workloads`` and ``principals``, both must match.
+``require_verified = true`` makes ``principals`` match only identities whose
+pipeline a trusted party proved (Airflow API-server mode), never a claim.
+
 A principal pattern with fewer segments than ``orchestrator:pipeline:task``
 matches any value in the missing ones, so ``airflow:training_*`` covers every
 task of matching DAGs. ``admin`` implies every capability. The broker
@@ -23,7 +36,7 @@ import sys
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runlease.errors import ConfigError
 from runlease.models import Capability, RunIdentity, SecretPath
@@ -37,11 +50,24 @@ else:  # pragma: no cover - exercised on 3.10 only
 class Grant(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    principals: list[str] = Field(min_length=1)
+    #: ``orchestrator:pipeline[:task]`` globs, matched against the identity's fields.
+    principals: list[str] = Field(default_factory=list)
+    #: Verified workload subjects (OIDC ``sub``, e.g. ``system:serviceaccount:ml:pipeline-a``), globs.
+    #: A grant naming workloads matches only an authenticated request from one of them.
+    workloads: list[str] = Field(default_factory=list)
+    #: When true, ``principals`` match only identities whose pipeline a trusted party proved
+    #: (Airflow API-server mode, runlease serve); a claimed pipeline never matches.
+    require_verified: bool = False
     environments: list[str] = Field(min_length=1)
     paths: list[str] = Field(min_length=1)
     capabilities: list[Capability] = Field(min_length=1)
     description: str = ""
+
+    @model_validator(mode="after")
+    def _someone(self) -> "Grant":
+        if not self.principals and not self.workloads:
+            raise ValueError("a grant needs 'principals' or 'workloads' (or both)")
+        return self
 
     @field_validator("paths")
     @classmethod
@@ -59,7 +85,15 @@ class Grant(BaseModel):
         rel = f"{path.kind}/{path.name}"
         if not any(fnmatchcase(rel, p) for p in self.paths):
             return False
-        return any(_principal_matches(p, identity) for p in self.principals)
+        if self.workloads:
+            workload = identity.workload
+            if workload is None or not any(fnmatchcase(workload, w) for w in self.workloads):
+                return False
+        if self.principals:
+            if self.require_verified and not identity.is_verified("pipeline"):
+                return False
+            return any(_principal_matches(p, identity) for p in self.principals)
+        return True
 
 
 def _principal_matches(pattern: str, identity: RunIdentity) -> bool:

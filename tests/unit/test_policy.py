@@ -262,9 +262,11 @@ def test_unknown_capability(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("field", ["principals", "environments", "paths", "capabilities"])
 def test_missing_or_empty_required_fields(tmp_path: Path, field: str) -> None:
-    assert f"grant.0.{field}" in _config_error(tmp_path, grant(**{field: "[]"}))
+    # A grant names principals or workloads: without either, the error names both.
+    expected = "'principals' or 'workloads'" if field == "principals" else f"grant.0.{field}"
+    assert expected in _config_error(tmp_path, grant(**{field: "[]"}))
     lines = [line for line in grant().splitlines() if not line.strip().startswith(field)]
-    assert f"grant.0.{field}" in _config_error(tmp_path, "\n".join(lines))
+    assert expected in _config_error(tmp_path, "\n".join(lines))
 
 
 def test_wrong_types(tmp_path: Path) -> None:
@@ -275,3 +277,67 @@ def test_broken_policy_file_stops_the_runtime(runtime: Runtime, reopen: Callable
     runtime.settings.effective_policy_file.write_text("[[grant]]\nbogus = 1\n")
     with pytest.raises(ConfigError, match="grant.0.bogus"):
         reopen()
+
+
+# -- verified identity: workloads and require_verified --------------------------------------
+
+def _verified_policy(tmp_path):
+    from runlease.policy import Policy
+    f = tmp_path / "policy.toml"
+    f.write_text(
+        '[[grant]]\nworkloads = ["system:serviceaccount:ml:pipeline-a"]\nenvironments = ["prod"]\n'
+        'paths = ["connections/a"]\ncapabilities = ["lease"]\n'
+        '[[grant]]\nprincipals = ["airflow:dag_b"]\nrequire_verified = true\nenvironments = ["prod"]\n'
+        'paths = ["connections/b"]\ncapabilities = ["lease"]\n'
+    )
+    return Policy.load(f)
+
+
+def test_workload_grant_matches_only_a_verified_workload(tmp_path):
+    from runlease.models import Capability, RunIdentity, SecretPath, Verification
+    policy = _verified_policy(tmp_path)
+    path = SecretPath.parse("prod/connections/a")
+    proof = Verification(method="oidc", subject="system:serviceaccount:ml:pipeline-a", issuer="https://k8s")
+    verified = RunIdentity(orchestrator="kfp", pipeline="p", verification=proof)
+    assert policy.allows(verified, path, Capability.LEASE)
+    # The attacker's claims: the subject as principal, or as pipeline, without a proof.
+    for claim in (RunIdentity(orchestrator="kfp", pipeline="p", principal="system:serviceaccount:ml:pipeline-a"),
+                  RunIdentity(orchestrator="kfp", pipeline="system:serviceaccount:ml:pipeline-a")):
+        assert not policy.allows(claim, path, Capability.LEASE)
+    # A proof by another method (a verified Airflow task instance) is not a workload.
+    ti = Verification(method="airflow-execution-api", subject="system:serviceaccount:ml:pipeline-a",
+                      fields=("pipeline",))
+    assert not policy.allows(RunIdentity(orchestrator="kfp", pipeline="p", verification=ti), path, Capability.LEASE)
+
+
+def test_require_verified_grant_ignores_a_claimed_pipeline(tmp_path):
+    from runlease.models import Capability, RunIdentity, SecretPath, Verification
+    policy = _verified_policy(tmp_path)
+    path = SecretPath.parse("prod/connections/b")
+    claimed = RunIdentity(orchestrator="airflow", pipeline="dag_b", task_id="t")
+    assert not policy.allows(claimed, path, Capability.LEASE)
+    proof = Verification(method="airflow-execution-api", subject="0190-ti", fields=("pipeline", "run_id", "task_id"))
+    proven = RunIdentity(orchestrator="airflow", pipeline="dag_b", task_id="t", verification=proof)
+    assert proven.is_verified("pipeline") and not proven.is_verified("try_number")
+    assert policy.allows(proven, path, Capability.LEASE)
+
+
+def test_grant_without_principals_or_workloads_is_refused(tmp_path):
+    import pytest as _pytest
+    from runlease.errors import ConfigError
+    from runlease.policy import Policy
+    f = tmp_path / "policy.toml"
+    f.write_text('[[grant]]\nenvironments = ["prod"]\npaths = ["connections/a"]\ncapabilities = ["lease"]\n')
+    with _pytest.raises(ConfigError, match="principals' or 'workloads"):
+        Policy.load(f)
+
+
+def test_audit_event_records_which_fields_were_verified():
+    from runlease.models import AuditEvent, RunIdentity, Verification
+    proof = Verification(method="airflow-execution-api", subject="0190-ti", fields=("pipeline", "task_id"))
+    ev = AuditEvent.for_identity(RunIdentity(orchestrator="airflow", pipeline="d", task_id="t", verification=proof),
+                                 action="lease", detail={"ttl": 60})
+    assert ev.detail["ttl"] == 60
+    assert ev.detail["verified"] == {"method": "airflow-execution-api", "subject": "0190-ti",
+                                     "fields": ["pipeline", "task_id"]}
+    assert "verified" not in AuditEvent.for_identity(RunIdentity(orchestrator="a", pipeline="d"), action="x").detail
