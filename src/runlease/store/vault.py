@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -56,7 +57,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from runlease.errors import ConflictError, IntegrityError, InvalidPathError, SecretNotFoundError
-from runlease.errors import RunleaseError, StoreUnavailableError
+from runlease.errors import RunleaseError, StoreAccessDeniedError, StoreUnavailableError
 from runlease.models import SecretInfo, SecretPath, SecretValue, SecretVersion, Stage, utcnow
 from runlease.store.base import Resolved, StoredSecret, metadata_conflicts
 from runlease.store.codec import check_value, decoded, encode_json, malformed
@@ -81,17 +82,28 @@ class VaultOptions(VaultClientOptions):
     prefix: str = "runlease"
 
 
+_RFC3339 = re.compile(r"^(?P<head>[^.]+?)(?:\.(?P<fraction>\d+))?(?P<zone>Z|z|[+-]\d{2}:?\d{2})?$")
+
+
 def parse_time(text: str | None) -> datetime:
-    """Vault's RFC 3339 times carry nanoseconds and ``Z``; Python <3.11 accepts neither."""
+    """An aware datetime from Vault's RFC 3339 times and runlease's own ``isoformat()`` stamps.
+
+    Vault writes nanoseconds and ``Z`` (``2024-05-01T10:00:00.123456789Z``),
+    runlease's state record ``+00:00`` with microseconds; Python < 3.11 accepts
+    neither nanoseconds nor ``Z``. The fraction is cut to microseconds and the
+    zone kept (a time without one is UTC), so every result can be compared with
+    ``utcnow()``.
+    """
     if not text:
         return datetime.fromtimestamp(0, timezone.utc)
-    text = text.replace("Z", "+00:00")
-    if "." in text:
-        head, _, rest = text.partition(".")
-        digits = "".join(c for c in rest if c.isdigit())
-        zone = rest[len(digits):]
-        text = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
-    return datetime.fromisoformat(text)
+    match = _RFC3339.match(text.strip())
+    if match is None:
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    fraction = (match["fraction"] or "")[:6].ljust(6, "0")
+    zone = match["zone"] or "+00:00"
+    zone = "+00:00" if zone in ("Z", "z") else zone
+    parsed = datetime.fromisoformat(f"{match['head']}.{fraction}{zone}")
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
 
 
 @dataclass
@@ -184,6 +196,21 @@ class VaultStore:
             f"{self.session.describe()} answered HTTP {http_status(err)} while {what}" + (f": {errors}" if errors else "")
         )
 
+    def _no_kv2(self, what: str) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"{self.session.describe()} has no KV v2 secrets engine at {self.mount!r} (HTTP 404 while {what}); "
+            f"enable one: `vault secrets enable -path={self.mount} kv-v2`"
+        )
+
+    def _require_kv2_answer(self, resp: Any, what: str) -> None:
+        """A KV v2 data write answers with the new version; KV v1 answers 204 (and ignored ``cas``)."""
+        version = ((resp or {}).get("data") or {}).get("version") if isinstance(resp, dict) else None
+        if not isinstance(version, int):
+            raise StoreUnavailableError(
+                f"{self.session.describe()}: the mount {self.mount!r} did not answer {what} like KV v2 (no version "
+                "in the response: a KV v1 mount overwrites values and has no check-and-set); runlease needs KV v2"
+            )
+
     # -- low-level KV operations --------------------------------------------------
 
     def _read_state(self, path: SecretPath) -> tuple[_State | None, int]:
@@ -210,12 +237,15 @@ class VaultStore:
         sp = self._state_path(path)
         what = f"writing {self._where(sp)}"
         try:
-            self._call(what, lambda c: c.secrets.kv.v2.create_or_update_secret(
+            resp = self._call(what, lambda c: c.secrets.kv.v2.create_or_update_secret(
                 path=sp, secret=state.to_data(), cas=cas, mount_point=self.mount))
         except hx.InvalidRequest as err:
             if self._is_cas_error(err):
                 return False
             raise self._unexpected(what, err) from None
+        except hx.InvalidPath:
+            raise self._no_kv2(what) from None
+        self._require_kv2_answer(resp, what)
         return True
 
     def _value_meta(self, path: SecretPath) -> dict[str, Any]:
@@ -236,12 +266,15 @@ class VaultStore:
         vp = self._value_path(path)
         what = f"writing {self._where(vp)}"
         try:
-            self._call(what, lambda c: c.secrets.kv.v2.create_or_update_secret(
+            resp = self._call(what, lambda c: c.secrets.kv.v2.create_or_update_secret(
                 path=vp, secret={"value": value}, cas=cas, mount_point=self.mount))
         except hx.InvalidRequest as err:
             if self._is_cas_error(err):
                 return False
             raise self._unexpected(what, err) from None
+        except hx.InvalidPath:
+            raise self._no_kv2(what) from None
+        self._require_kv2_answer(resp, what)
         return True
 
     def _retire(self, path: SecretPath, version: int) -> None:
@@ -496,6 +529,32 @@ class VaultStore:
     # -- operations ---------------------------------------------------------------
 
     def check(self) -> str:
-        """Log in and list the state root: proves address, auth and policy before `init` writes anything."""
+        """Prove address, auth, the mount and the policy before `init` writes anything.
+
+        The mount must be KV version 2: on KV v1 every write would overwrite the
+        last one, without versions or check-and-set, and a missing mount would
+        only show up at the first ``put``. ``sys/internal/ui/mounts/<mount>`` tells
+        the engine type and version to any token with access under the mount.
+        """
+        import hvac.exceptions as hx
+
+        what = f"reading the mount {self.mount!r}"
+        try:
+            resp = self._call(what, lambda c: c.adapter.get(f"/v1/sys/internal/ui/mounts/{self.mount}"))
+        except (hx.InvalidPath, hx.InvalidRequest):
+            raise self._no_kv2(what) from None
+        except StoreAccessDeniedError:
+            raise StoreUnavailableError(
+                f"{self.session.describe()}: no secrets engine at {self.mount!r} that runlease's token can see "
+                f"(missing, or the policy grants nothing under {self.mount}/); runlease needs a KV v2 mount there"
+            ) from None
+        data = (resp or {}).get("data") or {}
+        kind, version = data.get("type"), str((data.get("options") or {}).get("version") or "1")
+        if kind not in ("kv", "generic") or version != "2":
+            described = f"KV version {version}" if kind in ("kv", "generic") else f"a {kind!r} secrets engine"
+            raise StoreUnavailableError(
+                f"{self.session.describe()}: the mount {self.mount!r} is {described}; runlease needs KV version 2 "
+                f"(versions and check-and-set): `vault kv enable-versioning {self.mount}` or another mount"
+            )
         self._list_dir(self._join(STATE_DIR))
         return self.location
