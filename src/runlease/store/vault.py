@@ -62,6 +62,7 @@ from runlease.models import SecretInfo, SecretPath, SecretValue, SecretVersion, 
 from runlease.store.base import Resolved, StoredSecret, metadata_conflicts
 from runlease.store.codec import check_value, decoded, encode_json, malformed
 from runlease.store.options import options_error
+from runlease.store.vault_airflow import AirflowLayout, read_entry, to_value
 from runlease.store.vault_auth import VaultClientOptions, VaultSession, http_status, vault_session
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ class VaultOptions(VaultClientOptions):
     mount: str = "secret"
     #: Path prefix inside the mount under which runlease keeps its secrets.
     prefix: str = "runlease"
+    #: Opt-in, read-only: also find secrets written for Airflow's VaultBackend layout
+    #: (runlease.store.vault_airflow); a runlease record of the same path takes precedence.
+    airflow_layout: AirflowLayout | None = None
 
 
 _RFC3339 = re.compile(r"^(?P<head>[^.]+?)(?:\.(?P<fraction>\d+))?(?P<zone>Z|z|[+-]\d{2}:?\d{2})?$")
@@ -354,6 +358,13 @@ class VaultStore:
         encode_json(path, value)  # refuse what JSON cannot carry before anything is written
         for _ in range(MAX_CAS_ATTEMPTS):
             state, sv = self._read_state(path)
+            if state is None and self._airflow(path, state) is not None:
+                # Its version numbers would collide with the ones a runlease record starts at.
+                raise ConflictError(
+                    f"{path} is served read-only from Airflow's VaultBackend layout (store option airflow_layout); "
+                    "runlease does not write there and will not shadow it: delete it there first, or turn the "
+                    "option off to keep it only in runlease's layout"
+                )
             self._staged(path, state, 0, stage, cas)  # fail a stale cas before writing anything
             meta = self._value_meta(path)
             version = int(meta.get("current_version") or 0) + 1
@@ -422,8 +433,30 @@ class VaultStore:
 
     # -- SecretStore: reads ----------------------------------------------------------
 
+    # -- Airflow's VaultBackend layout (opt-in, read-only) ------------------------------
+
+    def _airflow(self, path: SecretPath, state: _State | None, version: int | None = None,
+                 stage: Stage | None = Stage.CURRENT, *, decode: bool = False) -> tuple[int, Any, dict[str, Any]] | None:
+        """The Airflow-layout secret for ``path`` when runlease has no record of its own."""
+        layout = self.options.airflow_layout
+        if layout is None or state is not None:
+            return None
+        kv_path = layout.kv_path(path)
+        if kv_path is None or (version is None and stage not in (None, Stage.CURRENT)):
+            return None
+        entry = read_entry(layout, kv_path, self._call, version)
+        if entry is None:
+            return None
+        number, data, meta = entry
+        return number, to_value(path, number, f"Vault {layout.mount}/{kv_path}", data) if decode else None, meta
+
     def resolve(self, path: SecretPath, stage: Stage = Stage.CURRENT) -> Resolved:
-        state = self._live(path, self._read_state(path)[0])
+        state = self._read_state(path)[0]
+        if self.options.airflow_layout is not None and state is None:
+            found = self._airflow(path, state, stage=stage)
+            if found is not None:
+                return Resolved(version=found[0], metadata={})
+        state = self._live(path, state)
         version = state.stages.get(stage.value)
         if version is None:
             raise SecretNotFoundError(f"secret {path} has no {stage.value} version")
@@ -432,7 +465,12 @@ class VaultStore:
     def get(self, path: SecretPath, *, version: int | None = None, stage: Stage | None = Stage.CURRENT) -> StoredSecret:
         import hvac.exceptions as hx
 
-        state = self._live(path, self._read_state(path)[0])
+        state = self._read_state(path)[0]
+        if self.options.airflow_layout is not None and state is None:
+            found = self._airflow(path, state, version, stage, decode=True)
+            if found is not None:
+                return StoredSecret(path=path, version=found[0], value=found[1], metadata={})
+        state = self._live(path, state)
         if version is None:
             label = (stage or Stage.CURRENT).value
             if label not in state.stages:
@@ -467,6 +505,12 @@ class VaultStore:
 
     def info(self, path: SecretPath) -> SecretInfo:
         state = self._read_state(path)[0]
+        if state is None and self.options.airflow_layout is not None:
+            found = self._airflow(path, state)
+            if found is not None:
+                when = parse_time(found[2].get("created_time"))
+                return SecretInfo(path=path, stages={Stage.CURRENT: found[0]}, versions=found[0],
+                                  created_at=when, updated_at=when, metadata={})
         if state is None:
             raise SecretNotFoundError(f"secret {path} not found")
         return self._info(path, state)
@@ -506,10 +550,46 @@ class VaultStore:
                     if state is None or (state.deleted_at is not None and not include_deleted):
                         continue
                     out.append(self._info(path, state))
+        out.extend(self._list_airflow(prefix, {str(i.path) for i in out}))
         return sorted(out, key=lambda i: str(i.path))
+
+    def _list_airflow(self, prefix: str, known: set[str]) -> list[SecretInfo]:
+        """Airflow-layout secrets under ``prefix`` that runlease has no record of (see vault_airflow)."""
+        import hvac.exceptions as hx
+
+        layout = self.options.airflow_layout
+        if layout is None:
+            return []
+        out = []
+        for kind in ("connections", "variables", "config"):
+            base = layout.kv_path(SecretPath.parse(f"{layout.env}/{kind}/x"))
+            head = f"{layout.env}/{kind}/"
+            if base is None or not (head.startswith(prefix) or prefix.startswith(head)):
+                continue
+            folder = base.rpartition("/")[0]
+            try:
+                kv = (lambda c: c.secrets.kv.v1) if layout.kv_version == 1 else (lambda c: c.secrets.kv.v2)
+                resp = self._call(f"listing Vault {layout.mount}/{folder}/",
+                                  lambda c: kv(c).list_secrets(path=folder, mount_point=layout.mount))
+            except hx.InvalidPath:
+                continue
+            for name in ((resp or {}).get("data") or {}).get("keys") or []:
+                text = head + str(name)
+                if str(name).endswith("/") or text in known or not text.startswith(prefix):
+                    continue
+                try:
+                    out.append(self.info(SecretPath.parse(text)))
+                except (InvalidPathError, SecretNotFoundError):
+                    continue
+        return out
 
     def history(self, path: SecretPath) -> list[SecretVersion]:
         state = self._read_state(path)[0]
+        if state is None and self.options.airflow_layout is not None:
+            found = self._airflow(path, state)
+            if found is not None:
+                return [SecretVersion(path=path, version=found[0], created_at=parse_time(found[2].get("created_time")),
+                                      stages=[Stage.CURRENT])]
         if state is None:
             raise SecretNotFoundError(f"secret {path} not found")
         labels: dict[int, list[Stage]] = {}
