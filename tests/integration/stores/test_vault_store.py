@@ -36,6 +36,7 @@ from runlease.models import RunIdentity, SecretPath, Stage, utcnow
 from runlease.rotation.policy import RotationPolicy
 from runlease.rotation.status import scan
 from runlease.store.vault import VaultOptions, VaultStore, parse_time
+from runlease.store import vault_auth
 from runlease.store.vault_auth import VaultClientOptions, VaultSession
 from store_support import free_port, token_file, vault_options
 from support.openbao import OpenBao, unique
@@ -231,6 +232,7 @@ def test_bao_environment_variables_are_honoured(openbao: OpenBao, tmp_path: Path
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("VAULT_ADDR", "VAULT_TOKEN", "VAULT_CACERT", "VAULT_NAMESPACE"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(vault_auth, "_sessions", {})  # a fresh process: no login cached from other tests
     monkeypatch.setenv("BAO_ADDR", openbao.url)
     monkeypatch.setenv("BAO_TOKEN", openbao.root_token)
     store = VaultStore.from_options({"prefix": unique("bao-env")})

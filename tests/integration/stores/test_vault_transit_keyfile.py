@@ -22,6 +22,7 @@ from runlease.errors import BackendError, MasterKeyError
 from runlease.models import RunIdentity
 from runlease.runtime import init_home, open_runtime
 from runlease.settings import Settings
+from runlease.store import vault_auth
 from runlease.vault_transit import transit_options
 from store_support import free_port, token_file
 from support.openbao import OpenBao, unique
@@ -146,6 +147,7 @@ def test_cli_init_rotate_doctor_with_a_transit_key(openbao: OpenBao, transit: st
     monkeypatch.setenv("COLUMNS", "250")
     for name in ("VAULT_ADDR", "VAULT_TOKEN"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(vault_auth, "_sessions", {})  # a fresh process: no login cached from other tests
     monkeypatch.setenv("BAO_ADDR", openbao.url)  # OpenBao's own variables work as well
     token = openbao.client().auth.token.create(policies=["root"], ttl="10m")["auth"]["client_token"]
     monkeypatch.setenv("BAO_TOKEN", token)
