@@ -40,6 +40,7 @@ SDK's in workers, ``airflow.models.Connection`` on the server) is honoured.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from typing import Any
 
 from runlease import correlation
@@ -142,8 +143,11 @@ class RunleaseBackend(BaseSecretsBackend):
         caller = current_caller()
         # Every store request of this lookup -- the cache's revalidation reads included, which
         # run outside the broker -- carries the caller's X-Correlation-ID (Vault's audit log).
+        # A store that offers a read scope (Vault) fetches each state record once per lookup:
+        # "is it held?" and the broker's own resolve share one request.
+        scope = getattr(self.broker.store, "read_scope", None)
         try:
-            with correlation.bound(caller.identity):
+            with correlation.bound(caller.identity), (scope() if scope is not None else nullcontext()):
                 if caller.leases:
                     return self._lease(path, caller)
                 self.broker.store.resolve(path)  # not held -> SecretNotFoundError -> fall through, see 3.

@@ -63,3 +63,22 @@ def test_lookups_outside_a_task_are_correlated_too(openbao: OpenBao, vault_home:
     assert backend.get_connection("warehouse").login == "etl"
     ids = {openbao.correlation(r) for r in openbao.requests(mark)}
     assert len(ids) == 1 and ids != {correlation.process_id()}
+
+
+def test_one_request_per_lookup_outside_a_task_and_two_for_a_first_lease(
+        openbao: OpenBao, vault_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """"Is it held?" and the broker's resolve share one state read (the store's read scope)."""
+    for key in TASK_ENV:
+        monkeypatch.delenv(key, raising=False)
+    backend = RunleaseBackend(home=str(vault_home))
+    assert backend.get_connection("warehouse").login == "etl"  # logs in, caches the (immutable) version
+    mark = openbao.audit_mark()
+    for _ in range(10):
+        assert backend.get_connection("warehouse").login == "etl"
+    sent = openbao.requests(mark)
+    assert len(sent) == 10 and all("/_state/dev/connections/warehouse" in r["path"] for r in sent)
+    for key, value in TASK_ENV.items():
+        monkeypatch.setenv(key, value)
+    mark = openbao.audit_mark()
+    assert backend.get_connection("warehouse").password == CONN["password"]  # a lease: state read + value in cache
+    assert len(openbao.requests(mark)) == 1

@@ -49,7 +49,9 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -72,6 +74,10 @@ STATE_FORMAT = "runlease-vault-state/v1"
 MIRROR_PREFIX = "runlease-"
 #: How many lost check-and-set rounds a write tolerates before giving up with ConflictError.
 MAX_CAS_ATTEMPTS = 16
+
+#: State records already read in the current read scope (see VaultStore.read_scope).
+_read_scope: ContextVar[dict[tuple[int, str], tuple["_State | None", int]] | None] = ContextVar(
+    "runlease_vault_read_scope", default=None)
 
 
 class VaultOptions(VaultClientOptions):
@@ -234,9 +240,40 @@ class VaultStore:
             return None, version
         return _State.from_data(self._where(sp), data["data"]), version
 
+    @contextmanager
+    def read_scope(self) -> Iterator[None]:
+        """One consistent view for one lookup: inside the block each state record is fetched once.
+
+        A lookup asks "is it held?" (``resolve``), then the broker resolves again and
+        reads the value; without the scope that is the same state record fetched two
+        or three times. Writes never use the memo, and drop what they change. The
+        scope is a context variable: per thread and per task, never shared.
+        """
+        token = _read_scope.set({})
+        try:
+            yield
+        finally:
+            _read_scope.reset(token)
+
+    def _read_state_for_read(self, path: SecretPath) -> tuple[_State | None, int]:
+        memo = _read_scope.get()
+        if memo is None:
+            return self._read_state(path)
+        key = (id(self), str(path))
+        if key not in memo:
+            memo[key] = self._read_state(path)
+        return memo[key]
+
+    def _forget_read(self, path: SecretPath) -> None:
+        memo = _read_scope.get()
+        if memo is not None:
+            memo.pop((id(self), str(path)), None)
+
     def _write_state(self, path: SecretPath, state: _State, cas: int) -> bool:
         """Commit a state record with check-and-set; False when another writer got there first."""
         import hvac.exceptions as hx
+
+        self._forget_read(path)
 
         sp = self._state_path(path)
         what = f"writing {self._where(sp)}"
@@ -451,7 +488,7 @@ class VaultStore:
         return number, to_value(path, number, f"Vault {layout.mount}/{kv_path}", data) if decode else None, meta
 
     def resolve(self, path: SecretPath, stage: Stage = Stage.CURRENT) -> Resolved:
-        state = self._read_state(path)[0]
+        state = self._read_state_for_read(path)[0]
         if self.options.airflow_layout is not None and state is None:
             found = self._airflow(path, state, stage=stage)
             if found is not None:
@@ -465,7 +502,7 @@ class VaultStore:
     def get(self, path: SecretPath, *, version: int | None = None, stage: Stage | None = Stage.CURRENT) -> StoredSecret:
         import hvac.exceptions as hx
 
-        state = self._read_state(path)[0]
+        state = self._read_state_for_read(path)[0]
         if self.options.airflow_layout is not None and state is None:
             found = self._airflow(path, state, version, stage, decode=True)
             if found is not None:
