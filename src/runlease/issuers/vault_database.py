@@ -137,9 +137,9 @@ class VaultDatabaseIssuer:
 
         extra = conn.get("extra") or {}
         url = vault_url(conn)
-        verify = extra.get("verify", True)
+        session = correlated_http_session(extra.get("verify", True), url)
         client = hvac.Client(url=url, token=str(token), namespace=extra.get("namespace"),
-                             verify=verify, timeout=opts.timeout, session=correlated_http_session(verify))
+                             verify=session.verify, timeout=opts.timeout, session=session)
         return client, url, str(token)
 
     def _call(self, url: str, token: str, doing: str, func: Any, *args: Any, **kwargs: Any) -> Any:

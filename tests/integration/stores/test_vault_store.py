@@ -522,3 +522,18 @@ def test_options_are_validated_without_echoing_them(tmp_path: Path, monkeypatch:
     monkeypatch.delenv("BAO_ADDR", raising=False)
     with pytest.raises(ConfigError, match="VAULT_ADDR or BAO_ADDR"):
         VaultStore.from_options({})
+
+
+def test_proxy_settings_from_the_environment_are_still_honoured(openbao: OpenBao, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment is read once per session (not per request), but HTTP(S)_PROXY/NO_PROXY still apply."""
+    monkeypatch.setattr(vault_auth, "_sessions", {})
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # a proxy that is not there
+    with pytest.raises(StoreUnavailableError, match="unreachable"):
+        VaultStore.from_options(vault_options(openbao, tmp_path)).resolve(P)
+    monkeypatch.setattr(vault_auth, "_sessions", {})
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    store = VaultStore.from_options(vault_options(openbao, tmp_path))
+    assert store.put(P, CONN) == 1
