@@ -289,7 +289,14 @@ def render(r: dict[str, Any], command: str) -> str:
               "", "What a runlease lookup does that VaultBackend does not: in a task, the first lookup leases "
               "(policy, ledger row and hash-chained audit event committed durably); later hits revalidate "
               "the lease against the ledger and CURRENT against Vault (one request). Outside a task every lookup "
-              "is an audited read (a durable audit event per lookup).", END]
+              "is an audited read (a durable audit event per lookup), which is why its p50 is higher with the "
+              "same one request.", "",
+              "Why the first lookup is slower: VaultBackend's first call is a login and one read, with hvac "
+              "imported at module import. runlease's first lookup also opens the home (key file, ledger, "
+              "policy: the construction column), imports hvac on first use (the Vault SDK stays out of "
+              "`import runlease`), logs in, reads the state record and the value, and commits the lease and "
+              "its audit event durably (an fsync). The Vault part is two requests after the login "
+              "(VaultBackend: one); the rest is runlease's ledger and core, outside this benchmark's reach.", END]
     return "\n".join(lines) + "\n"
 
 
