@@ -212,6 +212,11 @@ class VaultStore:
             f"enable one: `vault secrets enable -path={self.mount} kv-v2`"
         )
 
+    def _raise_if_no_mount(self, err: Exception, what: str) -> None:
+        """A 404 is "no such secret" -- unless Vault says no engine is mounted there at all."""
+        if any("no handler for route" in str(e) for e in (getattr(err, "errors", None) or [])):
+            raise self._no_kv2(what) from None
+
     def _require_kv2_answer(self, resp: Any, what: str) -> None:
         """A KV v2 data write answers with the new version; KV v1 answers 204 (and ignored ``cas``)."""
         version = ((resp or {}).get("data") or {}).get("version") if isinstance(resp, dict) else None
@@ -232,7 +237,8 @@ class VaultStore:
         try:
             resp = self._call(what, lambda c: c.secrets.kv.v2.read_secret_version(
                 path=sp, mount_point=self.mount, raise_on_deleted_version=False))
-        except hx.InvalidPath:
+        except hx.InvalidPath as err:
+            self._raise_if_no_mount(err, what)
             return None, 0
         data = (resp or {}).get("data") or {}
         version = int((data.get("metadata") or {}).get("version") or 0)
@@ -294,10 +300,11 @@ class VaultStore:
         import hvac.exceptions as hx
 
         vp = self._value_path(path)
+        what = f"reading metadata of {self._where(vp)}"
         try:
-            resp = self._call(f"reading metadata of {self._where(vp)}", lambda c: c.secrets.kv.v2.read_secret_metadata(
-                path=vp, mount_point=self.mount))
-        except hx.InvalidPath:
+            resp = self._call(what, lambda c: c.secrets.kv.v2.read_secret_metadata(path=vp, mount_point=self.mount))
+        except hx.InvalidPath as err:
+            self._raise_if_no_mount(err, what)
             return {}
         return (resp or {}).get("data") or {}
 
@@ -324,8 +331,9 @@ class VaultStore:
         try:
             self._call(f"retiring version {version} of {self._where(vp)}", lambda c: c.secrets.kv.v2.delete_secret_versions(
                 path=vp, versions=[version], mount_point=self.mount))
-        except RunleaseError as err:
-            log.warning("could not soft-delete unlabelled version %s of %s: %s", version, path, err)
+        except Exception as err:  # noqa: BLE001 - best effort; the state record is what readers trust
+            log.warning("could not soft-delete unlabelled version %s of %s: %s", version, path,
+                        err if isinstance(err, RunleaseError) else type(err).__name__)
 
     def _mirror(self, path: SecretPath, state: _State, state_version: int, meta: dict[str, Any] | None = None) -> None:
         """Copy the stage labels into the value's custom_metadata (for humans; best effort)."""
@@ -341,8 +349,9 @@ class VaultStore:
             url = f"/v1/{self.mount}/metadata/{vp}"
             self._call(f"writing metadata of {self._where(vp)}", lambda c: c.adapter.post(
                 url, json={"custom_metadata": custom, "cas_required": True}))
-        except RunleaseError as err:
-            log.warning("could not mirror the stages of %s into custom_metadata: %s", path, err)
+        except Exception as err:  # noqa: BLE001 - best effort, for humans only; runlease never reads it
+            log.warning("could not mirror the stages of %s into custom_metadata: %s", path,
+                        err if isinstance(err, RunleaseError) else type(err).__name__)
 
     # -- state transitions ------------------------------------------------------
 
@@ -515,10 +524,12 @@ class VaultStore:
             version = state.stages[label]
         vp = self._value_path(path)
         n = version
+        what = f"reading version {n} of {self._where(vp)}"
         try:
-            resp = self._call(f"reading version {n} of {self._where(vp)}", lambda c: c.secrets.kv.v2.read_secret_version(
+            resp = self._call(what, lambda c: c.secrets.kv.v2.read_secret_version(
                 path=vp, version=n, mount_point=self.mount, raise_on_deleted_version=True))
-        except hx.InvalidPath:
+        except hx.InvalidPath as err:
+            self._raise_if_no_mount(err, what)
             raise SecretNotFoundError(
                 f"secret {path} has no version {n} in {self._where(vp)} (never written, deleted, destroyed, "
                 "or pruned by max_versions)"
@@ -555,10 +566,11 @@ class VaultStore:
     def _list_dir(self, kv_dir: str) -> list[str]:
         import hvac.exceptions as hx
 
+        what = f"listing {self._where(kv_dir)}/"
         try:
-            resp = self._call(f"listing {self._where(kv_dir)}/", lambda c: c.secrets.kv.v2.list_secrets(
-                path=kv_dir, mount_point=self.mount))
-        except hx.InvalidPath:
+            resp = self._call(what, lambda c: c.secrets.kv.v2.list_secrets(path=kv_dir, mount_point=self.mount))
+        except hx.InvalidPath as err:
+            self._raise_if_no_mount(err, what)
             return []
         return [str(k) for k in ((resp or {}).get("data") or {}).get("keys") or []]
 

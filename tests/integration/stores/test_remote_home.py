@@ -136,3 +136,19 @@ def test_cli_reports_bad_store_options_without_echoing_them(tmp_path: Path, monk
     code, out = run("init")
     assert code == 2 and "auth.token" in out and "hvs.LEAKME" not in out
     assert not (tmp_path / "home").exists()
+
+
+def test_a_mount_disabled_after_init_is_a_clear_store_error(openbao: OpenBao, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug 8: Vault's 404 "no handler for route" came out as "unexpected InvalidPath", exit 1 (or "not found")."""
+    mount = openbao.enable_engine("kv", options={"version": "2"})
+    monkeypatch.setenv("RUNLEASE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RUNLEASE_STORE", "vault")
+    monkeypatch.setenv("RUNLEASE_STORE_OPTIONS", json.dumps(vault_options(openbao, tmp_path, mount=mount)))
+    assert run("init")[0] == 0
+    assert run("put", "dev/connections/warehouse", "--stdin", input=URI)[0] == 0
+    openbao.client().sys.disable_secrets_engine(mount)
+    for command in (["get", "dev/connections/warehouse"], ["ls"], ["put", "dev/connections/other", "--stdin"]):
+        code, out = run(*command, input=URI)
+        assert code == 8 and f"no KV v2 secrets engine at '{mount}'" in out and "unexpected" not in out, (command, out)
+        assert "Remote-Pa55word" not in out
