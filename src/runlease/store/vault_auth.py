@@ -29,7 +29,7 @@ and JWTs come from files or named environment variables, and files are
 re-read at every login because Kubernetes rotates projected service-account
 tokens and CI systems mint a new ID token per job.
 
-Vault API references (response shapes used here and in the test fake):
+Vault API references (response shapes used here; the tests run against a real OpenBao server):
 - token lookup-self / renew-self: https://developer.hashicorp.com/vault/api-docs/auth/token
 - AppRole login: https://developer.hashicorp.com/vault/api-docs/auth/approle#login-with-approle
 - Kubernetes login: https://developer.hashicorp.com/vault/api-docs/auth/kubernetes#login
