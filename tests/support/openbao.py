@@ -66,6 +66,8 @@ class OpenBao:
     root: Path
     process: subprocess.Popen[bytes] = field(repr=False)
     root_token: str = ROOT_TOKEN
+    #: The CA that signed a TLS server's certificate (``-dev-tls``); None for plain HTTP.
+    ca_file: Path | None = None
 
     @property
     def audit_log(self) -> Path:
@@ -80,7 +82,8 @@ class OpenBao:
     def client(self, token: str | None = ROOT_TOKEN, namespace: str | None = None) -> Any:
         import hvac
 
-        return hvac.Client(url=self.url, token=token, namespace=namespace, timeout=10)
+        return hvac.Client(url=self.url, token=token, namespace=namespace, timeout=10,
+                           verify=str(self.ca_file) if self.ca_file else True)
 
     def enable_auth(self, method: str, path: str | None = None, namespace: str | None = None) -> str:
         path = path or unique(method)
@@ -193,7 +196,7 @@ def _config(root: Path) -> Path:
     return config
 
 
-def _wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path, ca_file: Path | None = None) -> None:
     import requests
 
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -201,30 +204,35 @@ def _wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path) -> Non
         if process.poll() is not None:
             raise RuntimeError(f"bao server exited ({process.returncode}): {log.read_text(errors='replace')[-2000:]}")
         try:
-            if requests.get(f"{url}/v1/sys/health", timeout=1).status_code == 200:
+            verify = str(ca_file) if ca_file else True
+            if requests.get(f"{url}/v1/sys/health", timeout=1, verify=verify).status_code == 200:
                 return
-        except requests.RequestException:
+        except OSError:  # not listening yet, or (-dev-tls) its CA file not written yet
             pass
         time.sleep(0.1)
     raise RuntimeError(f"bao server did not answer within {START_TIMEOUT_S}s: {log.read_text(errors='replace')[-2000:]}")
 
 
-def start_openbao(binary: str) -> OpenBao:
+def start_openbao(binary: str, *, tls: bool = False) -> OpenBao:
+    """Start a dev server; ``tls``: HTTPS with a certificate from a fresh dev CA (``-dev-tls``)."""
     root = Path(tempfile.mkdtemp(prefix="runlease-bao-"))
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    tls_args = ["-dev-tls", f"-dev-tls-cert-dir={root / 'certs'}"] if tls else []
+    if tls:
+        (root / "certs").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
     env["HOME"] = str(root)  # the CLI would otherwise write ~/.vault-token
     with (root / "server.log").open("wb") as log:
         process = subprocess.Popen(
             [binary, "server", "-dev", f"-dev-root-token-id={ROOT_TOKEN}", f"-dev-listen-address=127.0.0.1:{port}",
-             f"-config={_config(root)}"],
+             f"-config={_config(root)}", *tls_args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=root,
             start_new_session=True,
         )
-    server = OpenBao(url=url, root=root, process=process)
+    server = OpenBao(url=url, root=root, process=process, ca_file=root / "certs" / "vault-ca.pem" if tls else None)
     try:
-        _wait_until_up(url, process, server.server_log)
+        _wait_until_up(url, process, server.server_log, server.ca_file)
         server.client().write(f"sys/config/auditing/request-headers/{CORRELATION_HEADER}", hmac=False)
     except BaseException:
         stop_openbao(server)
@@ -268,6 +276,16 @@ def require_bao() -> str:
 def openbao() -> Iterator[OpenBao]:
     """One OpenBao dev server for the whole session (skip locally, fail in CI, if not installed)."""
     server = start_openbao(require_bao())
+    try:
+        yield server
+    finally:
+        stop_openbao(server)
+
+
+@pytest.fixture(scope="module")
+def openbao_tls() -> Iterator[OpenBao]:
+    """A second server speaking HTTPS with a certificate from its own dev CA (for the TLS tests)."""
+    server = start_openbao(require_bao(), tls=True)
     try:
         yield server
     finally:

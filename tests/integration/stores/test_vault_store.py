@@ -374,6 +374,24 @@ def test_tls_failure_is_named_as_tls_not_unreachable(openbao: OpenBao, tmp_path:
     assert "unreachable" not in str(caught.value)
 
 
+def test_an_untrusted_certificate_is_a_tls_error_and_the_ca_bundle_fixes_it(
+        openbao_tls: OpenBao, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug 8 on a real TLS server: verification failure named as such; `verify`, VAULT_CACERT, BAO_CACERT work."""
+    for name in ("VAULT_CACERT", "BAO_CACERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(vault_auth, "_sessions", {})
+    with pytest.raises(StoreUnavailableError, match="TLS handshake failed.*certificate verify failed") as caught:
+        VaultStore.from_options(vault_options(openbao_tls, tmp_path)).resolve(P)
+    assert "unreachable" not in str(caught.value)
+    store = VaultStore.from_options(vault_options(openbao_tls, tmp_path, verify=str(openbao_tls.ca_file)))
+    assert store.put(P, CONN) == 1
+    for variable in ("VAULT_CACERT", "BAO_CACERT"):
+        monkeypatch.setattr(vault_auth, "_sessions", {})
+        monkeypatch.setenv(variable, str(openbao_tls.ca_file))
+        assert VaultStore.from_options({**vault_options(openbao_tls, tmp_path), "prefix": store.prefix}).get(P).value == CONN
+        monkeypatch.delenv(variable)
+
+
 def test_missing_ca_bundle_is_a_config_error_naming_the_option(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="CA bundle .*missing.pem .*store option 'verify'.*does not exist"):
         VaultStore.from_options({"address": "https://127.0.0.1:1", "verify": str(tmp_path / "missing.pem")})
