@@ -555,3 +555,19 @@ def test_proxy_settings_from_the_environment_are_still_honoured(openbao: OpenBao
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     store = VaultStore.from_options(vault_options(openbao, tmp_path))
     assert store.put(P, CONN) == 1
+
+
+def test_a_sealed_vault_is_a_clear_store_error(tmp_path: Path) -> None:
+    """A real fault a real server produces: sealed (HTTP 503). Its own server, since sealing is for good."""
+    from support.openbao import require_bao, start_openbao, stop_openbao
+
+    server = start_openbao(require_bao())
+    try:
+        store = VaultStore.from_options(vault_options(server, tmp_path))
+        store.put(P, CONN)
+        server.client().sys.seal()
+        with pytest.raises(StoreUnavailableError, match=r"answered HTTP 503 while reading .*sealed") as caught:
+            store.get(P)
+        assert caught.value.exit_code == 8 and store.session.logins == 1
+    finally:
+        stop_openbao(server)
