@@ -36,8 +36,8 @@ from runlease.runtime import Runtime, init_home, open_runtime  # noqa: E402
 from runlease.settings import Settings  # noqa: E402
 
 # Reusable fixtures for external systems the tests start themselves (tests/support/):
-# a throwaway PostgreSQL server, moto's server, a fake Vault, unreachable addresses.
-pytest_plugins = ["support.postgres", "support.moto_server", "support.fake_vault", "support.unreachable"]
+# a throwaway PostgreSQL server, moto's server, an OpenBao server, unreachable addresses.
+pytest_plugins = ["support.postgres", "support.moto_server", "support.openbao", "support.unreachable"]
 
 
 @pytest.fixture(autouse=True)

@@ -40,8 +40,10 @@ SDK's in workers, ``airflow.models.Connection`` on the server) is honoured.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from typing import Any
 
+from runlease import correlation
 from runlease.connection import parse_connection
 from runlease.errors import AccessDeniedError, ConfigError, RunleaseError, SecretNotFoundError
 from runlease.models import SecretPath, SecretValue
@@ -139,11 +141,17 @@ class RunleaseBackend(BaseSecretsBackend):
         if path is None:
             return None
         caller = current_caller()
+        # Every store request of this lookup -- the cache's revalidation reads included, which
+        # run outside the broker -- carries the caller's X-Correlation-ID (Vault's audit log).
+        # A store that offers a read scope (Vault) fetches each state record once per lookup:
+        # "is it held?" and the broker's own resolve share one request.
+        scope = getattr(self.broker.store, "read_scope", None)
         try:
-            if caller.leases:
-                return self._lease(path, caller)
-            self.broker.store.resolve(path)  # not held -> SecretNotFoundError -> fall through, see 3.
-            value = self.broker.read(path, caller.identity, kind=path.kind, detail={"phase": caller.phase}).value
+            with correlation.bound(caller.identity), (scope() if scope is not None else nullcontext()):
+                if caller.leases:
+                    return self._lease(path, caller)
+                self.broker.store.resolve(path)  # not held -> SecretNotFoundError -> fall through, see 3.
+                value = self.broker.read(path, caller.identity, kind=path.kind, detail={"phase": caller.phase}).value
         except SecretNotFoundError:
             return None
         except AccessDeniedError as err:

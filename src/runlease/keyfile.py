@@ -10,6 +10,12 @@ KMS instead (``runlease init --kms-key-id``): the file names the KMS key and
 the store id used as the encryption context, and every load asks KMS to
 unwrap (see :mod:`runlease.kms`). Same 0600 rule, same "first key is active".
 
+A third, ``runlease-keyfile-vault-transit/v1``, holds each KEK wrapped by a
+Vault Transit key (``runlease init --vault-transit-key MOUNT/KEY``), bound to
+the store id as Transit associated data, with the Vault connection settings
+(never a credential); every load asks Vault to decrypt (see
+:mod:`runlease.vault_transit`).
+
 ``RUNLEASE_MASTER_KEY`` holds one or more base64 keys separated by commas,
 first active, for deployments that inject the key from a secret manager.
 Rotating such a key means prepending the new key and running
@@ -36,9 +42,11 @@ from runlease.settings import Settings
 ENV_VAR = "RUNLEASE_MASTER_KEY"
 PLAIN_FORMAT = "runlease-keyfile/v1"
 KMS_FORMAT = "runlease-keyfile-kms/v1"
+TRANSIT_FORMAT = "runlease-keyfile-vault-transit/v1"
 
 if TYPE_CHECKING:
     from runlease.kms import KmsKeyOptions
+    from runlease.vault_transit import TransitKeyOptions
 
 
 def _decode(text: str, where: str) -> bytes:
@@ -71,6 +79,8 @@ def _read_key_file(path: Path) -> list[bytes]:
     doc = _read_doc(path)
     if doc.get("format") == KMS_FORMAT:
         return _unwrap_kms(path, doc)
+    if doc.get("format") == TRANSIT_FORMAT:
+        return _unwrap_transit(path, doc)
     try:
         keys = [_decode(entry["key"], str(path)) for entry in doc["keys"]]
     except MasterKeyError:
@@ -130,6 +140,90 @@ def _unwrap_kms(path: Path, doc: dict[str, Any]) -> list[bytes]:
             raise MasterKeyError(f"KMS key file {path}: the key unwrapped for {kid} has id {key_id(key)}")
         keys.append(key)
     return keys
+
+
+def _transit_options(path: Path, doc: dict[str, Any]) -> tuple["TransitKeyOptions", str]:
+    from runlease.errors import ConfigError
+    from runlease.vault_transit import transit_options
+
+    try:
+        transit = doc["transit"]
+        return transit_options(str(transit["key"]), dict(transit)), str(doc["store_id"])
+    except (KeyError, TypeError, ValueError):
+        raise MasterKeyError(f"Vault Transit key file {path} is missing or has a malformed 'transit'/'store_id' "
+                             "entry") from None
+    except ConfigError as err:
+        raise MasterKeyError(f"Vault Transit key file {path}: {err}") from None
+
+
+def _transit_entries(path: Path, doc: dict[str, Any]) -> list[tuple[str, str]]:
+    try:
+        return [(str(e["id"]), str(e["wrapped"])) for e in doc["keys"]]
+    except (KeyError, TypeError):
+        raise MasterKeyError(f"Vault Transit key file {path} has a malformed 'keys' list") from None
+
+
+def _unwrap_transit(path: Path, doc: dict[str, Any]) -> list[bytes]:
+    """Ask Vault Transit to unwrap every KEK in the key file; each must match its recorded id."""
+    from runlease.vault_transit import unwrap_kek
+
+    options, store_id = _transit_options(path, doc)
+    keys = []
+    for kid, wrapped in _transit_entries(path, doc):
+        key = unwrap_kek(options, wrapped, store_id, str(path))
+        if key_id(key) != kid:
+            raise MasterKeyError(f"Vault Transit key file {path}: the key unwrapped for {kid} has id {key_id(key)}")
+        keys.append(key)
+    if not keys:
+        raise MasterKeyError(f"key file {path} holds no keys")
+    return keys
+
+
+def transit_key_file_info(path: Path) -> tuple[str, str, list[int | None]] | None:
+    """``(MOUNT/KEY, store id, Transit key versions per KEK)`` of a Transit key file, else None."""
+    from runlease.vault_transit import key_version
+
+    if not path.exists():
+        return None
+    try:
+        doc = _read_doc(path)
+    except MasterKeyError:
+        return None
+    if doc.get("format") != TRANSIT_FORMAT:
+        return None
+    try:
+        return (str(doc["transit"]["key"]), str(doc["store_id"]),
+                [key_version(w) for _, w in _transit_entries(path, doc)])
+    except (KeyError, TypeError):
+        raise MasterKeyError(f"Vault Transit key file {path} is malformed") from None
+
+
+def _transit_entry(options: "TransitKeyOptions", key: bytes, store_id: str, where: str) -> dict[str, Any]:
+    from runlease.vault_transit import wrap_kek
+
+    return {"id": key_id(key), "wrapped": wrap_kek(options, key, store_id, where),
+            "added_at": datetime.now(timezone.utc).isoformat()}
+
+
+def create_transit_key_file(path: Path, options: "TransitKeyOptions", store_id: str) -> Keyring:
+    """Create a key file whose one fresh KEK is wrapped by Vault Transit; refuses to overwrite."""
+    from runlease.vault_transit import associated_data
+
+    if path.exists():
+        raise MasterKeyError(f"key file {path} already exists; refusing to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = new_key()
+    entry = _transit_entry(options, key, store_id, str(path))
+    _write_doc(path, exclusive=True, doc={
+        "format": TRANSIT_FORMAT,
+        "note": "KEKs wrapped by Vault Transit; first is active. Unwrapping needs <mount>/decrypt/<key> with this "
+                "associated data.",
+        "store_id": store_id,
+        "associated_data": associated_data(store_id),
+        "transit": options.model_dump(mode="json", exclude_defaults=True),
+        "keys": [entry],
+    })
+    return Keyring([key])
 
 
 def is_kms_key_file(path: Path) -> bool:
@@ -231,6 +325,15 @@ def prepend_new_key(path: Path) -> Keyring:
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         keys = _read_key_file(path)  # for a KMS file this also proves we can still unwrap the old ones
+        doc = _read_doc(path)
+        if doc.get("format") == TRANSIT_FORMAT:
+            # A new KEK, and every old one wrapped again under the Transit key's latest version, so
+            # an operator can rotate the Transit key and raise min_decryption_version afterwards.
+            options, store_id = _transit_options(path, doc)
+            key = new_key()
+            doc["keys"] = [_transit_entry(options, k, store_id, str(path)) for k in (key, *keys)]
+            _write_doc(path, doc)
+            return Keyring([key, *keys])
         if is_kms_key_file(path):
             doc = _read_doc(path)
             options, store_id = _kms_options(path, doc)

@@ -46,14 +46,19 @@ from runlease.policy import Grant, Policy
 # -- the capability mapping (docs/policy.md) -----------------------------------------
 
 #: KV v2 path families and the Vault capabilities each runlease capability needs on them.
-#: read/lease need metadata ``read`` because stages (CURRENT/PENDING/PREVIOUS) live in
-#: the secret's custom_metadata: resolving CURRENT is a metadata read.
+#: Every rule is rendered twice: for the value path ``<prefix>/<env>/<kind>/<name>`` and for
+#: the secret's state record ``<prefix>/_state/<env>/<kind>/<name>``, where the Vault store
+#: keeps the authoritative stage map (CURRENT/PENDING/PREVIOUS): resolving CURRENT is a data
+#: read of the state record, then a data read of the value. Metadata ``read`` lets a reader
+#: see the version list (``history``); rotate writes the custom_metadata mirror and
+#: soft-deletes (``delete/``) a version that lost a check-and-set race.
 VAULT_CAPABILITIES: dict[Capability, dict[str, frozenset[str]]] = {
     Capability.READ: {"data": frozenset({"read"}), "metadata": frozenset({"read"})},
     Capability.LEASE: {"data": frozenset({"read"}), "metadata": frozenset({"read"})},
     Capability.ROTATE: {
         "data": frozenset({"create", "update", "read"}),
         "metadata": frozenset({"create", "update", "read"}),
+        "delete": frozenset({"update"}),
     },
     Capability.ADMIN: {
         "data": frozenset({"create", "read", "update", "patch", "delete", "list"}),
@@ -64,6 +69,8 @@ VAULT_CAPABILITIES: dict[Capability, dict[str, frozenset[str]]] = {
     },
 }
 VAULT_FAMILIES: tuple[str, ...] = ("data", "metadata", "delete", "undelete", "destroy")
+#: Where the Vault store keeps state records under its prefix (runlease.store.vault.STATE_DIR).
+VAULT_STATE_DIR = "_state"
 _VAULT_CAP_ORDER = ("create", "read", "update", "patch", "delete", "list")
 
 _READ_ACTIONS = ("secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret")
@@ -210,7 +217,8 @@ def vault_rules(grants: list[Grant], opts: RenderOptions) -> dict[str, list[str]
                 merged = base.setdefault(rule, {})
                 for family, caps in families.items():
                     merged.setdefault(family, set()).update(caps)
-    out: dict[str, list[str]] = {}
+    out: dict[str, set[str]] = {}
+    mount = opts.mount.strip("/")
     prefix = f"{opts.prefix.strip('/')}/" if opts.prefix.strip("/") else ""
     for rule in _closure(base):
         caps: dict[str, set[str]] = {}
@@ -221,9 +229,18 @@ def vault_rules(grants: list[Grant], opts: RenderOptions) -> dict[str, list[str]
         tail = "/".join(_seg_text(s) for s in rule)
         for family in VAULT_FAMILIES:
             if caps.get(family):
-                path = f"{opts.mount.strip('/')}/{family}/{prefix}{tail}"
-                out[path] = [c for c in _VAULT_CAP_ORDER if c in caps[family]]
-    return dict(sorted(out.items()))
+                # the value and its state record: a secret is both (see VAULT_CAPABILITIES)
+                for where in (f"{prefix}{tail}", f"{prefix}{VAULT_STATE_DIR}/{tail}"):
+                    out.setdefault(f"{mount}/{family}/{where}", set()).update(caps[family])
+    # `runlease ls` walks the state records folder by folder: admin may list the folders
+    # leading to what it administers (names only; values need data read).
+    for rule, families in base.items():
+        if "list" not in families.get("metadata", set()):
+            continue
+        env, kind = _seg_text(rule[0]), _seg_text(rule[1])
+        for folder in ("", f"{env}/", f"{env}/{kind}/"):
+            out.setdefault(f"{mount}/metadata/{prefix}{VAULT_STATE_DIR}/{folder}", set()).add("list")
+    return {path: [c for c in _VAULT_CAP_ORDER if c in caps] for path, caps in sorted(out.items())}
 
 
 def render_vault_hcl(principal: str, grants: list[Grant], opts: RenderOptions) -> str:

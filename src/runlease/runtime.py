@@ -29,7 +29,14 @@ from runlease.crypto import Keyring
 from runlease.db import Database
 from runlease.errors import ConfigError
 from runlease.issuers import standard_issuers
-from runlease.keyfile import create_key_file, create_kms_key_file, kms_key_file_info, load_keyring
+from runlease.keyfile import (
+    create_key_file,
+    create_kms_key_file,
+    create_transit_key_file,
+    kms_key_file_info,
+    load_keyring,
+    transit_key_file_info,
+)
 from runlease.ledger.base import Ledger
 from runlease.ledger.sqlite import SqliteLedger
 from runlease.policy import EXAMPLE_POLICY, Policy
@@ -39,6 +46,7 @@ from runlease.store.local import LocalStore
 
 if TYPE_CHECKING:
     from runlease.kms import KmsKeyOptions
+    from runlease.vault_transit import TransitKeyOptions
 
 
 INIT_LOCK_NAME = "init.lock"
@@ -134,7 +142,8 @@ def open_runtime(settings: Settings | None = None, *, create_ledger: bool = Fals
         raise
 
 
-def init_home(settings: Settings | None = None, *, kms: "KmsKeyOptions | None" = None) -> tuple[Runtime, bool]:
+def init_home(settings: Settings | None = None, *, kms: "KmsKeyOptions | None" = None,
+              transit: "TransitKeyOptions | None" = None) -> tuple[Runtime, bool]:
     """Create the home (0700), key file (0600, unless the key comes from the environment),
     store and an example policy. Returns ``(runtime, created)``; an existing home is reused.
 
@@ -146,6 +155,11 @@ def init_home(settings: Settings | None = None, *, kms: "KmsKeyOptions | None" =
     check_settings(settings)
     if kms is not None and settings.master_key is not None:
         raise ConfigError("--kms-key-id cannot be combined with RUNLEASE_MASTER_KEY: the key would not live in KMS")
+    if transit is not None and settings.master_key is not None:
+        raise ConfigError("--vault-transit-key cannot be combined with RUNLEASE_MASTER_KEY: the key would not be "
+                          "wrapped by Vault")
+    if transit is not None and kms is not None:
+        raise ConfigError("--vault-transit-key and --kms-key-id exclude each other: choose one key wrapper")
     remote = remote_store(settings)
     if remote is not None:
         remote.check()  # type: ignore[attr-defined]
@@ -157,23 +171,30 @@ def init_home(settings: Settings | None = None, *, kms: "KmsKeyOptions | None" =
     lock_fd = os.open(home / INIT_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
-        return _init_locked(settings, home, kms, remote)
+        return _init_locked(settings, home, kms, remote, transit)
     finally:
         os.close(lock_fd)
 
 
 def _init_locked(settings: Settings, home: Path, kms: "KmsKeyOptions | None",
-                 remote: SecretStore | None) -> tuple[Runtime, bool]:
+                 remote: SecretStore | None, transit: "TransitKeyOptions | None" = None) -> tuple[Runtime, bool]:
     kms_file = kms_key_file_info(settings.key_file) if settings.master_key is None else None
+    transit_file = transit_key_file_info(settings.key_file) if settings.master_key is None else None
     if kms is not None and settings.key_file.exists() and kms_file is None:
-        raise ConfigError(f"{settings.key_file} is a plain key file; --kms-key-id only applies to a new home")
+        raise ConfigError(f"{settings.key_file} is not a KMS key file; --kms-key-id only applies to a new home")
+    if transit is not None and settings.key_file.exists() and transit_file is None:
+        raise ConfigError(f"{settings.key_file} is not a Vault Transit key file; --vault-transit-key only applies "
+                          "to a new home")
     if settings.store_file.exists():
         return open_runtime(settings, create_ledger=True), False
-    store_id: str | None = kms_file[1] if kms_file else None
+    store_id: str | None = kms_file[1] if kms_file else (transit_file[1] if transit_file else None)
     if settings.master_key is None and not settings.key_file.exists():
         if kms is not None:
             store_id = str(uuid.uuid4())
             keyring = create_kms_key_file(settings.key_file, kms, store_id)
+        elif transit is not None:
+            store_id = str(uuid.uuid4())
+            keyring = create_transit_key_file(settings.key_file, transit, store_id)
         else:
             keyring = create_key_file(settings.key_file)
     else:

@@ -1,7 +1,7 @@
 """Broker.renew: only renewable issuers, policy checked again, never past issued_at + max_ttl.
 
-Driven through the vault-database issuer and the fake Vault (real HTTP), so
-the increment the broker asks for is visible where Vault receives it.
+Driven through the vault-database issuer and a real OpenBao database engine,
+so the increment the broker asks for is visible where Vault applies it.
 """
 
 from __future__ import annotations
@@ -15,34 +15,41 @@ from runlease.ledger.base import AuditQuery
 from runlease.models import Outcome, SecretPath
 from runlease.policy import Policy
 from runlease.runtime import Runtime
-from support.fake_vault import FakeVault
+from support.openbao import OpenBao
+from support.postgres import PostgresServer
 from support.homes import identity, make_runtime
 
 PATH = SecretPath.parse("dev/connections/analytics")
 
 
-def stocked(tmp_path: Path, fake_vault: FakeVault, **settings: object) -> Runtime:
-    fake_vault.add_role("database", "ro", default_ttl=300, max_ttl=86400)
+@pytest.fixture
+def vault_db(openbao: OpenBao, postgres_server: PostgresServer, pg_database: str) -> tuple[OpenBao, str]:
+    """The session's OpenBao with a fresh database mount (role ``ro``: 300 s, at most a day)."""
+    return openbao, openbao.database_engine(postgres_server, pg_database, {"ro": ("300s", "86400s")})
+
+
+def stocked(tmp_path: Path, vault_db: tuple[OpenBao, str], **settings: object) -> Runtime:
+    bao, mount = vault_db
     rt = make_runtime(tmp_path / "home", **settings)
-    rt.broker.put(PATH, {"conn_type": "vault", "host": fake_vault.url, "password": fake_vault.token}, identity())
-    rt.store.update_metadata(PATH, {"issuer": "vault-database", "role": "ro"})
+    rt.broker.put(PATH, {"conn_type": "vault", "host": bao.url, "password": bao.issuer_token(mount)}, identity())
+    rt.store.update_metadata(PATH, {"issuer": "vault-database", "role": "ro", "mount": mount})
     return rt
 
 
-def test_renew_never_passes_issued_at_plus_max_ttl(tmp_path: Path, fake_vault: FakeVault) -> None:
-    rt = stocked(tmp_path, fake_vault, max_ttl=600)
+def test_renew_never_passes_issued_at_plus_max_ttl(tmp_path: Path, vault_db: tuple[OpenBao, str]) -> None:
+    rt = stocked(tmp_path, vault_db, max_ttl=600)
     try:
         lease = rt.broker.lease(PATH, identity(), ttl=300)
         renewed = rt.broker.renew(lease.lease_id, 3600)
         assert (renewed.expires_at - lease.issued_at).total_seconds() <= 600
-        vault_lease = fake_vault.leases[lease.issuer_state["vault_lease_id"]]
-        assert vault_lease.expires - vault_lease.issued <= 601  # Vault was asked for no more than that
+        # Vault was asked for no more than that: its lease ends within 600 s of issue too
+        assert (vault_db[0].lease_ttl(lease.issuer_state["vault_lease_id"]) or 0) <= 600
     finally:
         rt.close()
 
 
-def test_static_leases_cannot_be_renewed_and_unknown_leases_are_named(tmp_path: Path, fake_vault: FakeVault) -> None:
-    rt = stocked(tmp_path, fake_vault)
+def test_static_leases_cannot_be_renewed_and_unknown_leases_are_named(tmp_path: Path, vault_db: tuple[OpenBao, str]) -> None:
+    rt = stocked(tmp_path, vault_db)
     try:
         static = SecretPath.parse("dev/variables/bucket")
         rt.broker.put(static, "s3://models", identity(), kind="variables")
@@ -55,26 +62,27 @@ def test_static_leases_cannot_be_renewed_and_unknown_leases_are_named(tmp_path: 
         rt.close()
 
 
-def test_renew_is_denied_and_audited_when_policy_no_longer_grants_lease(tmp_path: Path, fake_vault: FakeVault) -> None:
-    rt = stocked(tmp_path, fake_vault)
+def test_renew_is_denied_and_audited_when_policy_no_longer_grants_lease(tmp_path: Path, vault_db: tuple[OpenBao, str]) -> None:
+    rt = stocked(tmp_path, vault_db)
     try:
         lease = rt.broker.lease(PATH, identity(), ttl=300)
+        mark = vault_db[0].audit_mark()
         rt.broker.policy = Policy.model_validate({"grant": [{"principals": ["someone-else"], "environments": ["*"],
                                                              "paths": ["*"], "capabilities": ["lease"]}]})
         with pytest.raises(AccessDeniedError):
             rt.broker.renew(lease.lease_id, 600)
         denied = list(rt.ledger.events(AuditQuery(action="renew")))
         assert [e.outcome for e in denied] == [Outcome.DENIED]
-        assert not [r for r in fake_vault.requests if r["path"] == "/v1/sys/leases/renew"]
+        assert not vault_db[0].requests(mark, path_contains="sys/leases/renew")
     finally:
         rt.close()
 
 
-def test_a_renew_vault_refuses_is_audited_as_an_error(tmp_path: Path, fake_vault: FakeVault) -> None:
-    rt = stocked(tmp_path, fake_vault)
+def test_a_renew_vault_refuses_is_audited_as_an_error(tmp_path: Path, vault_db: tuple[OpenBao, str]) -> None:
+    rt = stocked(tmp_path, vault_db)
     try:
         lease = rt.broker.lease(PATH, identity(), ttl=300)
-        fake_vault.leases[lease.issuer_state["vault_lease_id"]].revoked = True  # revoked behind runlease's back
+        vault_db[0].client().sys.revoke_lease(lease.issuer_state["vault_lease_id"])  # behind runlease's back
         with pytest.raises(BackendError, match="lease not found"):
             rt.broker.renew(lease.lease_id, 600)
         [event] = rt.ledger.events(AuditQuery(action="renew"))

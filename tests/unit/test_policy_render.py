@@ -160,6 +160,9 @@ def check_vault_exact(policy: Policy) -> None:
                 want = set().union(*(VAULT_CAPABILITIES[c].get(family, set()) for c in caps))
                 got = vault_effective(rules, f"{MOUNT}/{family}/{PREFIX}/{env}/{kind}/{name}")
                 assert got == want, (principal, family, env, kind, name)
+                # the state record (stages) must grant exactly the same
+                got = vault_effective(rules, f"{MOUNT}/{family}/{PREFIX}/_state/{env}/{kind}/{name}")
+                assert got == want, (principal, family, "_state", env, kind, name)
         # Nothing outside the mount/prefix, and nothing for a path deeper than <env>/<kind>/<name>'s shape.
         for outside in (f"{MOUNT}/data/other/dev/connections/warehouse", f"kv/data/{PREFIX}/dev/connections/warehouse",
                         f"{MOUNT}/data/{PREFIX}", "sys/policies/acl/x"):
@@ -264,7 +267,8 @@ def test_the_capability_mapping_is_the_documented_one() -> None:
     assert VAULT_CAPABILITIES[Capability.READ] == {"data": {"read"}, "metadata": {"read"}}
     assert VAULT_CAPABILITIES[Capability.LEASE] == VAULT_CAPABILITIES[Capability.READ]
     assert VAULT_CAPABILITIES[Capability.ROTATE] == {"data": {"create", "update", "read"},
-                                                      "metadata": {"create", "update", "read"}}
+                                                      "metadata": {"create", "update", "read"},
+                                                      "delete": {"update"}}
     assert VAULT_CAPABILITIES[Capability.ADMIN]["data"] == {"create", "read", "update", "patch", "delete", "list"}
     assert IAM_ACTIONS[Capability.LEASE] == ("secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret")
     assert set(IAM_ACTIONS[Capability.ROTATE]) - set(IAM_ACTIONS[Capability.READ]) == {

@@ -53,9 +53,35 @@ def cli_errors(func: F) -> F:
         except KeyboardInterrupt:
             fail("interrupted", 130)
         except Exception as err:  # noqa: BLE001 - last line of defence, still redacted
+            setting = bad_setting(err)
+            if setting is not None:
+                fail(setting, 2)
             fail(f"unexpected {type(err).__name__}: {err}", 1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def bad_setting(err: Exception) -> str | None:
+    """A malformed ``RUNLEASE_*`` variable, named without its value (options may hold addresses, paths...).
+
+    pydantic-settings decodes JSON-valued settings (``RUNLEASE_STORE_OPTIONS``) before
+    validation and raises ``SettingsError``; a well-formed value of the wrong type is a
+    ``ValidationError`` whose text would echo the input, so neither is shown as is.
+    """
+    import re
+
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    if isinstance(err, SettingsError):
+        match = re.search(r'field "([A-Za-z_]+)"', str(err))
+        name = f"RUNLEASE_{match.group(1).upper()}" if match else "a RUNLEASE_* variable"
+        return f"{name} is not valid JSON (expected one JSON object; its value is not shown)"
+    if isinstance(err, ValidationError) and err.title == "Settings":
+        names = sorted({f"RUNLEASE_{str(e['loc'][0]).upper()}" for e in err.errors() if e.get("loc")})
+        problems = "; ".join(f"{n}: {e['msg']}" for n, e in zip(names, err.errors()))
+        return f"invalid setting(s) {problems or ', '.join(names)} (values not shown)"
+    return None
 
 
 @contextmanager

@@ -32,9 +32,28 @@ def _home_checks(settings: Settings) -> list[Check]:
     elif settings.key_file.exists():
         kmode = _mode(settings.key_file)
         out.append(("key file permissions", not kmode & 0o077, f"{settings.key_file} mode {kmode:04o} (want 0600)"))
+        out.extend(_wrapping_checks(settings))
     else:
         out.append(("key source", False, f"no {settings.key_file} and no RUNLEASE_MASTER_KEY"))
     return out
+
+
+def _wrapping_checks(settings: Settings) -> list[Check]:
+    """What wraps the KEK in the key file (Vault Transit: which key, which Transit key versions)."""
+    from runlease.keyfile import transit_key_file_info
+
+    try:
+        transit = transit_key_file_info(settings.key_file)
+    except RunleaseError as err:
+        return [("key wrapping", False, str(err))]
+    if transit is None:
+        return []
+    key, store_id, versions = transit
+    shown = ", ".join(f"v{v}" if v is not None else "?" for v in versions)
+    return [("key wrapping", None not in versions,
+             f"{len(versions)} KEK(s) wrapped by Vault Transit key {key} (Transit key versions {shown}), "
+             f"associated data runlease-store:{store_id}; opening the home needs {key.rpartition('/')[0]}/decrypt/"
+             f"{key.rpartition('/')[2]} (`runlease key rotate` re-wraps under the latest Transit key version)")]
 
 
 def _runtime_checks(rt: Runtime) -> list[Check]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -60,6 +61,13 @@ def init(
         None, "--kms-key-id", help="wrap the KEK with this AWS KMS key (id, ARN or alias); the key file holds only ciphertext"),
     kms_region: Optional[str] = typer.Option(None, "--kms-region", help="region of the KMS key (default: AWS config)"),
     kms_endpoint_url: Optional[str] = typer.Option(None, "--kms-endpoint-url", help="KMS endpoint override"),
+    vault_transit_key: Optional[str] = typer.Option(
+        None, "--vault-transit-key", metavar="MOUNT/KEY",
+        help="wrap the KEK with this Vault Transit key; the key file holds only Transit ciphertext"),
+    vault_transit_options: Optional[str] = typer.Option(
+        None, "--vault-transit-options", metavar="JSON",
+        help="how to reach Vault for the Transit key (address, namespace, verify, timeout, auth; no credentials); "
+             "default: RUNLEASE_STORE_OPTIONS with the vault store, else VAULT_ADDR/VAULT_TOKEN (or BAO_*)"),
 ) -> None:
     """Create $RUNLEASE_HOME: a 0600 key file, the encrypted store and an example policy.
 
@@ -67,6 +75,8 @@ def init(
     holds the ledger (leases, audit chain) while values live in the remote store.
     """
     settings = Settings()
+    if kms_key_id is not None and vault_transit_key is not None:
+        fail("--vault-transit-key and --kms-key-id exclude each other: choose one key wrapper", 2)
     kms = None
     if kms_key_id is not None:
         from runlease.kms import KmsKeyOptions
@@ -74,13 +84,30 @@ def init(
         kms = KmsKeyOptions(key_id=kms_key_id, region=kms_region, endpoint_url=kms_endpoint_url)
     elif kms_region or kms_endpoint_url:
         fail("--kms-region/--kms-endpoint-url need --kms-key-id", 2)
-    rt, created = init_home(settings, kms=kms)
+    transit = None
+    if vault_transit_key is not None:
+        from runlease.vault_transit import transit_options
+
+        raw: dict[str, Any] = settings.store_options if settings.store == "vault" else {}
+        if vault_transit_options is not None:
+            try:
+                raw = json.loads(vault_transit_options)
+            except ValueError:
+                fail("--vault-transit-options is not valid JSON (its value is not shown)", 2)
+            if not isinstance(raw, dict):
+                fail("--vault-transit-options must be one JSON object", 2)
+        transit = transit_options(vault_transit_key, raw)
+    elif vault_transit_options is not None:
+        fail("--vault-transit-options needs --vault-transit-key", 2)
+    rt, created = init_home(settings, kms=kms, transit=transit)
     rt.close()
     if created:
         console.print(f"initialized runlease home at {settings.home}")
         source = "RUNLEASE_MASTER_KEY" if settings.master_key is not None else f"{settings.key_file} (mode 0600)"
         if kms is not None:
             source += f", wrapped by AWS KMS key {kms.key_id}"
+        if transit is not None:
+            source += f", wrapped by Vault Transit key {transit.key} at {transit.address}"
         console.print(f"  key:    {rt.keyring.active_id} from {source}")
         if rt.store is rt.local:
             console.print(f"  store:  {settings.store_file}")

@@ -28,15 +28,38 @@ Vault returns only a username and password.
 The Vault lease id is stored in the ledger (it is an identifier; acting on
 it needs the token). Vault's response body is never echoed in an error:
 it carries the password.
+
+What a ledger row can and cannot make runlease do: the mount and role are
+taken from the *secret's* metadata, re-read from the store at renew and
+revoke time, never from the row (a row is not authenticated against an
+attacker who can write the ledger database); the recorded Vault lease id must
+lie under ``<mount>/creds/<role>/`` of that metadata, or runlease refuses to
+act on it. So a forged row cannot make runlease revoke or renew an arbitrary
+Vault lease, or one of another mount or role.
+
+A lease outlived by its issuing token: Vault revokes every lease a token
+created when that token expires or is revoked (the database user is dropped
+with it). The token in the stored connection is the issuing token; its
+SHA-256 fingerprint (not the token) is kept in the ledger. When revoke meets
+a token Vault no longer knows (403, and ``lookup-self`` fails too) and that
+token is the one that issued the lease, the Vault lease is already gone, so
+the runlease lease is closed instead of stranding forever. If the token was
+rotated since (another fingerprint), revoke uses the new one.
+
+Every request carries ``X-Correlation-ID`` (the run that leased, renewed or
+revoked), like the Vault store's, so Vault's audit log joins runlease's.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from runlease import correlation
 from runlease.errors import BackendError, ConfigError, scrub
 from runlease.issuers.base import IssuedCredential
 from runlease.issuers.options import SecretLoader, connection_value, issuer_options
@@ -44,6 +67,13 @@ from runlease.models import Lease, RunIdentity, utcnow
 from runlease.store.base import StoredSecret
 
 _SEGMENT = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
+
+log = logging.getLogger(__name__)
+
+
+def token_fingerprint(token: str) -> str:
+    """Which token issued a lease, without storing it (a Vault token has >= 128 bits of entropy)."""
+    return hashlib.sha256(f"runlease-vault-token\x1f{token}".encode()).hexdigest()[:32]
 
 
 class VaultTarget(BaseModel):
@@ -103,10 +133,13 @@ class VaultDatabaseIssuer:
         token = conn.get("password")
         if not token:
             raise ConfigError(f"{secret.path}: the Vault connection has no token (put it in the password field)")
+        from runlease.store.vault_auth import correlated_http_session
+
         extra = conn.get("extra") or {}
         url = vault_url(conn)
+        session = correlated_http_session(extra.get("verify", True), url)
         client = hvac.Client(url=url, token=str(token), namespace=extra.get("namespace"),
-                             verify=extra.get("verify", True), timeout=opts.timeout)
+                             verify=session.verify, timeout=opts.timeout, session=session)
         return client, url, str(token)
 
     def _call(self, url: str, token: str, doing: str, func: Any, *args: Any, **kwargs: Any) -> Any:
@@ -122,6 +155,9 @@ class VaultDatabaseIssuer:
             raise BackendError(scrub(f"Vault at {url} refused {doing}: {status}: {errors or 'no detail'}", token)) from None
         except requests.exceptions.Timeout:
             raise BackendError(f"Vault at {url} did not answer {doing} in time") from None
+        except requests.exceptions.SSLError:
+            raise BackendError(f"Vault at {url}: TLS handshake failed ({doing}); check its certificate and "
+                               "the connection's extra.verify (CA bundle)") from None
         except requests.exceptions.RequestException as err:
             raise BackendError(scrub(f"cannot reach Vault at {url} ({doing}): {type(err).__name__}", token)) from None
 
@@ -149,20 +185,31 @@ class VaultDatabaseIssuer:
             value=value,
             expires_at=utcnow() + timedelta(seconds=duration),
             state={"vault_lease_id": vault_lease, "renewable": bool(response.get("renewable")),
-                   "mount": opts.mount, "role": opts.role, "username": username},
+                   "mount": opts.mount, "role": opts.role, "username": username,
+                   "token_fingerprint": token_fingerprint(token)},
         )
 
     def _vault_lease(self, lease: Lease, opts: VaultDatabaseOptions) -> str | None:
+        """The recorded Vault lease id, if it lies under the mount and role the *secret* names.
+
+        ``mount``/``role`` in the ledger row are for humans only: a forged row must not
+        make runlease act on another mount's or role's lease.
+        """
         vault_lease = lease.issuer_state.get("vault_lease_id")
         if not vault_lease:
             return None
-        mount = str(lease.issuer_state.get("mount") or opts.mount)
-        if not str(vault_lease).startswith(f"{mount}/creds/"):
-            raise ConfigError(f"lease {lease.lease_id}: recorded Vault lease is not under {mount}/creds/; refusing it")
+        expected = f"{opts.mount}/creds/{opts.role}/"
+        if not str(vault_lease).startswith(expected) or ".." in str(vault_lease):
+            raise ConfigError(f"lease {lease.lease_id}: recorded Vault lease is not under {expected} "
+                              f"(the mount and role of {lease.path}); refusing it")
         return str(vault_lease)
 
     def renew(self, lease: Lease, ttl: timedelta) -> datetime:
         """Ask Vault for ``ttl`` more seconds; returns the expiry Vault actually granted."""
+        with correlation.bound(lease.identity):  # Vault's audit log: the run that holds the lease
+            return self._renew(lease, ttl)
+
+    def _renew(self, lease: Lease, ttl: timedelta) -> datetime:
         secret = self.load_secret(lease.path)
         opts = issuer_options(VaultDatabaseOptions, secret.metadata, lease.path, self.name)
         vault_lease = self._vault_lease(lease, opts)
@@ -178,10 +225,44 @@ class VaultDatabaseIssuer:
         return utcnow() + timedelta(seconds=duration)
 
     def revoke(self, lease: Lease) -> None:
+        with correlation.bound(lease.identity):  # Vault's audit log: the run that held the lease
+            self._revoke(lease)
+
+    def _revoke(self, lease: Lease) -> None:
+        import hvac.exceptions
+
         secret = self.load_secret(lease.path)
         opts = issuer_options(VaultDatabaseOptions, secret.metadata, lease.path, self.name)
         vault_lease = self._vault_lease(lease, opts)
         if vault_lease is None:
             return
         client, url, token = self._client(secret, opts)
-        self._call(url, token, "PUT sys/leases/revoke", client.sys.revoke_lease, lease_id=vault_lease)
+        doing = "PUT sys/leases/revoke"
+
+        def attempt() -> bool:
+            try:
+                client.sys.revoke_lease(lease_id=vault_lease)
+            except hvac.exceptions.Forbidden:
+                return False
+            return True
+
+        if self._call(url, token, doing, attempt):
+            return
+        if lease.issuer_state.get("token_fingerprint") == token_fingerprint(token) and not self._token_alive(client):
+            # The issuing token is gone, and Vault revoked every lease it created together with it.
+            log.info("lease %s: Vault lease %s ended with its issuing token (expired or revoked)",
+                     lease.lease_id, vault_lease)
+            return
+        raise BackendError(f"Vault at {url} refused {doing}: Forbidden: permission denied")
+
+    def _token_alive(self, client: Any) -> bool:
+        import hvac.exceptions
+        import requests
+
+        try:
+            client.auth.token.lookup_self()
+        except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized):
+            return False
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException):
+            return True  # cannot tell: do not conclude the lease is gone
+        return True

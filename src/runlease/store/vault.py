@@ -48,7 +48,10 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -56,11 +59,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from runlease.errors import ConflictError, IntegrityError, InvalidPathError, SecretNotFoundError
-from runlease.errors import RunleaseError, StoreUnavailableError
+from runlease.errors import RunleaseError, StoreAccessDeniedError, StoreUnavailableError
 from runlease.models import SecretInfo, SecretPath, SecretValue, SecretVersion, Stage, utcnow
 from runlease.store.base import Resolved, StoredSecret, metadata_conflicts
 from runlease.store.codec import check_value, decoded, encode_json, malformed
 from runlease.store.options import options_error
+from runlease.store.vault_airflow import AirflowLayout, read_entry, to_value
 from runlease.store.vault_auth import VaultClientOptions, VaultSession, http_status, vault_session
 
 log = logging.getLogger(__name__)
@@ -71,6 +75,10 @@ MIRROR_PREFIX = "runlease-"
 #: How many lost check-and-set rounds a write tolerates before giving up with ConflictError.
 MAX_CAS_ATTEMPTS = 16
 
+#: State records already read in the current read scope (see VaultStore.read_scope).
+_read_scope: ContextVar[dict[tuple[int, str], tuple["_State | None", int]] | None] = ContextVar(
+    "runlease_vault_read_scope", default=None)
+
 
 class VaultOptions(VaultClientOptions):
     """``RUNLEASE_STORE_OPTIONS`` for ``RUNLEASE_STORE=vault``."""
@@ -79,19 +87,33 @@ class VaultOptions(VaultClientOptions):
     mount: str = "secret"
     #: Path prefix inside the mount under which runlease keeps its secrets.
     prefix: str = "runlease"
+    #: Opt-in, read-only: also find secrets written for Airflow's VaultBackend layout
+    #: (runlease.store.vault_airflow); a runlease record of the same path takes precedence.
+    airflow_layout: AirflowLayout | None = None
+
+
+_RFC3339 = re.compile(r"^(?P<head>[^.]+?)(?:\.(?P<fraction>\d+))?(?P<zone>Z|z|[+-]\d{2}:?\d{2})?$")
 
 
 def parse_time(text: str | None) -> datetime:
-    """Vault's RFC 3339 times carry nanoseconds and ``Z``; Python <3.11 accepts neither."""
+    """An aware datetime from Vault's RFC 3339 times and runlease's own ``isoformat()`` stamps.
+
+    Vault writes nanoseconds and ``Z`` (``2024-05-01T10:00:00.123456789Z``),
+    runlease's state record ``+00:00`` with microseconds; Python < 3.11 accepts
+    neither nanoseconds nor ``Z``. The fraction is cut to microseconds and the
+    zone kept (a time without one is UTC), so every result can be compared with
+    ``utcnow()``.
+    """
     if not text:
         return datetime.fromtimestamp(0, timezone.utc)
-    text = text.replace("Z", "+00:00")
-    if "." in text:
-        head, _, rest = text.partition(".")
-        digits = "".join(c for c in rest if c.isdigit())
-        zone = rest[len(digits):]
-        text = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
-    return datetime.fromisoformat(text)
+    match = _RFC3339.match(text.strip())
+    if match is None:
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    fraction = (match["fraction"] or "")[:6].ljust(6, "0")
+    zone = match["zone"] or "+00:00"
+    zone = "+00:00" if zone in ("Z", "z") else zone
+    parsed = datetime.fromisoformat(f"{match['head']}.{fraction}{zone}")
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
 
 
 @dataclass
@@ -184,6 +206,26 @@ class VaultStore:
             f"{self.session.describe()} answered HTTP {http_status(err)} while {what}" + (f": {errors}" if errors else "")
         )
 
+    def _no_kv2(self, what: str) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"{self.session.describe()} has no KV v2 secrets engine at {self.mount!r} (HTTP 404 while {what}); "
+            f"enable one: `vault secrets enable -path={self.mount} kv-v2`"
+        )
+
+    def _raise_if_no_mount(self, err: Exception, what: str) -> None:
+        """A 404 is "no such secret" -- unless Vault says no engine is mounted there at all."""
+        if any("no handler for route" in str(e) for e in (getattr(err, "errors", None) or [])):
+            raise self._no_kv2(what) from None
+
+    def _require_kv2_answer(self, resp: Any, what: str) -> None:
+        """A KV v2 data write answers with the new version; KV v1 answers 204 (and ignored ``cas``)."""
+        version = ((resp or {}).get("data") or {}).get("version") if isinstance(resp, dict) else None
+        if not isinstance(version, int):
+            raise StoreUnavailableError(
+                f"{self.session.describe()}: the mount {self.mount!r} did not answer {what} like KV v2 (no version "
+                "in the response: a KV v1 mount overwrites values and has no check-and-set); runlease needs KV v2"
+            )
+
     # -- low-level KV operations --------------------------------------------------
 
     def _read_state(self, path: SecretPath) -> tuple[_State | None, int]:
@@ -195,7 +237,8 @@ class VaultStore:
         try:
             resp = self._call(what, lambda c: c.secrets.kv.v2.read_secret_version(
                 path=sp, mount_point=self.mount, raise_on_deleted_version=False))
-        except hx.InvalidPath:
+        except hx.InvalidPath as err:
+            self._raise_if_no_mount(err, what)
             return None, 0
         data = (resp or {}).get("data") or {}
         version = int((data.get("metadata") or {}).get("version") or 0)
@@ -203,19 +246,53 @@ class VaultStore:
             return None, version
         return _State.from_data(self._where(sp), data["data"]), version
 
+    @contextmanager
+    def read_scope(self) -> Iterator[None]:
+        """One consistent view for one lookup: inside the block each state record is fetched once.
+
+        A lookup asks "is it held?" (``resolve``), then the broker resolves again and
+        reads the value; without the scope that is the same state record fetched two
+        or three times. Writes never use the memo, and drop what they change. The
+        scope is a context variable: per thread and per task, never shared.
+        """
+        token = _read_scope.set({})
+        try:
+            yield
+        finally:
+            _read_scope.reset(token)
+
+    def _read_state_for_read(self, path: SecretPath) -> tuple[_State | None, int]:
+        memo = _read_scope.get()
+        if memo is None:
+            return self._read_state(path)
+        key = (id(self), str(path))
+        if key not in memo:
+            memo[key] = self._read_state(path)
+        return memo[key]
+
+    def _forget_read(self, path: SecretPath) -> None:
+        memo = _read_scope.get()
+        if memo is not None:
+            memo.pop((id(self), str(path)), None)
+
     def _write_state(self, path: SecretPath, state: _State, cas: int) -> bool:
         """Commit a state record with check-and-set; False when another writer got there first."""
         import hvac.exceptions as hx
 
+        self._forget_read(path)
+
         sp = self._state_path(path)
         what = f"writing {self._where(sp)}"
         try:
-            self._call(what, lambda c: c.secrets.kv.v2.create_or_update_secret(
+            resp = self._call(what, lambda c: c.secrets.kv.v2.create_or_update_secret(
                 path=sp, secret=state.to_data(), cas=cas, mount_point=self.mount))
         except hx.InvalidRequest as err:
             if self._is_cas_error(err):
                 return False
             raise self._unexpected(what, err) from None
+        except hx.InvalidPath:
+            raise self._no_kv2(what) from None
+        self._require_kv2_answer(resp, what)
         return True
 
     def _value_meta(self, path: SecretPath) -> dict[str, Any]:
@@ -223,10 +300,11 @@ class VaultStore:
         import hvac.exceptions as hx
 
         vp = self._value_path(path)
+        what = f"reading metadata of {self._where(vp)}"
         try:
-            resp = self._call(f"reading metadata of {self._where(vp)}", lambda c: c.secrets.kv.v2.read_secret_metadata(
-                path=vp, mount_point=self.mount))
-        except hx.InvalidPath:
+            resp = self._call(what, lambda c: c.secrets.kv.v2.read_secret_metadata(path=vp, mount_point=self.mount))
+        except hx.InvalidPath as err:
+            self._raise_if_no_mount(err, what)
             return {}
         return (resp or {}).get("data") or {}
 
@@ -236,12 +314,15 @@ class VaultStore:
         vp = self._value_path(path)
         what = f"writing {self._where(vp)}"
         try:
-            self._call(what, lambda c: c.secrets.kv.v2.create_or_update_secret(
+            resp = self._call(what, lambda c: c.secrets.kv.v2.create_or_update_secret(
                 path=vp, secret={"value": value}, cas=cas, mount_point=self.mount))
         except hx.InvalidRequest as err:
             if self._is_cas_error(err):
                 return False
             raise self._unexpected(what, err) from None
+        except hx.InvalidPath:
+            raise self._no_kv2(what) from None
+        self._require_kv2_answer(resp, what)
         return True
 
     def _retire(self, path: SecretPath, version: int) -> None:
@@ -250,8 +331,9 @@ class VaultStore:
         try:
             self._call(f"retiring version {version} of {self._where(vp)}", lambda c: c.secrets.kv.v2.delete_secret_versions(
                 path=vp, versions=[version], mount_point=self.mount))
-        except RunleaseError as err:
-            log.warning("could not soft-delete unlabelled version %s of %s: %s", version, path, err)
+        except Exception as err:  # noqa: BLE001 - best effort; the state record is what readers trust
+            log.warning("could not soft-delete unlabelled version %s of %s: %s", version, path,
+                        err if isinstance(err, RunleaseError) else type(err).__name__)
 
     def _mirror(self, path: SecretPath, state: _State, state_version: int, meta: dict[str, Any] | None = None) -> None:
         """Copy the stage labels into the value's custom_metadata (for humans; best effort)."""
@@ -267,8 +349,9 @@ class VaultStore:
             url = f"/v1/{self.mount}/metadata/{vp}"
             self._call(f"writing metadata of {self._where(vp)}", lambda c: c.adapter.post(
                 url, json={"custom_metadata": custom, "cas_required": True}))
-        except RunleaseError as err:
-            log.warning("could not mirror the stages of %s into custom_metadata: %s", path, err)
+        except Exception as err:  # noqa: BLE001 - best effort, for humans only; runlease never reads it
+            log.warning("could not mirror the stages of %s into custom_metadata: %s", path,
+                        err if isinstance(err, RunleaseError) else type(err).__name__)
 
     # -- state transitions ------------------------------------------------------
 
@@ -321,6 +404,13 @@ class VaultStore:
         encode_json(path, value)  # refuse what JSON cannot carry before anything is written
         for _ in range(MAX_CAS_ATTEMPTS):
             state, sv = self._read_state(path)
+            if state is None and self._airflow(path, state) is not None:
+                # Its version numbers would collide with the ones a runlease record starts at.
+                raise ConflictError(
+                    f"{path} is served read-only from Airflow's VaultBackend layout (store option airflow_layout); "
+                    "runlease does not write there and will not shadow it: delete it there first, or turn the "
+                    "option off to keep it only in runlease's layout"
+                )
             self._staged(path, state, 0, stage, cas)  # fail a stale cas before writing anything
             meta = self._value_meta(path)
             version = int(meta.get("current_version") or 0) + 1
@@ -389,8 +479,30 @@ class VaultStore:
 
     # -- SecretStore: reads ----------------------------------------------------------
 
+    # -- Airflow's VaultBackend layout (opt-in, read-only) ------------------------------
+
+    def _airflow(self, path: SecretPath, state: _State | None, version: int | None = None,
+                 stage: Stage | None = Stage.CURRENT, *, decode: bool = False) -> tuple[int, Any, dict[str, Any]] | None:
+        """The Airflow-layout secret for ``path`` when runlease has no record of its own."""
+        layout = self.options.airflow_layout
+        if layout is None or state is not None:
+            return None
+        kv_path = layout.kv_path(path)
+        if kv_path is None or (version is None and stage not in (None, Stage.CURRENT)):
+            return None
+        entry = read_entry(layout, kv_path, self._call, version)
+        if entry is None:
+            return None
+        number, data, meta = entry
+        return number, to_value(path, number, f"Vault {layout.mount}/{kv_path}", data) if decode else None, meta
+
     def resolve(self, path: SecretPath, stage: Stage = Stage.CURRENT) -> Resolved:
-        state = self._live(path, self._read_state(path)[0])
+        state = self._read_state_for_read(path)[0]
+        if self.options.airflow_layout is not None and state is None:
+            found = self._airflow(path, state, stage=stage)
+            if found is not None:
+                return Resolved(version=found[0], metadata={})
+        state = self._live(path, state)
         version = state.stages.get(stage.value)
         if version is None:
             raise SecretNotFoundError(f"secret {path} has no {stage.value} version")
@@ -399,7 +511,12 @@ class VaultStore:
     def get(self, path: SecretPath, *, version: int | None = None, stage: Stage | None = Stage.CURRENT) -> StoredSecret:
         import hvac.exceptions as hx
 
-        state = self._live(path, self._read_state(path)[0])
+        state = self._read_state_for_read(path)[0]
+        if self.options.airflow_layout is not None and state is None:
+            found = self._airflow(path, state, version, stage, decode=True)
+            if found is not None:
+                return StoredSecret(path=path, version=found[0], value=found[1], metadata={})
+        state = self._live(path, state)
         if version is None:
             label = (stage or Stage.CURRENT).value
             if label not in state.stages:
@@ -407,10 +524,12 @@ class VaultStore:
             version = state.stages[label]
         vp = self._value_path(path)
         n = version
+        what = f"reading version {n} of {self._where(vp)}"
         try:
-            resp = self._call(f"reading version {n} of {self._where(vp)}", lambda c: c.secrets.kv.v2.read_secret_version(
+            resp = self._call(what, lambda c: c.secrets.kv.v2.read_secret_version(
                 path=vp, version=n, mount_point=self.mount, raise_on_deleted_version=True))
-        except hx.InvalidPath:
+        except hx.InvalidPath as err:
+            self._raise_if_no_mount(err, what)
             raise SecretNotFoundError(
                 f"secret {path} has no version {n} in {self._where(vp)} (never written, deleted, destroyed, "
                 "or pruned by max_versions)"
@@ -434,6 +553,12 @@ class VaultStore:
 
     def info(self, path: SecretPath) -> SecretInfo:
         state = self._read_state(path)[0]
+        if state is None and self.options.airflow_layout is not None:
+            found = self._airflow(path, state)
+            if found is not None:
+                when = parse_time(found[2].get("created_time"))
+                return SecretInfo(path=path, stages={Stage.CURRENT: found[0]}, versions=found[0],
+                                  created_at=when, updated_at=when, metadata={})
         if state is None:
             raise SecretNotFoundError(f"secret {path} not found")
         return self._info(path, state)
@@ -441,10 +566,11 @@ class VaultStore:
     def _list_dir(self, kv_dir: str) -> list[str]:
         import hvac.exceptions as hx
 
+        what = f"listing {self._where(kv_dir)}/"
         try:
-            resp = self._call(f"listing {self._where(kv_dir)}/", lambda c: c.secrets.kv.v2.list_secrets(
-                path=kv_dir, mount_point=self.mount))
-        except hx.InvalidPath:
+            resp = self._call(what, lambda c: c.secrets.kv.v2.list_secrets(path=kv_dir, mount_point=self.mount))
+        except hx.InvalidPath as err:
+            self._raise_if_no_mount(err, what)
             return []
         return [str(k) for k in ((resp or {}).get("data") or {}).get("keys") or []]
 
@@ -473,10 +599,46 @@ class VaultStore:
                     if state is None or (state.deleted_at is not None and not include_deleted):
                         continue
                     out.append(self._info(path, state))
+        out.extend(self._list_airflow(prefix, {str(i.path) for i in out}))
         return sorted(out, key=lambda i: str(i.path))
+
+    def _list_airflow(self, prefix: str, known: set[str]) -> list[SecretInfo]:
+        """Airflow-layout secrets under ``prefix`` that runlease has no record of (see vault_airflow)."""
+        import hvac.exceptions as hx
+
+        layout = self.options.airflow_layout
+        if layout is None:
+            return []
+        out = []
+        for kind in ("connections", "variables", "config"):
+            base = layout.kv_path(SecretPath.parse(f"{layout.env}/{kind}/x"))
+            head = f"{layout.env}/{kind}/"
+            if base is None or not (head.startswith(prefix) or prefix.startswith(head)):
+                continue
+            folder = base.rpartition("/")[0]
+            try:
+                kv = (lambda c: c.secrets.kv.v1) if layout.kv_version == 1 else (lambda c: c.secrets.kv.v2)
+                resp = self._call(f"listing Vault {layout.mount}/{folder}/",
+                                  lambda c: kv(c).list_secrets(path=folder, mount_point=layout.mount))
+            except hx.InvalidPath:
+                continue
+            for name in ((resp or {}).get("data") or {}).get("keys") or []:
+                text = head + str(name)
+                if str(name).endswith("/") or text in known or not text.startswith(prefix):
+                    continue
+                try:
+                    out.append(self.info(SecretPath.parse(text)))
+                except (InvalidPathError, SecretNotFoundError):
+                    continue
+        return out
 
     def history(self, path: SecretPath) -> list[SecretVersion]:
         state = self._read_state(path)[0]
+        if state is None and self.options.airflow_layout is not None:
+            found = self._airflow(path, state)
+            if found is not None:
+                return [SecretVersion(path=path, version=found[0], created_at=parse_time(found[2].get("created_time")),
+                                      stages=[Stage.CURRENT])]
         if state is None:
             raise SecretNotFoundError(f"secret {path} not found")
         labels: dict[int, list[Stage]] = {}
@@ -496,6 +658,32 @@ class VaultStore:
     # -- operations ---------------------------------------------------------------
 
     def check(self) -> str:
-        """Log in and list the state root: proves address, auth and policy before `init` writes anything."""
+        """Prove address, auth, the mount and the policy before `init` writes anything.
+
+        The mount must be KV version 2: on KV v1 every write would overwrite the
+        last one, without versions or check-and-set, and a missing mount would
+        only show up at the first ``put``. ``sys/internal/ui/mounts/<mount>`` tells
+        the engine type and version to any token with access under the mount.
+        """
+        import hvac.exceptions as hx
+
+        what = f"reading the mount {self.mount!r}"
+        try:
+            resp = self._call(what, lambda c: c.adapter.get(f"/v1/sys/internal/ui/mounts/{self.mount}"))
+        except (hx.InvalidPath, hx.InvalidRequest):
+            raise self._no_kv2(what) from None
+        except StoreAccessDeniedError:
+            raise StoreUnavailableError(
+                f"{self.session.describe()}: no secrets engine at {self.mount!r} that runlease's token can see "
+                f"(missing, or the policy grants nothing under {self.mount}/); runlease needs a KV v2 mount there"
+            ) from None
+        data = (resp or {}).get("data") or {}
+        kind, version = data.get("type"), str((data.get("options") or {}).get("version") or "1")
+        if kind not in ("kv", "generic") or version != "2":
+            described = f"KV version {version}" if kind in ("kv", "generic") else f"a {kind!r} secrets engine"
+            raise StoreUnavailableError(
+                f"{self.session.describe()}: the mount {self.mount!r} is {described}; runlease needs KV version 2 "
+                f"(versions and check-and-set): `vault kv enable-versioning {self.mount}` or another mount"
+            )
         self._list_dir(self._join(STATE_DIR))
         return self.location

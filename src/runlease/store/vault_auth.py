@@ -1,4 +1,4 @@
-"""One authenticated Vault client per process: login, renewal, one re-login on 403.
+"""One authenticated Vault client per process: login, renewal, re-login only when the token is gone.
 
 Why one session per process: every login creates a Vault token (and, for
 AppRole, may consume a use-limited secret id). A task that resolves ten
@@ -8,12 +8,20 @@ pid is part of the key because a forked child (Airflow's LocalExecutor forks
 task processes) must not share the parent's HTTP connection pool.
 
 Lifecycle: the first request logs in; afterwards the token is renewed
-(``renew-self``) once two thirds of its TTL have passed, and replaced by a
-fresh login when it is not renewable or renewal fails. A request answered
-with 403 triggers exactly one fresh login and one retry (the token may have
-been revoked or hit its max TTL); a second 403 is a policy problem and
-becomes a :class:`StoreAccessDeniedError` naming the address, the operation
-and the auth method.
+(``renew-self``) once two thirds of its TTL have passed. Vault caps every
+renewal at the token's max TTL; once a renewal comes back shorter than the
+token's TTL (the cap is near), or the token is not renewable, the next
+scheduled refresh is a fresh login instead -- still at two thirds of the
+remaining TTL, so no request ever meets an expired token. A renewal Vault
+refuses (HTTP 500 "past the max TTL", 403) is also replaced by a login.
+
+A request answered with 403 is *not* taken as an expired token: Vault answers
+403 both for a policy denial and for a dead token. runlease asks
+``auth/token/lookup-self`` (in Vault's ``default`` policy): if the token is
+alive, the 403 was a denial and becomes a :class:`StoreAccessDeniedError`
+naming the address, the operation and the auth method, with no new login
+(a denial must not burn a use-limited AppRole secret id or mint tokens);
+only a dead token costs one fresh login and one retry.
 
 Credentials are never accepted inline in ``RUNLEASE_STORE_OPTIONS`` (which
 ends up in process listings, settings dumps and CI logs): tokens, secret ids
@@ -21,7 +29,7 @@ and JWTs come from files or named environment variables, and files are
 re-read at every login because Kubernetes rotates projected service-account
 tokens and CI systems mint a new ID token per job.
 
-Vault API references (response shapes used here and in the test fake):
+Vault API references (response shapes used here; the tests run against a real OpenBao server):
 - token lookup-self / renew-self: https://developer.hashicorp.com/vault/api-docs/auth/token
 - AppRole login: https://developer.hashicorp.com/vault/api-docs/auth/approle#login-with-approle
 - Kubernetes login: https://developer.hashicorp.com/vault/api-docs/auth/kubernetes#login
@@ -93,28 +101,39 @@ class VaultClientOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    #: ``https://vault.example:8200``; defaults to ``VAULT_ADDR``.
+    #: ``https://vault.example:8200``; defaults to ``VAULT_ADDR`` (or OpenBao's ``BAO_ADDR``).
     address: str | None = None
-    #: Vault Enterprise namespace (sent as ``X-Vault-Namespace``); defaults to ``VAULT_NAMESPACE``.
+    #: Vault Enterprise namespace (sent as ``X-Vault-Namespace``); defaults to ``VAULT_NAMESPACE``/``BAO_NAMESPACE``.
     namespace: str | None = None
     #: Seconds for connecting and for each response; every request is bounded by it.
     timeout: float = Field(default=10.0, gt=0, le=300)
-    #: TLS verification: true, false, or a CA bundle path; defaults to ``VAULT_CACERT`` when set.
+    #: TLS verification: true, false, or a CA bundle path; defaults to ``VAULT_CACERT``/``BAO_CACERT`` when set.
     verify: bool | str | None = None
     auth: VaultAuthOptions = Field(default_factory=VaultAuthOptions)
 
     def resolved(self) -> "VaultClientOptions":
-        """Fill address/namespace/verify from Vault's standard environment variables."""
-        address = self.address or os.environ.get("VAULT_ADDR")
+        """Fill address/namespace/verify from Vault's (or OpenBao's) standard environment variables."""
+        address = self.address or env_setting("ADDR")
         if not address:
-            raise ConfigError("no Vault address: set RUNLEASE_STORE_OPTIONS {\"address\": ...} or VAULT_ADDR")
+            raise ConfigError(
+                "no Vault address: set RUNLEASE_STORE_OPTIONS {\"address\": ...}, VAULT_ADDR or BAO_ADDR")
         if not address.startswith(("http://", "https://")):
             raise ConfigError(f"Vault address {address!r} must start with http:// or https://")
-        namespace = self.namespace if self.namespace is not None else os.environ.get("VAULT_NAMESPACE") or None
+        namespace = self.namespace if self.namespace is not None else env_setting("NAMESPACE")
         verify = self.verify
+        source = "store option 'verify'"
         if verify is None:
-            verify = os.environ.get("VAULT_CACERT") or True
+            cacert = env_setting("CACERT")
+            source = "VAULT_CACERT" if os.environ.get("VAULT_CACERT") else "BAO_CACERT"
+            verify = cacert or True
+        if isinstance(verify, str) and not Path(verify).is_file():
+            raise ConfigError(f"Vault CA bundle {verify} (from {source}) does not exist or is not a file")
         return self.model_copy(update={"address": address.rstrip("/"), "namespace": namespace, "verify": verify})
+
+
+def env_setting(name: str) -> str | None:
+    """``VAULT_<name>``, else OpenBao's ``BAO_<name>`` (the same settings under its own prefix)."""
+    return os.environ.get(f"VAULT_{name}") or os.environ.get(f"BAO_{name}") or None
 
 
 def _read_secret_file(path: Path, what: str) -> str:
@@ -132,6 +151,8 @@ def _from_env_or_file(env: str | None, path: Path | None, what: str) -> str | No
         return _read_secret_file(path, what)
     if env and os.environ.get(env):
         return os.environ[env].strip()
+    if env and env.startswith("VAULT_") and os.environ.get("BAO_" + env[6:]):
+        return os.environ["BAO_" + env[6:]].strip()  # OpenBao's name for the same variable
     return None
 
 
@@ -147,9 +168,17 @@ def http_status(err: Exception) -> int | None:
     return None
 
 
-def _correlated_http_session(verify: bool | str) -> Any:
-    """A requests.Session that stamps ``X-Correlation-ID`` on every request it sends."""
+def correlated_http_session(verify: bool | str, address: str) -> Any:
+    """A requests.Session for ``address`` that stamps ``X-Correlation-ID`` on every request it sends.
+
+    The environment's proxy settings (``HTTPS_PROXY``, ``NO_PROXY``, ...) and CA bundle
+    (``REQUESTS_CA_BUNDLE``) are read once, here, for this address: with
+    ``trust_env`` on, requests scans the whole environment twice per request, a
+    third of a millisecond per Vault call on a worker's environment -- as much as
+    the rest of a cached lookup.
+    """
     import requests
+    import requests.utils
 
     class CorrelatedSession(requests.Session):
         def request(self, method: Any, url: Any, *args: Any, headers: Any = None, **kwargs: Any) -> Any:
@@ -158,12 +187,16 @@ def _correlated_http_session(verify: bool | str) -> Any:
             return super().request(method, url, *args, headers=merged, **kwargs)
 
     session = CorrelatedSession()
+    session.proxies.update(requests.utils.get_environ_proxies(address))  # honours NO_PROXY for this address
+    if verify is True:
+        verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     session.verify = verify
+    session.trust_env = False
     return session
 
 
 class VaultSession:
-    """An hvac client that is logged in, kept renewed, and re-logged in once on 403."""
+    """An hvac client that is logged in, kept renewed, and logged in again only when its token is gone."""
 
     def __init__(self, options: VaultClientOptions, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.options = options.resolved()
@@ -174,10 +207,15 @@ class VaultSession:
         self._client: Any = None
         self._generation = 0
         self._renew_at: float | None = None
+        self._expires_at: float | None = None
+        self._ttl: float | None = None
         self._renewable = False
+        #: Set when Vault granted less than the token's TTL (its max TTL is near): log in next time.
+        self._relogin_next = False
         #: Counters an operator (and the tests) can read: how often we logged in / renewed.
         self.logins = 0
         self.renewals = 0
+        self.denials = 0
 
     # -- public ---------------------------------------------------------------
 
@@ -186,7 +224,7 @@ class VaultSession:
         return f"Vault at {self.address}{ns} ({self.auth.method} auth at auth/{self.auth.mount_path})"
 
     def call(self, what: str, fn: Callable[[Any], T]) -> T:
-        """Run ``fn(client)``; on 403 log in once more and retry once, then fail clearly."""
+        """Run ``fn(client)``. On 403: a live token means a denial (raised at once); a dead one, one re-login."""
         import hvac.exceptions as hx
 
         with self._lock:
@@ -194,19 +232,39 @@ class VaultSession:
             generation = self._generation
         try:
             return self._transport(what, lambda: fn(client))
-        except (hx.Forbidden, hx.Unauthorized):
-            pass
+        except (hx.Forbidden, hx.Unauthorized) as err:
+            first = err
         with self._lock:
             if self._generation == generation:  # nobody re-logged in meanwhile
+                if self._token_alive(client):
+                    self.denials += 1
+                    raise self._denied(what, first, relogin=False)
                 self._login(what)
             client = self._client
         try:
             return self._transport(what, lambda: fn(client))
         except (hx.Forbidden, hx.Unauthorized) as err:
-            raise StoreAccessDeniedError(
-                f"{self.describe()} denied {what} (HTTP {http_status(err)}) even after a fresh login; "
-                "check the Vault policy attached to runlease's role"
-            ) from None
+            self.denials += 1
+            raise self._denied(what, err, relogin=True) from None
+
+    def _denied(self, what: str, err: Exception, *, relogin: bool) -> StoreAccessDeniedError:
+        after = " even after a fresh login" if relogin else " (the token is valid: this is the policy's answer)"
+        return StoreAccessDeniedError(
+            f"{self.describe()} denied {what} (HTTP {http_status(err)}){after}; "
+            "check the Vault policy attached to runlease's role"
+        )
+
+    def _token_alive(self, client: Any) -> bool:
+        """Is the token still valid? ``lookup-self`` is in Vault's default policy; a dead token gets 403."""
+        import hvac.exceptions as hx
+
+        if self._expires_at is not None and self._clock() >= self._expires_at:
+            return False
+        try:
+            self._transport("looking up the token", lambda: client.auth.token.lookup_self())
+        except (hx.Forbidden, hx.Unauthorized):
+            return False
+        return True
 
     # -- login and renewal ------------------------------------------------------
 
@@ -222,23 +280,37 @@ class VaultSession:
     def _new_client(self) -> Any:
         import hvac
 
+        session = correlated_http_session(self.options.verify, self.address)  # type: ignore[arg-type]
         client = hvac.Client(
             url=self.address,
             token=None,
-            verify=self.options.verify,
+            verify=session.verify,
             timeout=self.options.timeout,
-            session=_correlated_http_session(self.options.verify),  # type: ignore[arg-type]
+            session=session,
             namespace=self.options.namespace,
         )
         client.token = None  # hvac reads VAULT_TOKEN/~/.vault-token by default; we choose explicitly
         return client
 
-    def _schedule(self, ttl: int | float | None, renewable: bool) -> None:
+    def _schedule(self, ttl: int | float | None, renewable: bool, *, login: bool) -> None:
         now = self._clock()
+        if not ttl and not login:
+            # A renewal granted nothing (the max TTL is reached): log in before the next request.
+            self._relogin_next, self._renew_at = True, now
+            return
         if ttl:
-            self._renew_at = now + float(ttl) * RENEW_FRACTION
+            ttl = float(ttl)
+            if login:
+                self._ttl = ttl
+            elif self._ttl is not None and ttl < self._ttl:
+                # Vault capped the renewal at the token's max TTL: renewing again would only shrink
+                # further (then fail with 500, then 403). The next refresh is a fresh login instead.
+                self._relogin_next = True
+            self._renew_at = now + ttl * RENEW_FRACTION
+            self._expires_at = now + ttl
         else:  # ttl 0: a token that never expires (e.g. a root or periodic-less token)
             self._renew_at = None
+            self._expires_at = None
         self._renewable = bool(renewable)
 
     def _login(self, what: str) -> None:
@@ -248,17 +320,18 @@ class VaultSession:
         self._client = client
         auth = self.auth
         mount = auth.mount_path
+        self._relogin_next = False
         try:
             if auth.method == "token":
                 token = _from_env_or_file(auth.token_env, auth.token_file, "Vault token")
                 if not token:
                     raise ConfigError(
-                        f"no Vault token: set {auth.token_env} or store_options.auth.token_file"
+                        f"no Vault token: set {auth.token_env} (or BAO_TOKEN) or store_options.auth.token_file"
                     )
                 client.token = token
                 data = self._transport("looking up the token", lambda: client.auth.token.lookup_self(mount_point=mount))
                 info = data.get("data") or {}
-                self._schedule(info.get("ttl"), info.get("renewable", False))
+                self._schedule(info.get("ttl"), info.get("renewable", False), login=True)
             else:
                 client.token = None  # a login request must not carry the token it replaces
                 response = self._transport(f"logging in with {auth.method}", lambda: self._login_request(client))
@@ -266,7 +339,7 @@ class VaultSession:
                 if not info.get("client_token"):
                     raise StoreAccessDeniedError(f"{self.describe()}: login returned no client token")
                 client.token = info["client_token"]
-                self._schedule(info.get("lease_duration"), info.get("renewable", False))
+                self._schedule(info.get("lease_duration"), info.get("renewable", False), login=True)
         except (hx.Forbidden, hx.Unauthorized, hx.InvalidRequest, hx.InvalidPath) as err:
             client.token = None
             errors = "; ".join(str(e) for e in (err.errors or [])) or f"HTTP {http_status(err)}"
@@ -291,31 +364,40 @@ class VaultSession:
     def _renew(self, what: str) -> None:
         import hvac.exceptions as hx
 
-        if not self._renewable:
+        if not self._renewable or self._relogin_next:
             self._login(what)
             return
         client = self._client
         try:
-            response = self._transport("renewing the token", lambda: client.auth.token.renew_self())
-        except (hx.Forbidden, hx.Unauthorized, hx.InvalidRequest):
+            response = self._transport("renewing the token", lambda: client.auth.token.renew_self(),
+                                       passthrough=(hx.InternalServerError,))
+        except (hx.Forbidden, hx.Unauthorized, hx.InvalidRequest, hx.InternalServerError):
+            # 500 "past the max TTL, cannot renew", or a token revoked meanwhile: a new login, not an error.
             self._login(what)
             return
         info = response.get("auth") or {}
-        self._schedule(info.get("lease_duration"), info.get("renewable", False))
+        self._schedule(info.get("lease_duration"), info.get("renewable", False), login=False)
         self.renewals += 1
 
     # -- transport errors ---------------------------------------------------------
 
-    def _transport(self, what: str, fn: Callable[[], T]) -> T:
-        """Turn connection failures and 5xx answers into one clear error naming the address."""
+    def _transport(self, what: str, fn: Callable[[], T], passthrough: tuple[type[Exception], ...] = ()) -> T:
+        """Turn connection, TLS and 5xx failures into one clear error naming the address."""
         import hvac.exceptions as hx
         import requests
 
         try:
             return fn()
+        except passthrough:
+            raise
         except requests.exceptions.Timeout:
             raise StoreUnavailableError(
                 f"{self.describe()} did not answer within {self.options.timeout:g}s while {what}"
+            ) from None
+        except requests.exceptions.SSLError as err:
+            raise StoreUnavailableError(
+                f"{self.describe()}: TLS handshake failed while {what} ({tls_reason(err)}); check the server "
+                "certificate and the CA bundle (store option 'verify', VAULT_CACERT or BAO_CACERT)"
             ) from None
         except requests.exceptions.ConnectionError as err:
             reason = type(err).__name__
@@ -328,6 +410,17 @@ class VaultSession:
             raise StoreUnavailableError(
                 f"{self.describe()} answered HTTP {http_status(err) or 'error'} while {what}" + (f": {errors}" if errors else "")
             ) from None
+
+
+def tls_reason(err: Exception) -> str:
+    """The TLS problem in a few words (certificate verify failed, wrong version, ...), nothing else."""
+    text = str(err)
+    for marker in ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "WRONG_VERSION_NUMBER",
+                   "wrong version number", "hostname mismatch", "self-signed certificate", "self signed certificate",
+                   "unable to get local issuer certificate", "certificate has expired"):
+        if marker in text:
+            return marker.lower().replace("_", " ")
+    return "SSLError"
 
 
 _sessions: dict[tuple[int, str], VaultSession] = {}

@@ -1,12 +1,12 @@
-"""Fixtures for the store tests: a moto server, fake and live Vault, and one store per backend.
+"""Fixtures for the store tests: a moto server, OpenBao (and a live Vault), and one store per backend.
 
 * AWS: one moto ``ThreadedMotoServer`` on 127.0.0.1 and a free port for the
   whole session, reached by boto3 over HTTP (``endpoint_url``); each test gets
   its own secret-name prefix.
-* Vault: :mod:`fake_vault` (Vault's documented HTTP API, in process). When
-  ``VAULT_ADDR`` and ``VAULT_TOKEN`` are set, the same contract tests also run
-  against that live Vault (``vault server -dev`` is enough; see docs/stores.md),
-  each test under its own prefix, purged afterwards.
+* Vault: the session's real OpenBao server (:mod:`support.openbao`), each
+  test under its own prefix. When ``VAULT_ADDR`` and ``VAULT_TOKEN`` are set,
+  the same contract tests also run against that Vault (``vault-live``; see
+  docs/stores.md), each test under its own prefix, purged afterwards.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from fake_vault import FakeVault
 from store_support import aws_options, free_port, purge_aws_prefix, purge_vault_prefix, vault_options
 from runlease.crypto import Keyring, new_key
 from runlease.db import Database
@@ -52,25 +51,6 @@ def moto_url() -> Iterator[str]:
     finally:
         server.stop()
         mp.undo()
-
-
-@pytest.fixture(scope="session")
-def session_vault() -> Iterator[FakeVault]:
-    fake = FakeVault().start()
-    try:
-        yield fake
-    finally:
-        fake.stop()
-
-
-@pytest.fixture()
-def fake_vault() -> Iterator[FakeVault]:
-    """A fresh fake Vault for tests that count logins or change tokens."""
-    fake = FakeVault().start()
-    try:
-        yield fake
-    finally:
-        fake.stop()
 
 
 class StoreFactory:
@@ -111,7 +91,7 @@ class StoreFactory:
             from runlease.store.vault import VaultStore
 
             if self._options is None:
-                self._options = vault_options(self.request.getfixturevalue("session_vault"), self.tmp_path)
+                self._options = vault_options(self.request.getfixturevalue("openbao"), self.tmp_path)
             store = VaultStore.from_options(self._options)
         else:
             from runlease.store.vault import VaultStore

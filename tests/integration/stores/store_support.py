@@ -1,4 +1,4 @@
-"""Helpers shared by the store tests (options for the fake Vault and moto, ports, cleanup)."""
+"""Helpers shared by the store tests (options for OpenBao and moto, ports, cleanup)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fake_vault import FakeVault
+from support.openbao import OpenBao
 
 
 def free_port() -> int:
@@ -23,13 +23,13 @@ def token_file(tmp_path: Path, token: str) -> Path:
     return path
 
 
-def vault_options(fake: FakeVault, tmp_path: Path, **extra: Any) -> dict[str, Any]:
-    """Store options for the fake, logging in with the root token from a file."""
+def vault_options(bao: OpenBao, tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    """Store options for the OpenBao server, logging in with the root token from a file."""
     opts: dict[str, Any] = {
-        "address": fake.url,
+        "address": bao.url,
         "prefix": f"rltest-{uuid.uuid4().hex[:10]}",
         "timeout": 5,
-        "auth": {"method": "token", "token_file": str(token_file(tmp_path, fake.root_token))},
+        "auth": {"method": "token", "token_file": str(token_file(tmp_path, bao.root_token))},
     }
     opts.update(extra)
     return opts

@@ -1,4 +1,4 @@
-"""The SecretStore contract: the same tests against local, AWS (moto over HTTP) and Vault (fake; live if configured).
+"""The SecretStore contract: the same tests against local, AWS (moto over HTTP) and Vault (OpenBao; a live Vault if configured).
 
 The local store is the reference: every assertion here is what LocalStore
 does, and the remote stores must do exactly the same.

@@ -1,0 +1,122 @@
+"""Read secrets written for Airflow's ``VaultBackend`` layout, so a team can switch without rewriting them.
+
+Airflow's hashicorp provider (``airflow.providers.hashicorp.secrets.vault.VaultBackend``)
+reads ``<mount>/<connections_path>/<conn_id>``, ``<mount>/<variables_path>/<key>`` and
+``<mount>/<config_path>/<key>`` on a KV v2 (default) or v1 mount, and:
+
+* a connection is the secret's ``conn_uri`` field when present (a URI),
+  otherwise the secret's data map itself, serialized as Airflow's JSON
+  connection format (``conn_type``, ``host``, ``login``, ``password``,
+  ``schema``, ``port``, ``extra``);
+* a variable or config value is the secret's ``value`` field.
+
+With the Vault store option ``airflow_layout`` (opt-in), a runlease path
+``<env>/<kind>/<name>`` in the configured environment that has no runlease
+record of its own is looked up there: it resolves to one CURRENT version
+(the KV v2 version; 1 on KV v1), with no PENDING/PREVIOUS and no runlease
+metadata, so it is leased with the ``static`` issuer, audited, masked and
+revoked like any other secret. runlease never writes to these paths: a
+``runlease put`` of the same path creates a runlease record, which then takes
+precedence (that is how a secret is migrated to runlease's layout).
+
+Only the path segment from runlease's name is used (one segment: a name
+cannot climb out of the configured base path).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from runlease.models import SecretPath, SecretValue
+from runlease.store.codec import malformed
+
+#: The connection fields Airflow's JSON connection format knows.
+CONNECTION_FIELDS = ("conn_type", "host", "login", "password", "schema", "port", "extra", "description")
+_SEGMENT = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
+
+
+class AirflowLayout(BaseModel):
+    """Where Airflow's VaultBackend keeps secrets (the same names as its backend_kwargs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: The runlease environment these secrets answer for (Airflow's layout has none).
+    env: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    #: Airflow's ``mount_point``.
+    mount: str = Field(default="secret", pattern=_SEGMENT)
+    #: Airflow's ``kv_engine_version``.
+    kv_version: Literal[1, 2] = 2
+    connections_path: str | None = Field(default="connections", pattern=_SEGMENT)
+    variables_path: str | None = Field(default="variables", pattern=_SEGMENT)
+    config_path: str | None = Field(default="config", pattern=_SEGMENT)
+
+    def kv_path(self, path: SecretPath) -> str | None:
+        """The Airflow-layout KV path for ``path``, None when the layout does not cover it."""
+        if path.env != self.env or "/" in path.name:
+            return None
+        base = {"connections": self.connections_path, "variables": self.variables_path,
+                "config": self.config_path}.get(path.kind)
+        return f"{base.strip('/')}/{path.name}" if base else None
+
+
+def _connection(path: SecretPath, version: int, where: str, data: dict[str, Any]) -> SecretValue:
+    uri = data.get("conn_uri")
+    if uri:
+        if not isinstance(uri, str):
+            raise malformed(path, version, where, "'conn_uri' is not a string")
+        return uri
+    conn = {k: data[k] for k in CONNECTION_FIELDS if k in data and data[k] is not None}
+    if not conn:
+        raise malformed(path, version, where, "neither 'conn_uri' nor connection fields (conn_type, host, ...)")
+    extra = conn.get("extra")
+    if isinstance(extra, str):
+        try:
+            parsed = json.loads(extra)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            conn["extra"] = parsed
+    if "port" in conn:
+        try:
+            conn["port"] = int(conn["port"])
+        except (TypeError, ValueError):
+            raise malformed(path, version, where, "'port' is not a number") from None
+    return conn
+
+
+def to_value(path: SecretPath, version: int, where: str, data: Any) -> SecretValue:
+    """What Airflow's VaultBackend would hand out for this secret, as a runlease value."""
+    if not isinstance(data, dict):
+        raise malformed(path, version, where, "expected a KV data map")
+    if path.kind == "connections":
+        return _connection(path, version, where, data)
+    if "value" not in data:
+        raise malformed(path, version, where, "no 'value' field (Airflow's layout for variables and config)")
+    value = data["value"]
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def read_entry(layout: AirflowLayout, kv_path: str, call: Callable[[str, Callable[[Any], Any]], Any],
+               version: int | None = None) -> tuple[int, Any, dict[str, Any]] | None:
+    """``(version, data map, kv metadata)`` of an Airflow-layout secret, None when it does not exist."""
+    import hvac.exceptions as hx
+
+    where = f"Vault {layout.mount}/{kv_path}"
+    try:
+        if layout.kv_version == 1:
+            if version not in (None, 1):
+                return None
+            resp = call(f"reading {where}", lambda c: c.secrets.kv.v1.read_secret(
+                path=kv_path, mount_point=layout.mount))
+            return 1, (resp or {}).get("data"), {}
+        resp = call(f"reading {where}", lambda c: c.secrets.kv.v2.read_secret_version(
+            path=kv_path, version=version, mount_point=layout.mount, raise_on_deleted_version=True))
+    except hx.InvalidPath:
+        return None
+    data = (resp or {}).get("data") or {}
+    meta = data.get("metadata") or {}
+    return int(meta.get("version") or 1), data.get("data"), meta
+
