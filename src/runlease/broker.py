@@ -21,7 +21,13 @@ from pydantic import Secret
 from runlease.cache import RotationAwareCache
 from runlease.connection import sensitive_strings
 from runlease.correlation import correlated
-from runlease.errors import AccessDeniedError, InvalidValueError, RevocationIncompleteError, SecretNotFoundError
+from runlease.errors import (
+    AccessDeniedError,
+    InvalidValueError,
+    RevocationIncompleteError,
+    RunleaseError,
+    SecretNotFoundError,
+)
 from runlease.issuers import IssuerRegistry
 from runlease.ledger.base import Ledger
 from runlease.models import (
@@ -149,7 +155,16 @@ class Broker:
         issuer_name = str(secret.metadata.get("issuer", "static"))
         issuer = self.issuers.get(issuer_name)
         lease_id = new_lease_id()
-        issued = issuer.issue(secret, identity, lease_id, duration)
+        try:
+            issued = issuer.issue(secret, identity, lease_id, duration)
+        except Exception as err:
+            # A refused issuance (STS AssumeRole denied, a database down) is part of the trail too.
+            self.ledger.append(AuditEvent.for_identity(
+                identity, action="lease", outcome=Outcome.ERROR, path=str(path), version=secret.version,
+                lease_id=lease_id, detail={**(detail or {}), "issuer": issuer_name, "stage": stage.value,
+                                           "error": type(err).__name__},
+            ))
+            raise
         self.mask(issued.value)
         now = self.clock()
         expires = now + duration
@@ -347,16 +362,39 @@ class Broker:
 
     @correlated
     def put(self, ref: str | SecretPath, value: SecretValue, identity: RunIdentity, *, kind: str = "connections",
-            cas: int | None = None, stage: Stage = Stage.CURRENT) -> int:
-        """Write a new version; the write and its audit event commit together on the local store."""
+            cas: int | None = None, stage: Stage = Stage.CURRENT, metadata: dict[str, Any] | None = None) -> int:
+        """Write a new version; the write and its audit event commit together on the local store.
+
+        ``metadata`` (issuer settings) must apply to the new version from the
+        moment it is readable: a store that can (``put_takes_metadata``, AWS)
+        does it inside the put; otherwise it is written in the same ledger
+        transaction. A failed write (other than refused input) is audited with
+        outcome error: a remote store may have done part of it.
+        """
         path = self.path(ref, kind)
         self.authorize(identity, path, Capability.ADMIN, "write")
-        with self.ledger.atomic():
-            version = self.store.put(path, value, cas=cas, stage=stage)
+        detail: dict[str, Any] = {"stage": stage.value, "cas": cas}
+        if metadata:
+            detail["metadata_keys"] = sorted(metadata)
+        try:
+            with self.ledger.atomic():
+                if metadata and getattr(self.store, "put_takes_metadata", False):
+                    version = self.store.put(path, value, cas=cas, stage=stage, metadata=metadata)  # type: ignore[call-arg]
+                else:
+                    version = self.store.put(path, value, cas=cas, stage=stage)
+                    if metadata:
+                        self.store.update_metadata(path, metadata)
+                self.ledger.append(AuditEvent.for_identity(
+                    identity, action="write", path=str(path), version=version, detail=detail,
+                ))
+        except InvalidValueError:
+            raise  # bad input: refused before anything was written
+        except RunleaseError as err:
             self.ledger.append(AuditEvent.for_identity(
-                identity, action="write", path=str(path), version=version,
-                detail={"stage": stage.value, "cas": cas},
+                identity, action="write", path=str(path), outcome=Outcome.ERROR,
+                detail={**detail, "error": type(err).__name__, "message": str(err)[:500]},
             ))
+            raise
         return version
 
     @correlated

@@ -116,9 +116,9 @@ def put(
         if issuer is not None:
             check_issuer_metadata(rt, secret_path, issuer, opts)
         stage = Stage.PENDING if pending else Stage.CURRENT
-        version = rt.broker.put(secret_path, value, cli_identity("put"), cas=cas, stage=stage)
-        if issuer is not None:
-            rt.store.update_metadata(secret_path, {"issuer": issuer, **opts})
+        # The settings go in with the write, so no reader sees the value under other settings (issue 16).
+        metadata = {"issuer": issuer, **opts} if issuer is not None else None
+        version = rt.broker.put(secret_path, value, cli_identity("put"), cas=cas, stage=stage, metadata=metadata)
     console.print(f"wrote {secret_path} version {version} ({stage.value})")
 
 
