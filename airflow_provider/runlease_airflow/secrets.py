@@ -42,8 +42,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from runlease.connection import parse_connection
-from runlease.errors import AccessDeniedError, ConfigError, RunleaseError, SecretNotFoundError
+from runlease.connection import connection_from_dict, parse_connection
+from runlease.errors import AccessDeniedError, ConfigError, InvalidValueError, RunleaseError, SecretNotFoundError
 from runlease.models import SecretPath, SecretValue
 
 from runlease_airflow.config import BACKEND, BackendConfig
@@ -129,10 +129,7 @@ class RunleaseBackend(BaseSecretsBackend):
         value = self._resolve("connections", conn_id)
         if value is None:
             return None
-        if isinstance(value, str):
-            # Stored as a bare URI or JSON string; parse_connection names the field, never the value.
-            return parse_connection(value)
-        return value
+        return _as_connection(value, conn_id, self.config.path_for("connections", conn_id))
 
     def _resolve(self, secret_type: str, secret_id: str) -> SecretValue | None:
         path = self.config.path_for(secret_type, secret_id)
@@ -141,9 +138,10 @@ class RunleaseBackend(BaseSecretsBackend):
         caller = current_caller()
         try:
             if caller.leases:
-                return self._lease(path, caller)
-            self.broker.store.resolve(path)  # not held -> SecretNotFoundError -> fall through, see 3.
-            value = self.broker.read(path, caller.identity, kind=path.kind, detail={"phase": caller.phase}).value
+                return self._lease(path, caller, secret_id)
+            stored = self._fetch(path, secret_id)
+            value = self.broker.read(path, caller.identity, kind=path.kind, detail={"phase": caller.phase},
+                                     fetched=stored).value
         except SecretNotFoundError:
             return None
         except AccessDeniedError as err:
@@ -151,7 +149,19 @@ class RunleaseBackend(BaseSecretsBackend):
         protect(value)
         return value
 
-    def _lease(self, path: SecretPath, caller: Caller) -> SecretValue:
+    def _fetch(self, path: SecretPath, secret_id: str) -> Any:
+        """Read CURRENT through the broker's cache: not held -> SecretNotFoundError (fall through, see 3.).
+
+        A connection is validated here, *before* anything is leased or read
+        on the record: a malformed one must not leave an active lease behind.
+        One round trip on AWS (the broker reuses what was read).
+        """
+        stored = self.state.runtime.broker.cache.get(path)
+        if path.kind == "connections":
+            _as_connection(stored.value, secret_id, path)
+        return stored
+
+    def _lease(self, path: SecretPath, caller: Caller, secret_id: str) -> SecretValue:
         state = self._state
         broker = state.runtime.broker
         if self.config.cache:
@@ -164,9 +174,24 @@ class RunleaseBackend(BaseSecretsBackend):
             if cached is not None:
                 # Protected when it was leased: the cache lives in this process only.
                 return cached.value
-        broker.store.resolve(path)  # not held -> SecretNotFoundError -> fall through (module docstring, 3.)
-        lease = broker.lease(path, caller.identity, self.config.ttl, kind=path.kind, detail={"phase": caller.phase})
+        stored = self._fetch(path, secret_id)  # not held -> fall through (module docstring, 3.); validated
+        lease = broker.lease(path, caller.identity, self.config.ttl, kind=path.kind, detail={"phase": caller.phase},
+                             fetched=stored)
         protect(lease.value)
         if self.config.cache:
             state.leases.put(lease)
         return lease.value
+
+
+def _as_connection(value: Any, conn_id: str, path: SecretPath | None) -> dict[str, Any]:
+    """A stored or leased connection in canonical form; errors name the path and conn id, never the value.
+
+    A URI or JSON string is parsed, a dict validated (``port`` must be an
+    integer, ``extra`` an object), exactly as ``runlease put`` does.
+    """
+    try:
+        if isinstance(value, str):
+            return parse_connection(value)
+        return connection_from_dict(value)
+    except InvalidValueError as err:
+        raise InvalidValueError(f"{BACKEND}: connection {conn_id!r} ({path}): {err}") from None

@@ -141,17 +141,20 @@ class Broker:
         kind: str = "connections",
         stage: Stage = Stage.CURRENT,
         detail: dict[str, Any] | None = None,
+        fetched: StoredSecret | None = None,
     ) -> Lease:
         """Hand ``identity`` a credential for ``ref`` (a path, or an ID in the default env).
 
         ``detail`` adds small non-secret facts to the audit event (an adapter's
         phase, e.g. Airflow's template rendering vs. execute); the broker's own
-        keys win over the caller's.
+        keys win over the caller's. ``fetched``: what the adapter just read
+        through :attr:`cache` for this path and stage (to check it exists and is
+        well-formed before leasing), so a remote store is not asked twice.
         """
         path = self.path(ref, kind)
         self.authorize(identity, path, Capability.LEASE, "lease")
         duration = self._ttl(ttl)
-        secret = self.cache.get(path, stage)
+        secret = self._fetched(path, fetched) or self.cache.get(path, stage)
         issuer_name = str(secret.metadata.get("issuer", "static"))
         issuer = self.issuers.get(issuer_name)
         lease_id = new_lease_id()
@@ -186,6 +189,12 @@ class Broker:
             issuer.revoke(lease)
             raise
         return lease
+
+    @staticmethod
+    def _fetched(path: SecretPath, fetched: StoredSecret | None) -> StoredSecret | None:
+        if fetched is not None and fetched.path != path:
+            raise InvalidValueError(f"a value read for {fetched.path} was passed for {path}")
+        return fetched
 
     def _close(self, lease: Lease, new_state: LeaseState, reason: str,
                actor: RunIdentity | None) -> bool:
@@ -306,14 +315,15 @@ class Broker:
     @correlated
     def read(self, ref: str | SecretPath, identity: RunIdentity, *, kind: str = "connections",
              version: int | None = None, stage: Stage = Stage.CURRENT, revealed: bool = False,
-             detail: dict[str, Any] | None = None) -> StoredSecret:
+             detail: dict[str, Any] | None = None, fetched: StoredSecret | None = None) -> StoredSecret:
         """Read a value without a lease (CLI ``get``); audited, and masked from here on.
 
-        ``detail`` adds non-secret facts to the audit event, as for :meth:`lease`.
+        ``detail`` adds non-secret facts to the audit event, ``fetched`` saves a
+        second store round trip, both as for :meth:`lease`.
         """
         path = self.path(ref, kind)
         self.authorize(identity, path, Capability.READ, "read")
-        secret = self.cache.get(path, stage, version)
+        secret = (self._fetched(path, fetched) if version is None else None) or self.cache.get(path, stage, version)
         self.mask(secret.value)
         self.ledger.append(AuditEvent.for_identity(
             identity, action="read", path=str(path), version=secret.version,
