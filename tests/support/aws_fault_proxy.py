@@ -28,6 +28,8 @@ class FaultProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
         self.deny: set[str] = set()
+        #: action -> (HTTP status, AWS error code) answered instead of forwarding (e.g. throttling).
+        self.fail: dict[str, tuple[int, str]] = {}
         self.calls: list[str] = []
         self._lock = threading.Lock()
         proxy = self
@@ -41,14 +43,20 @@ class FaultProxy:
                 action = (self.headers.get("X-Amz-Target") or "").rpartition(".")[2] or self._query_action(body)
                 with proxy._lock:
                     proxy.calls.append(action)
-                    denied = action in proxy.deny
-                if denied:
-                    payload = json.dumps({"__type": "AccessDeniedException",
-                                          "message": f"not authorized to perform: secretsmanager:{action}"}).encode()
-                    self._answer(400, {"Content-Type": "application/x-amz-json-1.1"}, payload)
+                    answer = (400, "AccessDeniedException") if action in proxy.deny else proxy.fail.get(action)
+                if answer is not None:
+                    if not self.headers.get("X-Amz-Target"):  # the query protocol answers in XML
+                        payload = (f"<ErrorResponse><Error><Type>Sender</Type><Code>{answer[1]}</Code>"
+                                   f"<Message>refused by the test proxy</Message></Error></ErrorResponse>").encode()
+                        self._answer(answer[0], {"Content-Type": "text/xml"}, payload)
+                        return
+                    payload = json.dumps({"__type": answer[1], "message": f"refused by the test proxy: {action}"}).encode()
+                    self._answer(answer[0], {"Content-Type": "application/x-amz-json-1.1"}, payload)
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
-                req = urllib.request.Request(proxy.upstream + self.path, data=body, headers=headers, method="POST")
+                # As an HTTP proxy (botocore ``proxies``) the request line holds the absolute URL.
+                path = "/" + self.path.split("/", 3)[3] if self.path.startswith("http") else self.path
+                req = urllib.request.Request(proxy.upstream + path, data=body, headers=headers, method="POST")
                 try:
                     with urllib.request.urlopen(req, timeout=30) as resp:
                         self._answer(resp.status, dict(resp.headers.items()), resp.read())

@@ -71,7 +71,14 @@ def init(
     if kms_key_id is not None:
         from runlease.kms import KmsKeyOptions
 
-        kms = KmsKeyOptions(key_id=kms_key_id, region=kms_region, endpoint_url=kms_endpoint_url)
+        from pydantic import ValidationError
+
+        try:
+            kms = KmsKeyOptions(key_id=kms_key_id, region=kms_region, endpoint_url=kms_endpoint_url)
+        except ValidationError as err:
+            flags = {"region": "--kms-region", "endpoint_url": "--kms-endpoint-url", "key_id": "--kms-key-id"}
+            bad = ", ".join(flags.get(str(e["loc"][0]), str(e["loc"][0])) if e["loc"] else "?" for e in err.errors())
+            fail(f"{bad}: not a valid AWS region / endpoint URL with scheme (e.g. eu-west-1, https://kms.local)", 2)
     elif kms_region or kms_endpoint_url:
         fail("--kms-region/--kms-endpoint-url need --kms-key-id", 2)
     rt, created = init_home(settings, kms=kms)
