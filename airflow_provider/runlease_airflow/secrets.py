@@ -77,6 +77,12 @@ class RunleaseBackend(BaseSecretsBackend):
                 f"{BACKEND} backend_kwargs 'home': cannot open the runlease home {settings.home} "
                 f"(kwarg 'home' or RUNLEASE_HOME; key from {key_source}): {err}"
             ) from None
+        self._airflow_layout: Any = None
+        if self.config.aws_secrets_manager not in (None, False):
+            from runlease_airflow.aws_layout import AirflowLayoutSource
+
+            self._airflow_layout = AirflowLayoutSource.from_kwarg(self.config.aws_secrets_manager,
+                                                                  self._state.runtime.store)
 
     # -- what other modules use -------------------------------------------------
 
@@ -143,11 +149,57 @@ class RunleaseBackend(BaseSecretsBackend):
             value = self.broker.read(path, caller.identity, kind=path.kind, detail={"phase": caller.phase},
                                      fetched=stored).value
         except SecretNotFoundError:
-            return None
+            return self._from_airflow_layout(secret_type, secret_id, path, caller)
         except AccessDeniedError as err:
             raise RunleaseAccessDenied(str(err)) from None
         protect(value)
         return value
+
+    def _from_airflow_layout(self, secret_type: str, secret_id: str, path: SecretPath,
+                             caller: Caller) -> SecretValue | None:
+        """An ID runlease does not hold, from Airflow's SecretsManagerBackend layout (opt-in, read only).
+
+        Validated, then leased or read through the broker like any secret --
+        policy on the runlease path, audit (naming the AWS secret and
+        VersionId), masking -- always as ``static`` (see runlease_airflow.aws_layout).
+        """
+        if self._airflow_layout is None:
+            return None
+        from runlease.store.base import StoredSecret
+        from runlease_airflow.aws_layout import SOURCE
+
+        found = self._airflow_layout.lookup(secret_type, secret_id)
+        if found is None:
+            return None
+        if secret_type == "connections":
+            _as_connection(found.value, secret_id, path)
+        stored = StoredSecret(path=path, version=0, value=found.value, metadata={})
+        detail = {"phase": caller.phase, "source": SOURCE, "aws_name": found.name,
+                  "aws_version_id": found.version_id}
+        broker = self.broker
+        try:
+            if caller.leases:
+                lease = broker.lease(path, caller.identity, self.config.ttl, kind=path.kind, detail=detail,
+                                     fetched=stored)
+                value = lease.value
+                protect(value)
+                if self.config.cache:
+                    self._state.leases.put(lease)
+                return value
+            value = broker.read(path, caller.identity, kind=path.kind, detail=detail, fetched=stored).value
+        except AccessDeniedError as err:
+            raise RunleaseAccessDenied(str(err)) from None
+        protect(value)
+        return value
+
+    def _current_version(self, path: SecretPath) -> int:
+        """CURRENT of ``path`` for the lease cache; 0 for an ID only Airflow's layout holds."""
+        try:
+            return int(self.broker.store.resolve(path).version)
+        except SecretNotFoundError:
+            if self._airflow_layout is None:
+                raise
+            return 0
 
     def _fetch(self, path: SecretPath, secret_id: str) -> Any:
         """Read CURRENT through the broker's cache: not held -> SecretNotFoundError (fall through, see 3.).
@@ -168,7 +220,7 @@ class RunleaseBackend(BaseSecretsBackend):
             cached = state.leases.get(
                 caller.identity, path,
                 revalidate_seconds=self.config.cache_revalidate_seconds,
-                current_version=lambda p: broker.store.resolve(p).version,
+                current_version=self._current_version,
                 lease_state=lambda lease_id: broker.ledger.get_lease(lease_id).state,
             )
             if cached is not None:

@@ -116,3 +116,122 @@ def test_a_refused_sts_issuance_is_audited(
               if e.outcome.value == "error"]
     assert len(failed) == 1 and failed[0].path == "dev/connections/aws_etl"
     assert failed[0].detail["issuer"] == "aws-sts" and failed[0].task_id == "train_model"
+
+
+# --- secrets written for Airflow's own SecretsManagerBackend -------------------------------------
+
+LEGACY_JSON = {"user": "etl", "pass": PASSWORD, "server": "db.legacy", "port": "5432", "database": "shop",
+               "engine": "postgres", "extra": {"sslmode": "require"}}
+
+
+@pytest.fixture()
+def airflow_layout(proxy: FaultProxy, moto_server: MotoServer, tmp_path: Path) -> dict[str, object]:
+    """Secrets as a team using Airflow's SecretsManagerBackend wrote them (boto3, straight into moto)."""
+    import boto3
+
+    root = f"af-{tmp_path.name[-12:]}"
+    sm = boto3.client("secretsmanager", region_name="us-east-1", endpoint_url=moto_server.endpoint)
+    sm.create_secret(Name=f"{root}/connections/legacy_uri",
+                     SecretString=f"mysql://app:{PASSWORD}@db.legacy:3306/shop")  # runlease: allow connection-uri-credentials (test fixture)
+    sm.create_secret(Name=f"{root}/connections/legacy_json", SecretString=json.dumps(LEGACY_JSON))
+    sm.create_secret(Name=f"{root}/connections/custom_words",
+                     SecretString=json.dumps({"usr": "svc", "password": PASSWORD, "host": "h", "conn_type": "http"}))
+    sm.create_secret(Name=f"{root}/connections/legacy_bad_port",
+                     SecretString=json.dumps({**LEGACY_JSON, "port": "abc"}))
+    sm.create_secret(Name=f"{root}/variables/threshold", SecretString="0.7")
+    return {"connections_prefix": f"{root}/connections/", "variables_prefix": f"{root}/variables",
+            "config_prefix": None, "extra_conn_words": {"login": ["usr"]}}
+
+
+def _airflow_backend(layout: dict[str, object], endpoint: str):  # type: ignore[no-untyped-def]
+    from airflow.providers.amazon.aws.secrets.secrets_manager import SecretsManagerBackend
+
+    return SecretsManagerBackend(**{k: v for k, v in layout.items() if v is not None or k == "config_prefix"},
+                                 region_name="us-east-1", endpoint_url=endpoint)
+
+
+def test_airflow_layout_is_opt_in(kwargs: dict[str, object], airflow_layout: dict[str, object]) -> None:
+    assert RunleaseBackend(**kwargs).get_connection("legacy_uri") is None
+
+
+@pytest.mark.parametrize("conn_id", ["legacy_uri", "legacy_json", "custom_words"])
+def test_airflow_layout_reads_what_airflows_backend_reads(
+    kwargs: dict[str, object], airflow_layout: dict[str, object], moto_server: MotoServer, conn_id: str
+) -> None:
+    ours = RunleaseBackend(**kwargs, aws_secrets_manager=airflow_layout).get_connection(conn_id)
+    theirs = _airflow_backend(airflow_layout, moto_server.endpoint).get_connection(conn_id)
+    fields = ("conn_type", "host", "login", "password", "schema", "port")
+    assert [getattr(ours, f) for f in fields] == [getattr(theirs, f) for f in fields]
+    assert ours.extra_dejson == theirs.extra_dejson
+
+
+def test_airflow_layout_is_leased_audited_and_masked_like_any_secret(
+    kwargs: dict[str, object], airflow_layout: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = RunleaseBackend(**kwargs, aws_secrets_manager=json.dumps(airflow_layout))
+    assert backend.get_variable("threshold") == "0.7"  # outside a task: an audited read
+    in_task(monkeypatch)
+    conn = backend.get_connection("LEGACY_JSON".lower())
+    assert (conn.login, conn.host, conn.port, conn.schema) == ("etl", "db.legacy", 5432, "shop")
+    backend.get_connection("legacy_json")  # the try's lease again, from the lease cache
+    ledger = backend.state.runtime.ledger
+    leases = list(ledger.find_leases(state=LeaseState.ACTIVE))
+    assert [(str(lease.path), lease.version, lease.issuer) for lease in leases] == [
+        ("dev/connections/legacy_json", 0, "static")]
+    events = {e.action: e for e in ledger.events(AuditQuery()) if e.detail.get("source") == "airflow-secrets-manager"}
+    assert events["lease"].detail["aws_name"] == f"{airflow_layout['connections_prefix']}legacy_json"
+    assert events["lease"].detail["aws_version_id"] and events["lease"].task_id == "train_model"
+    assert events["read"].path == "dev/variables/threshold"
+    from runlease.redact import default_redactor
+
+    assert PASSWORD not in default_redactor().redact(f"the password is {PASSWORD}")
+    assert PASSWORD not in "".join(e.model_dump_json() for e in ledger.events(AuditQuery()))
+
+
+def test_airflow_layout_under_policy_patterns_and_precedence(
+    kwargs: dict[str, object], airflow_layout: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = {**airflow_layout, "connections_lookup_pattern": "^LEGACY_"}  # Airflow's patterns ignore case
+    backend = RunleaseBackend(**kwargs, aws_secrets_manager=layout)
+    assert backend.get_connection("legacy_uri").host == "db.legacy"
+    assert backend.get_connection("custom_words") is None  # not matched: not looked up
+    backend.broker.put("dev/connections/legacy_uri", WAREHOUSE, ADMIN)  # runlease's own secret wins
+    assert backend.get_connection("legacy_uri").host == "wh.internal"
+    in_task(monkeypatch)
+    with pytest.raises(InvalidValueError) as caught:
+        backend.get_connection("legacy_bad_port")
+    assert "'legacy_bad_port'" in str(caught.value) and "port" in str(caught.value)
+    assert PASSWORD not in str(caught.value) and "abc" not in str(caught.value)
+    assert not [lease for lease in backend.state.runtime.ledger.find_leases(state=LeaseState.ACTIVE)
+                if str(lease.path).endswith("bad_port")]
+
+
+def test_airflow_layout_obeys_policy(
+    kwargs: dict[str, object], airflow_layout: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runlease_airflow.errors import RunleaseAccessDenied
+
+    (Path(str(kwargs["home"])) / "policy.toml").write_text(
+        '[[grant]]\nprincipals = ["airflow:other_dag"]\nenvironments = ["dev"]\n'
+        'paths = ["connections/*"]\ncapabilities = ["lease", "read"]\n')
+    backend = RunleaseBackend(**kwargs, aws_secrets_manager=airflow_layout)
+    in_task(monkeypatch)
+    with pytest.raises(RunleaseAccessDenied):
+        backend.get_connection("legacy_json")
+    denied = [e for e in backend.state.runtime.ledger.events(AuditQuery(action="lease"))
+              if e.outcome.value == "denied"]
+    assert [e.path for e in denied] == ["dev/connections/legacy_json"]
+
+
+@pytest.mark.parametrize(("raw", "named"), [
+    ({"sep": ""}, "sep"),
+    ({"extra_conn_words": {"username": ["u"]}}, "extra_conn_words"),
+    ({"connections_lookup_pattern": "(unclosed"}, "connections_lookup_pattern"),
+    ({"prefix": "x"}, "prefix"),
+    ("not json", "aws_secrets_manager"),
+])
+def test_airflow_layout_kwarg_errors_name_the_setting(kwargs: dict[str, object], raw: object, named: str) -> None:
+    from runlease.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=named):
+        RunleaseBackend(**kwargs, aws_secrets_manager=raw)
