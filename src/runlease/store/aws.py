@@ -84,6 +84,10 @@ TAG_META_JSON = "runlease:metaj:"
 #: Continuation chunks of a JSON value longer than one tag: ``runlease:metaj+<i>:<key>``.
 TAG_META_MORE = "runlease:metaj+"
 TAG_VALUE_MAX = 256
+#: When version N was written: ``runlease:at:<N>`` = ISO time (ListSecrets returns tags, not version dates).
+TAG_AT = "runlease:at:"
+#: Write-time tags kept beyond the versions holding a stage.
+AT_KEEP = 4
 #: At most this many tags per metadata value (AWS allows 50 tags per secret).
 MAX_CHUNKS = 8
 #: Characters AWS allows in tag keys and values.
@@ -489,8 +493,7 @@ class AwsSecretsStore:
                     VersionStages=[temp if stage is Stage.CURRENT else LABELS[stage]]), "ResourceExistsException")
             except ClientError:
                 continue  # another writer created this version number first: renumber
-            if patch:
-                self._set_tags(path, secret, {STAGED_KEY: {"version": version, "patch": patch}})
+            self._tag_written(path, secret, version, patch)
             if stage is Stage.CURRENT:
                 secret, actual = self._promote(path, secret, version, cas)
                 self._move_label(path, temp, None, version_id(version))
@@ -509,6 +512,44 @@ class AwsSecretsStore:
                     self._finish_staged(path, fresh)
             return version
         raise ConflictError(f"{path} kept changing under concurrent writers; gave up after {MAX_ATTEMPTS} rounds")
+
+    def _tag_written(self, path: SecretPath, secret: _Secret, version: int, patch: dict[str, Any]) -> None:
+        """One TagResource: when version N was written, and the settings staged for it (if any).
+
+        The write time lets ``ls``/``rotation status`` date CURRENT from one ListSecrets; old
+        write-time tags beyond the staged versions and the newest few are pruned (50 tags per secret).
+        """
+        name = self._name(path)
+        tags = [{"Key": f"{TAG_AT}{version}", "Value": utcnow().isoformat()}]
+        leftover: list[str] = []
+        if patch:
+            staged, _, after = _metadata_tags(path, {STAGED_KEY: {"version": version, "patch": patch}})
+            tags += staged
+            leftover = [k for k in after if k in secret.tags]
+        self._call("TagResource", f"recording version {version} of {name}",
+                   lambda c: c.tag_resource(SecretId=name, Tags=tags))
+        held = {f"{TAG_AT}{n}" for n in secret.stages().values()}
+        dated = sorted((k for k in secret.tags if k.startswith(TAG_AT) and k[len(TAG_AT):].isdigit()),
+                       key=lambda k: int(k[len(TAG_AT):]))
+        leftover += [k for k in dated[:-AT_KEEP] if k not in held]
+        if leftover:
+            self._call("UntagResource", f"updating metadata of {name}",
+                       lambda c: c.untag_resource(SecretId=name, TagKeys=leftover))
+        self._forget(path)
+
+    def version_created_at(self, path: SecretPath, version: int) -> datetime | None:
+        """When ``version`` was written, from the tags this store last saw in ``list`` (None: unknown).
+
+        Lets ``rotation status`` date CURRENT without a ListSecretVersionIds per secret; versions
+        written before the write-time tags existed answer None (the caller then asks ``history``).
+        """
+        with self._seen_lock:
+            seen = self._seen.get(self._name(path))
+        raw = seen[1].tags.get(f"{TAG_AT}{version}") if seen is not None else None
+        try:
+            return datetime.fromisoformat(raw) if raw else None
+        except ValueError:
+            return None
 
     def _finish_staged(self, path: SecretPath, secret: _Secret) -> _Secret:
         """Merge settings staged for the CURRENT version into the plain tags; drop stale staged settings.
@@ -780,6 +821,8 @@ class AwsSecretsStore:
             secret = _Secret.from_api(doc)
             if TAG_MANAGED not in secret.tags or (secret.deleted and not include_deleted):
                 continue
+            with self._seen_lock:  # dates for version_created_at; labels as fresh as a describe
+                self._seen[name] = (time.monotonic(), secret)
             # The newest labelled version stands in for the count: one ListSecretVersionIds per
             # secret would make `ls` and `rotation status` O(secrets) requests (info() is exact).
             newest = max((n for vid in secret.labels.values() if (n := version_number(vid))), default=0)

@@ -178,3 +178,22 @@ def test_version_ids_stay_what_the_layout_says(moto_url: str) -> None:
     assert stages[version_id(1)] == ["AWSCURRENT"]  # the writing label is gone once the put finished
     tags = {t["Key"] for t in client.describe_secret(SecretId=f"{store.prefix}{P}")["Tags"]}
     assert not [k for k in tags if "runlease.next" in k]
+
+
+def test_rotation_status_dates_current_from_one_listing(moto_url: str, proxy: FaultProxy) -> None:
+    from runlease.rotation.policy import RotationPolicy
+    from runlease.rotation.status import scan
+
+    store = AwsSecretsStore.from_options(aws_options(proxy.url))
+    paths = [SecretPath.parse(f"dev/tokens/t{i}") for i in range(3)]
+    for path in paths:
+        store.put(path, "v1")
+        store.put(path, "v2")
+        store.update_metadata(path, RotationPolicy(rotator="token", interval_s=86400, grace_s=0,
+                                                   settings={}).to_metadata())
+    proxy.taken()
+    rows = scan(store)
+    assert proxy.taken() == ["ListSecrets"]
+    for row in rows:
+        history = {v.version: v.created_at for v in store.history(row.path)}
+        assert row.current_version == 2 and abs((row.current_created_at - history[2]).total_seconds()) < 5
