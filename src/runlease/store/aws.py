@@ -40,10 +40,25 @@ are bridged here so the store contract holds exactly:
 
 Soft delete and metadata live in tags: ``runlease:deleted-at`` (reads fail,
 history stays, a later put revives -- AWS's own DeleteSecret would destroy
-history after the recovery window) and ``runlease:meta:<key>`` (or
-``runlease:metaj:<key>`` with base64url JSON for values outside AWS's tag
-character set). Every value read passes an explicit ``VersionStage`` or
-``VersionId``; nothing relies on AWS's implicit AWSCURRENT default.
+history after the recovery window; the stage labels move to the placeholder
+first, so a one-request read sees the delete at once) and
+``runlease:meta:<key>`` (or ``runlease:metaj:<key>`` with base64url JSON for
+values outside AWS's tag character set). Every value read passes an explicit
+``VersionStage`` or ``VersionId``; nothing relies on AWS's implicit
+AWSCURRENT default.
+
+Tags belong to the secret, a value to a version: a put's settings (issuer
+and its options) are first tagged as *staged for its version*
+(``runlease.next``), become visible together with the version when AWSCURRENT
+moves (one atomic call), and are merged into the plain tags afterwards; the
+demoted version keeps its own (``runlease.prev``). A put that fails before
+its stage move leaves its version under ``runlease-writing-N``, which every
+read refuses (``put``). Each put also tags its write time
+(``runlease:at:<N>``), so a listing can date CURRENT.
+
+Requests: a stage read is one GetSecretValue; the tags come from this
+store's last description of the secret while that is younger than
+``metadata_cache_seconds`` and showed the stage on the same version (``get``).
 """
 
 from __future__ import annotations

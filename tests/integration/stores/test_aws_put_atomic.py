@@ -197,3 +197,32 @@ def test_rotation_status_dates_current_from_one_listing(moto_url: str, proxy: Fa
     for row in rows:
         history = {v.version: v.created_at for v in store.history(row.path)}
         assert row.current_version == 2 and abs((row.current_created_at - history[2]).total_seconds()) < 5
+
+
+def test_cli_put_with_an_issuer_denied_tagging_exits_6_and_changes_nothing(
+    proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's own reproduction: `runlease put --issuer aws-sts` with TagResource denied."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from runlease.cli.main import app
+
+    monkeypatch.setenv("RUNLEASE_HOME", str(tmp_path / "cli-home"))
+    monkeypatch.setenv("RUNLEASE_STORE", "aws")
+    monkeypatch.setenv("RUNLEASE_STORE_OPTIONS", json.dumps(aws_options(proxy.url)))
+    monkeypatch.delenv("RUNLEASE_MASTER_KEY", raising=False)
+    runner = CliRunner()
+    assert runner.invoke(app, ["init"]).exit_code == 0
+    assert runner.invoke(app, ["put", str(P), "--stdin"], input=json.dumps(OTHER)).exit_code == 0
+    proxy.deny = {"TagResource"}
+    result = runner.invoke(app, ["put", str(P), "--stdin", "--issuer", "aws-sts", "--issuer-opt",
+                                 f"role_arn={ROLE_ARN}"], input=json.dumps(BASE))
+    assert result.exit_code == 6, result.output
+    assert "TagResource" in result.output and BASE_SECRET not in result.output
+    proxy.deny = set()
+    result = runner.invoke(app, ["get", str(P), "--reveal"])
+    assert result.exit_code == 0 and json.loads(result.output)["login"] == OTHER["login"]
+    result = runner.invoke(app, ["get", str(P), "--version", "2"])
+    assert result.exit_code == 4 and "unfinished write" in result.output
