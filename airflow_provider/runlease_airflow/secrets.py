@@ -28,6 +28,13 @@ What a lookup does:
    other failures propagate, and Airflow logs them and tries the next backend.
 4. Every value handed out is registered with Airflow's masker and runlease's
    redactor before Airflow sees it (:mod:`runlease_airflow.masking`).
+5. The value is read once (one request on a remote store) and, for a
+   connection, validated -- URI/JSON parsed, ``port`` an integer -- *before*
+   it is leased or read on the record: a malformed connection never leaves an
+   active lease, and the error names the path and conn id, never the value.
+6. With the kwarg ``aws_secrets_manager``, an ID runlease does not hold is
+   looked up in Airflow's own SecretsManagerBackend layout, read only, and
+   then leased and audited the same way (:mod:`runlease_airflow.aws_layout`).
 
 Lookups are methods of Airflow's ``BaseSecretsBackend``
 (``airflow/_shared/secrets_backend/base.py``): ``get_conn_value``,
