@@ -111,3 +111,13 @@ def test_role_assumed_with_a_web_identity_token(moto_url: str, proxy: FaultProxy
     assert proxy.taken()[0] == "AssumeRoleWithWebIdentity"
     identity = AwsService("sts", store.options, label="STS").client().get_caller_identity()
     assert identity["Arn"].endswith(":assumed-role/runlease-reader/rl-web")
+
+
+def test_a_ca_bundle_is_what_the_client_verifies_with(tmp_path: Path) -> None:
+    bundle = tmp_path / "corp-ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+    store = AwsSecretsStore.from_options({"region": "eu-west-1", "prefix": "x/", "verify": str(bundle),
+                                          "endpoint_url": "https://secretsmanager.eu-west-1.amazonaws.com"})
+    session = store.service.client()._endpoint.http_session
+    assert session._verify == str(bundle)
+
