@@ -162,11 +162,14 @@ class Broker:
             issued = issuer.issue(secret, identity, lease_id, duration)
         except Exception as err:
             # A refused issuance (STS AssumeRole denied, a database down) is part of the trail too.
-            self.ledger.append(AuditEvent.for_identity(
-                identity, action="lease", outcome=Outcome.ERROR, path=str(path), version=secret.version,
-                lease_id=lease_id, detail={**(detail or {}), "issuer": issuer_name, "stage": stage.value,
-                                           "error": type(err).__name__},
-            ))
+            try:
+                self.ledger.append(AuditEvent.for_identity(
+                    identity, action="lease", outcome=Outcome.ERROR, path=str(path), version=secret.version,
+                    lease_id=lease_id, detail={**(detail or {}), "issuer": issuer_name, "stage": stage.value,
+                                               "error": type(err).__name__},
+                ))
+            except RunleaseError:
+                pass  # the ledger itself failed: report the issuer's error
             raise
         self.mask(issued.value)
         now = self.clock()
@@ -400,10 +403,13 @@ class Broker:
         except InvalidValueError:
             raise  # bad input: refused before anything was written
         except RunleaseError as err:
-            self.ledger.append(AuditEvent.for_identity(
-                identity, action="write", path=str(path), outcome=Outcome.ERROR,
-                detail={**detail, "error": type(err).__name__, "message": str(err)[:500]},
-            ))
+            try:
+                self.ledger.append(AuditEvent.for_identity(
+                    identity, action="write", path=str(path), outcome=Outcome.ERROR,
+                    detail={**detail, "error": type(err).__name__, "message": str(err)[:500]},
+                ))
+            except RunleaseError:
+                pass  # the ledger itself failed: the original error is the one to report
             raise
         return version
 
