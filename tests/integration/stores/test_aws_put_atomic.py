@@ -226,3 +226,19 @@ def test_cli_put_with_an_issuer_denied_tagging_exits_6_and_changes_nothing(
     assert result.exit_code == 0 and json.loads(result.output)["login"] == OTHER["login"]
     result = runner.invoke(app, ["get", str(P), "--version", "2"])
     assert result.exit_code == 4 and "unfinished write" in result.output
+
+
+def test_settings_of_a_pending_put_apply_to_it_and_become_the_secrets_when_it_is_promoted(moto_url: str) -> None:
+    store = AwsSecretsStore.from_options(aws_options(moto_url))
+    store.put(P, BASE, metadata=STS)
+    store.put(P, OTHER, stage=Stage.PENDING, metadata={"issuer": "static"})
+    reader = AwsSecretsStore.from_options({**aws_options(moto_url), "prefix": store.prefix})
+    assert reader.get(P).metadata["issuer"] == "aws-sts"
+    assert reader.get(P, stage=Stage.PENDING).metadata["issuer"] == "static"
+    assert store.info(P).metadata["issuer"] == "aws-sts"
+    # What a rotation's finish does: PREVIOUS to the old CURRENT, then CURRENT to the PENDING version.
+    store.move_stage(P, Stage.PREVIOUS, 1)
+    store.move_stage(P, Stage.CURRENT, 2, expected=1)
+    assert reader.get(P).metadata["issuer"] == "static" and store.info(P).metadata["issuer"] == "static"
+    previous = reader.get(P, stage=Stage.PREVIOUS)
+    assert (previous.version, previous.metadata["issuer"]) == (1, "aws-sts")
