@@ -23,6 +23,7 @@ from runlease.connection import sensitive_strings
 from runlease.correlation import correlated
 from runlease.errors import (
     AccessDeniedError,
+    ConflictError,
     InvalidValueError,
     RevocationIncompleteError,
     RunleaseError,
@@ -381,8 +382,9 @@ class Broker:
         ``metadata`` (issuer settings) must apply to the new version from the
         moment it is readable: a store that can (``put_takes_metadata``, AWS)
         does it inside the put; otherwise it is written in the same ledger
-        transaction. A failed write (other than refused input) is audited with
-        outcome error: a remote store may have done part of it.
+        transaction. A failed write (other than refused input or a lost
+        check-and-set) is audited with outcome error: a remote store may have
+        done part of it.
         """
         path = self.path(ref, kind)
         self.authorize(identity, path, Capability.ADMIN, "write")
@@ -400,8 +402,8 @@ class Broker:
                 self.ledger.append(AuditEvent.for_identity(
                     identity, action="write", path=str(path), version=version, detail=detail,
                 ))
-        except InvalidValueError:
-            raise  # bad input: refused before anything was written
+        except (InvalidValueError, ConflictError):
+            raise  # bad input, a lost check-and-set: by contract nothing readable was written
         except RunleaseError as err:
             try:
                 self.ledger.append(AuditEvent.for_identity(
