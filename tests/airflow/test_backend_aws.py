@@ -24,7 +24,7 @@ from support.moto_server import ACCOUNT, MotoServer
 from runlease_airflow.secrets import RunleaseBackend
 
 ADMIN = RunIdentity(orchestrator="cli", pipeline="tests")
-PASSWORD = "Aws-backend-pass-9931"  # runlease: allow high-entropy-secret (test fixture)
+PASSWORD = "Aws-backend-pass-9931"  # runlease: allow secret-assignment (test fixture)
 WAREHOUSE = {"conn_type": "postgres", "host": "wh.internal", "login": "etl", "password": PASSWORD, "port": 5432}
 TASK_ENV = {"AIRFLOW_CTX_DAG_ID": "training_pipeline", "AIRFLOW_CTX_DAG_RUN_ID": "manual__r1",
             "AIRFLOW_CTX_TASK_ID": "train_model", "AIRFLOW_CTX_TRY_NUMBER": "1"}

@@ -27,7 +27,7 @@ P = SecretPath.parse("dev/connections/aws_etl")
 ROLE_ARN = "arn:aws:iam::123456789012:role/etl-runner"
 BASE_SECRET = "Base-Secret-Key-that-must-not-leak-0123456789"  # runlease: allow high-entropy-secret (test fixture)
 BASE = {"conn_type": "aws", "login": "AKIAIOSFODNN7EXAMPLE", "password": BASE_SECRET}
-OTHER = {"conn_type": "aws", "login": "AKIAOTHEROTHEREXAMPL", "password": "Other-Secret-Key-0123456789"}  # runlease: allow high-entropy-secret (test fixture)
+OTHER = {"conn_type": "aws", "login": "AKIAOTHEROTHEREXAMPL", "password": "Other-Secret-Key-0123456789"}  # runlease: allow aws-access-key-id, high-entropy-secret (test fixture)
 STS = {"issuer": "aws-sts", "role_arn": ROLE_ARN}
 ADMIN = RunIdentity(orchestrator="cli", pipeline="admin", run_id="cli", task_id="put", principal="admin")
 
