@@ -785,12 +785,15 @@ class AwsSecretsStore:
                 and seen[1].labels.get(LABELS[stage]) == vid):
             return seen[1]
         secret = self._live(path, self._describe(path))
-        if self.options.metadata_cache_seconds > 0:
-            with self._seen_lock:
-                self._seen[name] = (time.monotonic(), secret)
-                while len(self._seen) > SEEN_MAX:
-                    self._seen.pop(next(iter(self._seen)))
+        self._remember(name, secret)
         return secret
+
+    def _remember(self, name: str, secret: _Secret) -> None:
+        with self._seen_lock:
+            self._seen.pop(name, None)  # re-inserted last: the oldest entries go first
+            self._seen[name] = (time.monotonic(), secret)
+            while len(self._seen) > SEEN_MAX:
+                self._seen.pop(next(iter(self._seen)))
 
     def _forget(self, path: SecretPath) -> None:
         with self._seen_lock:
@@ -836,8 +839,7 @@ class AwsSecretsStore:
             secret = _Secret.from_api(doc)
             if TAG_MANAGED not in secret.tags or (secret.deleted and not include_deleted):
                 continue
-            with self._seen_lock:  # dates for version_created_at; labels as fresh as a describe
-                self._seen[name] = (time.monotonic(), secret)
+            self._remember(name, secret)  # dates for version_created_at; labels as fresh as a describe
             # The newest labelled version stands in for the count: one ListSecretVersionIds per
             # secret would make `ls` and `rotation status` O(secrets) requests (info() is exact).
             newest = max((n for vid in secret.labels.values() if (n := version_number(vid))), default=0)
