@@ -459,7 +459,8 @@ class AwsSecretsStore:
         """Write version N -- with ``metadata`` (issuer settings) applying to it from the moment it is readable.
 
         Order: (1) PutSecretValue under a label no reader uses (``runlease-writing-N``
-        for a new CURRENT); (2) the settings are tagged as *staged for version N*
+        for a new CURRENT); (2) one TagResource records N's write time
+        (``runlease:at:N``) and tags the settings as *staged for version N*
         (``runlease:metaj:runlease.next``), which changes nothing for any other
         version; (3) UpdateSecretVersionStage moves AWSCURRENT to N -- the one
         atomic switch: every reader sees either (old value, old settings) or
