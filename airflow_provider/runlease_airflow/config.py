@@ -90,6 +90,9 @@ class BackendKwargs(BaseModel):
     ttl: int | None = Field(default=None, gt=0, description="lease TTL seconds (RUNLEASE_DEFAULT_TTL)")
     cache: bool = True
     cache_revalidate_seconds: float = Field(default=0.0, ge=0)
+    #: Also read secrets written for Airflow's SecretsManagerBackend (true, or its kwargs as an object;
+    #: see runlease_airflow.aws_layout). Validated when the backend starts.
+    aws_secrets_manager: bool | dict[str, Any] | str | None = None
 
     @field_validator("store_options", mode="before")
     @classmethod
@@ -114,6 +117,7 @@ class BackendConfig:
     ttl: int | None
     cache: bool
     cache_revalidate_seconds: float
+    aws_secrets_manager: Any = None
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> "BackendConfig":
@@ -160,7 +164,8 @@ class BackendConfig:
             raw_pattern = getattr(parsed, pattern_kwarg)
             if raw_pattern:
                 try:
-                    patterns[secret_type] = re.compile(raw_pattern)
+                    # Ignoring case, as Airflow's own backends match theirs (re.match(..., re.IGNORECASE)).
+                    patterns[secret_type] = re.compile(raw_pattern, re.IGNORECASE)
                 except re.error as err:
                     raise kwarg_error(pattern_kwarg, f"not a valid regular expression ({err})") from None
             else:
@@ -168,6 +173,7 @@ class BackendConfig:
         return cls(
             settings=settings, prefixes=prefixes, patterns=patterns, ttl=parsed.ttl,
             cache=parsed.cache, cache_revalidate_seconds=parsed.cache_revalidate_seconds,
+            aws_secrets_manager=parsed.aws_secrets_manager,
         )
 
     def path_for(self, secret_type: str, secret_id: str) -> SecretPath | None:

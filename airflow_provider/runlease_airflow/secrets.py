@@ -28,6 +28,13 @@ What a lookup does:
    other failures propagate, and Airflow logs them and tries the next backend.
 4. Every value handed out is registered with Airflow's masker and runlease's
    redactor before Airflow sees it (:mod:`runlease_airflow.masking`).
+5. The value is read once (one request on a remote store) and, for a
+   connection, validated -- URI/JSON parsed, ``port`` an integer -- *before*
+   it is leased or read on the record: a malformed connection never leaves an
+   active lease, and the error names the path and conn id, never the value.
+6. With the kwarg ``aws_secrets_manager``, an ID runlease does not hold is
+   looked up in Airflow's own SecretsManagerBackend layout, read only, and
+   then leased and audited the same way (:mod:`runlease_airflow.aws_layout`).
 
 Lookups are methods of Airflow's ``BaseSecretsBackend``
 (``airflow/_shared/secrets_backend/base.py``): ``get_conn_value``,
@@ -44,8 +51,8 @@ from contextlib import nullcontext
 from typing import Any
 
 from runlease import correlation
-from runlease.connection import parse_connection
-from runlease.errors import AccessDeniedError, ConfigError, RunleaseError, SecretNotFoundError
+from runlease.connection import connection_from_dict, parse_connection
+from runlease.errors import AccessDeniedError, ConfigError, InvalidValueError, RunleaseError, SecretNotFoundError
 from runlease.models import SecretPath, SecretValue
 
 from runlease_airflow.config import BACKEND, BackendConfig
@@ -79,6 +86,12 @@ class RunleaseBackend(BaseSecretsBackend):
                 f"{BACKEND} backend_kwargs 'home': cannot open the runlease home {settings.home} "
                 f"(kwarg 'home' or RUNLEASE_HOME; key from {key_source}): {err}"
             ) from None
+        self._airflow_layout: Any = None
+        if self.config.aws_secrets_manager not in (None, False):
+            from runlease_airflow.aws_layout import AirflowLayoutSource
+
+            self._airflow_layout = AirflowLayoutSource.from_kwarg(self.config.aws_secrets_manager,
+                                                                  self._state.runtime.store)
 
     # -- what other modules use -------------------------------------------------
 
@@ -131,10 +144,7 @@ class RunleaseBackend(BaseSecretsBackend):
         value = self._resolve("connections", conn_id)
         if value is None:
             return None
-        if isinstance(value, str):
-            # Stored as a bare URI or JSON string; parse_connection names the field, never the value.
-            return parse_connection(value)
-        return value
+        return _as_connection(value, conn_id, self.config.path_for("connections", conn_id))
 
     def _resolve(self, secret_type: str, secret_id: str) -> SecretValue | None:
         path = self.config.path_for(secret_type, secret_id)
@@ -149,32 +159,106 @@ class RunleaseBackend(BaseSecretsBackend):
         try:
             with correlation.bound(caller.identity), (scope() if scope is not None else nullcontext()):
                 if caller.leases:
-                    return self._lease(path, caller)
-                self.broker.store.resolve(path)  # not held -> SecretNotFoundError -> fall through, see 3.
-                value = self.broker.read(path, caller.identity, kind=path.kind, detail={"phase": caller.phase}).value
+                    return self._lease(path, caller, secret_id)
+                stored = self._fetch(path, secret_id)
+                value = self.broker.read(path, caller.identity, kind=path.kind, detail={"phase": caller.phase},
+                                         fetched=stored).value
         except SecretNotFoundError:
-            return None
+            return self._from_airflow_layout(secret_type, secret_id, path, caller)
         except AccessDeniedError as err:
             raise RunleaseAccessDenied(str(err)) from None
         protect(value)
         return value
 
-    def _lease(self, path: SecretPath, caller: Caller) -> SecretValue:
+    def _from_airflow_layout(self, secret_type: str, secret_id: str, path: SecretPath,
+                             caller: Caller) -> SecretValue | None:
+        """An ID runlease does not hold, from Airflow's SecretsManagerBackend layout (opt-in, read only).
+
+        Validated, then leased or read through the broker like any secret --
+        policy on the runlease path, audit (naming the AWS secret and
+        VersionId), masking -- always as ``static`` (see runlease_airflow.aws_layout).
+        """
+        if self._airflow_layout is None:
+            return None
+        from runlease.store.base import StoredSecret
+        from runlease_airflow.aws_layout import SOURCE
+
+        found = self._airflow_layout.lookup(secret_type, secret_id)
+        if found is None:
+            return None
+        if secret_type == "connections":
+            _as_connection(found.value, secret_id, path)
+        stored = StoredSecret(path=path, version=0, value=found.value, metadata={})
+        detail = {"phase": caller.phase, "source": SOURCE, "aws_name": found.name,
+                  "aws_version_id": found.version_id}
+        broker = self.broker
+        try:
+            if caller.leases:
+                lease = broker.lease(path, caller.identity, self.config.ttl, kind=path.kind, detail=detail,
+                                     fetched=stored)
+                value = lease.value
+                protect(value)
+                if self.config.cache:
+                    self._state.leases.put(lease)
+                return value
+            value = broker.read(path, caller.identity, kind=path.kind, detail=detail, fetched=stored).value
+        except AccessDeniedError as err:
+            raise RunleaseAccessDenied(str(err)) from None
+        protect(value)
+        return value
+
+    def _current_version(self, path: SecretPath) -> int:
+        """CURRENT of ``path`` for the lease cache; 0 for an ID only Airflow's layout holds."""
+        try:
+            return int(self.broker.store.resolve(path).version)
+        except SecretNotFoundError:
+            if self._airflow_layout is None:
+                raise
+            return 0
+
+    def _fetch(self, path: SecretPath, secret_id: str) -> Any:
+        """Read CURRENT through the broker's cache: not held -> SecretNotFoundError (fall through, see 3.).
+
+        A connection is validated here, *before* anything is leased or read
+        on the record: a malformed one must not leave an active lease behind.
+        One round trip on AWS (the broker reuses what was read).
+        """
+        stored = self.state.runtime.broker.cache.get(path)
+        if path.kind == "connections":
+            _as_connection(stored.value, secret_id, path)
+        return stored
+
+    def _lease(self, path: SecretPath, caller: Caller, secret_id: str) -> SecretValue:
         state = self._state
         broker = state.runtime.broker
         if self.config.cache:
             cached = state.leases.get(
                 caller.identity, path,
                 revalidate_seconds=self.config.cache_revalidate_seconds,
-                current_version=lambda p: broker.store.resolve(p).version,
+                current_version=self._current_version,
                 lease_state=lambda lease_id: broker.ledger.get_lease(lease_id).state,
             )
             if cached is not None:
                 # Protected when it was leased: the cache lives in this process only.
                 return cached.value
-        broker.store.resolve(path)  # not held -> SecretNotFoundError -> fall through (module docstring, 3.)
-        lease = broker.lease(path, caller.identity, self.config.ttl, kind=path.kind, detail={"phase": caller.phase})
+        stored = self._fetch(path, secret_id)  # not held -> fall through (module docstring, 3.); validated
+        lease = broker.lease(path, caller.identity, self.config.ttl, kind=path.kind, detail={"phase": caller.phase},
+                             fetched=stored)
         protect(lease.value)
         if self.config.cache:
             state.leases.put(lease)
         return lease.value
+
+
+def _as_connection(value: Any, conn_id: str, path: SecretPath | None) -> dict[str, Any]:
+    """A stored or leased connection in canonical form; errors name the path and conn id, never the value.
+
+    A URI or JSON string is parsed, a dict validated (``port`` must be an
+    integer, ``extra`` an object), exactly as ``runlease put`` does.
+    """
+    try:
+        if isinstance(value, str):
+            return parse_connection(value)
+        return connection_from_dict(value)
+    except InvalidValueError as err:
+        raise InvalidValueError(f"{BACKEND}: connection {conn_id!r} ({path}): {err}") from None

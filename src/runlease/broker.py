@@ -21,7 +21,14 @@ from pydantic import Secret
 from runlease.cache import RotationAwareCache
 from runlease.connection import sensitive_strings
 from runlease.correlation import correlated
-from runlease.errors import AccessDeniedError, InvalidValueError, RevocationIncompleteError, SecretNotFoundError
+from runlease.errors import (
+    AccessDeniedError,
+    ConflictError,
+    InvalidValueError,
+    RevocationIncompleteError,
+    RunleaseError,
+    SecretNotFoundError,
+)
 from runlease.issuers import IssuerRegistry
 from runlease.ledger.base import Ledger
 from runlease.models import (
@@ -135,21 +142,36 @@ class Broker:
         kind: str = "connections",
         stage: Stage = Stage.CURRENT,
         detail: dict[str, Any] | None = None,
+        fetched: StoredSecret | None = None,
     ) -> Lease:
         """Hand ``identity`` a credential for ``ref`` (a path, or an ID in the default env).
 
         ``detail`` adds small non-secret facts to the audit event (an adapter's
         phase, e.g. Airflow's template rendering vs. execute); the broker's own
-        keys win over the caller's.
+        keys win over the caller's. ``fetched``: what the adapter just read
+        through :attr:`cache` for this path and stage (to check it exists and is
+        well-formed before leasing), so a remote store is not asked twice.
         """
         path = self.path(ref, kind)
         self.authorize(identity, path, Capability.LEASE, "lease")
         duration = self._ttl(ttl)
-        secret = self.cache.get(path, stage)
+        secret = self._fetched(path, fetched) or self.cache.get(path, stage)
         issuer_name = str(secret.metadata.get("issuer", "static"))
         issuer = self.issuers.get(issuer_name)
         lease_id = new_lease_id()
-        issued = issuer.issue(secret, identity, lease_id, duration)
+        try:
+            issued = issuer.issue(secret, identity, lease_id, duration)
+        except Exception as err:
+            # A refused issuance (STS AssumeRole denied, a database down) is part of the trail too.
+            try:
+                self.ledger.append(AuditEvent.for_identity(
+                    identity, action="lease", outcome=Outcome.ERROR, path=str(path), version=secret.version,
+                    lease_id=lease_id, detail={**(detail or {}), "issuer": issuer_name, "stage": stage.value,
+                                               "error": type(err).__name__},
+                ))
+            except RunleaseError:
+                pass  # the ledger itself failed: report the issuer's error
+            raise
         self.mask(issued.value)
         now = self.clock()
         expires = now + duration
@@ -171,6 +193,12 @@ class Broker:
             issuer.revoke(lease)
             raise
         return lease
+
+    @staticmethod
+    def _fetched(path: SecretPath, fetched: StoredSecret | None) -> StoredSecret | None:
+        if fetched is not None and fetched.path != path:
+            raise InvalidValueError(f"a value read for {fetched.path} was passed for {path}")
+        return fetched
 
     def _close(self, lease: Lease, new_state: LeaseState, reason: str,
                actor: RunIdentity | None) -> bool:
@@ -291,14 +319,15 @@ class Broker:
     @correlated
     def read(self, ref: str | SecretPath, identity: RunIdentity, *, kind: str = "connections",
              version: int | None = None, stage: Stage = Stage.CURRENT, revealed: bool = False,
-             detail: dict[str, Any] | None = None) -> StoredSecret:
+             detail: dict[str, Any] | None = None, fetched: StoredSecret | None = None) -> StoredSecret:
         """Read a value without a lease (CLI ``get``); audited, and masked from here on.
 
-        ``detail`` adds non-secret facts to the audit event, as for :meth:`lease`.
+        ``detail`` adds non-secret facts to the audit event, ``fetched`` saves a
+        second store round trip, both as for :meth:`lease`.
         """
         path = self.path(ref, kind)
         self.authorize(identity, path, Capability.READ, "read")
-        secret = self.cache.get(path, stage, version)
+        secret = (self._fetched(path, fetched) if version is None else None) or self.cache.get(path, stage, version)
         self.mask(secret.value)
         self.ledger.append(AuditEvent.for_identity(
             identity, action="read", path=str(path), version=secret.version,
@@ -347,16 +376,43 @@ class Broker:
 
     @correlated
     def put(self, ref: str | SecretPath, value: SecretValue, identity: RunIdentity, *, kind: str = "connections",
-            cas: int | None = None, stage: Stage = Stage.CURRENT) -> int:
-        """Write a new version; the write and its audit event commit together on the local store."""
+            cas: int | None = None, stage: Stage = Stage.CURRENT, metadata: dict[str, Any] | None = None) -> int:
+        """Write a new version; the write and its audit event commit together on the local store.
+
+        ``metadata`` (issuer settings) must apply to the new version from the
+        moment it is readable: a store that can (``put_takes_metadata``, AWS)
+        does it inside the put; otherwise it is written in the same ledger
+        transaction. A failed write (other than refused input or a lost
+        check-and-set) is audited with outcome error: a remote store may have
+        done part of it.
+        """
         path = self.path(ref, kind)
         self.authorize(identity, path, Capability.ADMIN, "write")
-        with self.ledger.atomic():
-            version = self.store.put(path, value, cas=cas, stage=stage)
-            self.ledger.append(AuditEvent.for_identity(
-                identity, action="write", path=str(path), version=version,
-                detail={"stage": stage.value, "cas": cas},
-            ))
+        detail: dict[str, Any] = {"stage": stage.value, "cas": cas}
+        if metadata:
+            detail["metadata_keys"] = sorted(metadata)
+        try:
+            with self.ledger.atomic():
+                if metadata and getattr(self.store, "put_takes_metadata", False):
+                    version = self.store.put(path, value, cas=cas, stage=stage, metadata=metadata)  # type: ignore[call-arg]
+                else:
+                    version = self.store.put(path, value, cas=cas, stage=stage)
+                    if metadata:
+                        self.store.update_metadata(path, metadata)
+                self.ledger.append(AuditEvent.for_identity(
+                    identity, action="write", path=str(path), version=version, detail=detail,
+                ))
+        except (InvalidValueError, ConflictError):
+            raise  # bad input, a lost check-and-set: by contract nothing readable was written
+        except RunleaseError as err:
+            try:
+                self.ledger.append(AuditEvent.for_identity(
+                    identity, action="write", path=str(path), outcome=Outcome.ERROR,
+                    detail={**detail, "error": type(err).__name__, "message": str(err)[:500]},
+                ))
+            except RunleaseError:
+                pass  # the ledger itself failed: the original error is the one to report
+            raise
         return version
 
     @correlated

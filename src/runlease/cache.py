@@ -31,7 +31,18 @@ class RotationAwareCache:
         """The secret at ``version``, or at whatever version ``stage`` points to right now.
 
         Metadata always comes from the fresh ``resolve``; only the value is cached.
+        A store whose stage read is one request anyway (``one_call_reads``: AWS,
+        where GetSecretValue returns the version with the value) is read
+        directly -- a resolve first would double the requests for nothing.
         """
+        if version is None and getattr(self.store, "one_call_reads", False):
+            secret = self.store.get(path, stage=stage)
+            with self._lock:
+                self.misses += 1
+                self._entries[(str(path), secret.version)] = secret.value
+                while len(self._entries) > self.max_entries:
+                    self._entries.popitem(last=False)
+            return secret
         resolved = self.store.resolve(path, stage)
         if version is None:
             version = resolved.version

@@ -81,7 +81,14 @@ def init(
     if kms_key_id is not None:
         from runlease.kms import KmsKeyOptions
 
-        kms = KmsKeyOptions(key_id=kms_key_id, region=kms_region, endpoint_url=kms_endpoint_url)
+        from pydantic import ValidationError
+
+        try:
+            kms = KmsKeyOptions(key_id=kms_key_id, region=kms_region, endpoint_url=kms_endpoint_url)
+        except ValidationError as err:
+            flags = {"region": "--kms-region", "endpoint_url": "--kms-endpoint-url", "key_id": "--kms-key-id"}
+            bad = ", ".join(flags.get(str(e["loc"][0]), str(e["loc"][0])) if e["loc"] else "?" for e in err.errors())
+            fail(f"{bad}: not a valid AWS region / endpoint URL with scheme (e.g. eu-west-1, https://kms.local)", 2)
     elif kms_region or kms_endpoint_url:
         fail("--kms-region/--kms-endpoint-url need --kms-key-id", 2)
     transit = None
@@ -143,9 +150,9 @@ def put(
         if issuer is not None:
             check_issuer_metadata(rt, secret_path, issuer, opts)
         stage = Stage.PENDING if pending else Stage.CURRENT
-        version = rt.broker.put(secret_path, value, cli_identity("put"), cas=cas, stage=stage)
-        if issuer is not None:
-            rt.store.update_metadata(secret_path, {"issuer": issuer, **opts})
+        # The settings go in with the write, so no reader sees the value under other settings (issue 16).
+        metadata = {"issuer": issuer, **opts} if issuer is not None else None
+        version = rt.broker.put(secret_path, value, cli_identity("put"), cas=cas, stage=stage, metadata=metadata)
     console.print(f"wrote {secret_path} version {version} ({stage.value})")
 
 

@@ -153,7 +153,7 @@ class AwsStsIssuer:
         try:
             import boto3
             from botocore.config import Config
-            from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+            from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
         except ImportError:
             raise ConfigError("the aws-sts issuer needs boto3: pip install 'runlease[aws]'") from None
         extra = base.get("extra") or {}
@@ -164,12 +164,15 @@ class AwsStsIssuer:
             region_name=region,
         )
         config = Config(connect_timeout=opts.connect_timeout, read_timeout=opts.read_timeout,
-                        retries={"max_attempts": 2, "mode": "standard"})
+                        retries={"total_max_attempts": 2, "mode": "standard"})
         where = _where(region, endpoint)
         try:
             client = session.client("sts", endpoint_url=endpoint, config=config)
             with quiet_botocore():  # the response holds the new secret key and session token
                 return client.assume_role(**request)
+        except PartialCredentialsError:
+            raise ConfigError("aws-sts: the stored connection (or the environment) has only half of an access "
+                              "key: login = access key id and password = secret key go together") from None
         except NoCredentialsError:
             raise ConfigError("aws-sts: the stored connection has no credentials and none were found "
                               "in the environment") from None

@@ -132,8 +132,11 @@ class RotationEngine:
             return self.broker.read(other, identity, kind=other.kind,
                                     detail={"via": "rotation", "rotating": str(path), "token": state.token})
 
+        def note(effect: str, facts: dict[str, Any]) -> None:
+            self.ledger.append(self._event(identity, path, "effect", state, effect=effect, **facts))
+
         return RotationContext(path=path, policy=policy, token=state.token, started_at=state.started_at,
-                               read_secret=read_secret)
+                               read_secret=read_secret, note=note)
 
     def _version(self, path: SecretPath, version: int) -> StoredSecret:
         """A version's value through the broker's cache (versions are immutable: cached by number)."""

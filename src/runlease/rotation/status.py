@@ -83,13 +83,17 @@ class SecretRotation:
 def scan(store: SecretStore, prefix: str = "") -> list[SecretRotation]:
     """Every live secret under ``prefix`` that has a rotation policy."""
     out: list[SecretRotation] = []
+    # A store that dates versions from its listing (AWS: write-time tags) saves a history call per secret.
+    created_at = getattr(store, "version_created_at", None)
     for info in store.list(prefix):
         if POLICY_KEY not in info.metadata:
             continue
         current = info.stages.get(Stage.CURRENT)
         created = None
         if current is not None:
-            created = next((v.created_at for v in store.history(info.path) if v.version == current), None)
+            created = created_at(info.path, current) if created_at is not None else None
+            if created is None:
+                created = next((v.created_at for v in store.history(info.path) if v.version == current), None)
         try:
             policy = policy_of(info.path, info.metadata)
             state, _ = state_of(info.path, info.metadata)

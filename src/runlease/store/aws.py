@@ -40,10 +40,25 @@ are bridged here so the store contract holds exactly:
 
 Soft delete and metadata live in tags: ``runlease:deleted-at`` (reads fail,
 history stays, a later put revives -- AWS's own DeleteSecret would destroy
-history after the recovery window) and ``runlease:meta:<key>`` (or
-``runlease:metaj:<key>`` with base64url JSON for values outside AWS's tag
-character set). Every value read passes an explicit ``VersionStage`` or
-``VersionId``; nothing relies on AWS's implicit AWSCURRENT default.
+history after the recovery window; the stage labels move to the placeholder
+first, so a one-request read sees the delete at once) and
+``runlease:meta:<key>`` (or ``runlease:metaj:<key>`` with base64url JSON for
+values outside AWS's tag character set). Every value read passes an explicit
+``VersionStage`` or ``VersionId``; nothing relies on AWS's implicit
+AWSCURRENT default.
+
+Tags belong to the secret, a value to a version: a put's settings (issuer
+and its options) are first tagged as *staged for its version*
+(``runlease.next``), become visible together with the version when AWSCURRENT
+moves (one atomic call), and are merged into the plain tags afterwards; the
+demoted version keeps its own (``runlease.prev``). A put that fails before
+its stage move leaves its version under ``runlease-writing-N``, which every
+read refuses (``put``). Each put also tags its write time
+(``runlease:at:<N>``), so a listing can date CURRENT.
+
+Requests: a stage read is one GetSecretValue; the tags come from this
+store's last description of the secret while that is younger than
+``metadata_cache_seconds`` and showed the stage on the same version (``get``).
 """
 
 from __future__ import annotations
@@ -51,15 +66,23 @@ from __future__ import annotations
 import base64
 import json
 import re
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from runlease.awsclient import AwsConnectionOptions, AwsService, error_code
-from runlease.errors import ConflictError, InvalidPathError, InvalidValueError, SecretNotFoundError
+from runlease.errors import (
+    ConflictError,
+    InvalidPathError,
+    InvalidValueError,
+    SecretNotFoundError,
+    StoreUnavailableError,
+)
 from runlease.models import SecretInfo, SecretPath, SecretValue, SecretVersion, Stage, utcnow
 from runlease.store.base import Resolved, StoredSecret, metadata_conflicts
 from runlease.store.codec import decode_json, encode_json
@@ -76,11 +99,24 @@ TAG_META_JSON = "runlease:metaj:"
 #: Continuation chunks of a JSON value longer than one tag: ``runlease:metaj+<i>:<key>``.
 TAG_META_MORE = "runlease:metaj+"
 TAG_VALUE_MAX = 256
+#: When version N was written: ``runlease:at:<N>`` = ISO time (ListSecrets returns tags, not version dates).
+TAG_AT = "runlease:at:"
+#: Write-time tags kept beyond the versions holding a stage.
+AT_KEEP = 4
 #: At most this many tags per metadata value (AWS allows 50 tags per secret).
 MAX_CHUNKS = 8
 #: Characters AWS allows in tag keys and values.
 _TAG_TEXT = re.compile(r"[\w\s.:/=+\-@]*")
 MAX_ATTEMPTS = 16
+#: The private label a new CURRENT is written under until AWSCURRENT moves to it.
+WRITING_LABEL = "runlease-writing-"
+#: Metadata key of a put's settings staged for the version it wrote (see ``AwsSecretsStore.put``).
+STAGED_KEY = "runlease.next"
+#: Metadata key holding the settings the version a put demoted was written with (see ``_finish_staged``).
+KEPT_KEY = "runlease.prev"
+RESERVED_KEYS = frozenset({STAGED_KEY, KEPT_KEY})
+#: Secrets whose description one store object keeps (for ``get``'s one-request path).
+SEEN_MAX = 4096
 #: What ``_actual`` reports when AWSCURRENT is on a version runlease did not write.
 FOREIGN = -1
 
@@ -97,6 +133,12 @@ def version_number(vid: str) -> int | None:
     return None
 
 
+def unfinished(stages: list[str] | None) -> bool:
+    """A version still under its private writing label and no runlease stage: a put that never completed."""
+    names = stages or []
+    return any(s.startswith(WRITING_LABEL) for s in names) and not any(s in STAGES_BY_LABEL for s in names)
+
+
 class AwsOptions(AwsConnectionOptions):
     """``RUNLEASE_STORE_OPTIONS`` for ``RUNLEASE_STORE=aws``."""
 
@@ -104,6 +146,15 @@ class AwsOptions(AwsConnectionOptions):
     prefix: str = "runlease/"
     #: KMS key (id, ARN or alias) for new secrets; AWS's managed key when unset.
     kms_key_id: str | None = None
+    #: How long a read may reuse this process's last DescribeSecret of a secret (its tags) while the
+    #: stage is still on the same version; 0: describe on every read (2 requests). See ``get``.
+    metadata_cache_seconds: float = Field(default=60.0, ge=0, le=3600)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_ends_with_slash(cls, value: str) -> str:
+        """``team-a`` would glue names (``team-aprod/...``): a non-empty prefix always ends in ``/``."""
+        return value if not value or value.endswith("/") else value + "/"
 
 
 @dataclass
@@ -158,7 +209,44 @@ class _Secret:
                 out[stage] = n
         return out
 
+    def staged(self) -> tuple[int, dict[str, Any]] | None:
+        """``(version, settings)`` a put staged for the version it wrote, if still in the tags."""
+        doc = self._all_metadata().get(STAGED_KEY)
+        if not isinstance(doc, dict) or not isinstance(doc.get("version"), int) or not isinstance(doc.get("patch"), dict):
+            return None
+        return doc["version"], doc["patch"]
+
     def metadata(self) -> dict[str, Any]:
+        """The secret's settings as they apply to its CURRENT version."""
+        try:
+            current = version_number(self.labels.get(LABELS[Stage.CURRENT], "")) or 0
+        except InvalidValueError:
+            current = 0
+        return self.metadata_for(current)
+
+    def metadata_for(self, version: int | None) -> dict[str, Any]:
+        """The settings that apply to ``version``: the tags, plus what a put staged for exactly that version.
+
+        Tags belong to the secret, not to a version; a put's settings are first
+        staged *for its version* and only later merged into the plain tags, so
+        the old CURRENT is never read under the new settings nor the new
+        version under the old ones (see ``AwsSecretsStore.put``).
+        """
+        meta = self._all_metadata()
+        kept = meta.pop(KEPT_KEY, None)
+        meta.pop(STAGED_KEY, None)
+        staged = self.staged()
+        if staged is not None and version and staged[0] == version:
+            meta.update(staged[1])
+        elif isinstance(kept, dict) and version and kept.get("version") == version and isinstance(kept.get("patch"), dict):
+            for key, old in kept["patch"].items():
+                if old is None:
+                    meta.pop(key, None)
+                else:
+                    meta[key] = old
+        return meta
+
+    def _all_metadata(self) -> dict[str, Any]:
         meta: dict[str, Any] = {}
         for key, value in self.tags.items():
             if key.startswith(TAG_META):
@@ -238,6 +326,9 @@ class AwsSecretsStore:
         self.options = options
         self.prefix = options.prefix
         self.service = service or AwsService("secretsmanager", options, label="AWS Secrets Manager")
+        #: secret name -> (monotonic time, description): tags and labels for ``get``'s one-request path.
+        self._seen: dict[str, tuple[float, _Secret]] = {}
+        self._seen_lock = threading.Lock()
 
     @classmethod
     def from_options(cls, raw: dict[str, Any]) -> "AwsSecretsStore":
@@ -274,8 +365,10 @@ class AwsSecretsStore:
         return _Secret.from_api(doc)
 
     def _live(self, path: SecretPath, secret: _Secret | None) -> _Secret:
-        if secret is None or secret.deleted:
-            raise SecretNotFoundError(f"secret {path} not found")
+        if secret is None:
+            raise SecretNotFoundError(f"secret {path} not found ({self._lookup_where(path)})")
+        if secret.deleted:
+            raise SecretNotFoundError(f"secret {path} not found (deleted)")
         return secret
 
     def _versions(self, path: SecretPath) -> list[dict[str, Any]]:
@@ -316,11 +409,16 @@ class AwsSecretsStore:
         fresh = self._describe(path)
         if fresh is None:
             return
-        for stage in (Stage.PREVIOUS, Stage.PENDING, Stage.CURRENT):
+        holder = fresh.labels.get(LABELS[Stage.CURRENT])
+        if holder is not None and holder != revived_vid and version_number(holder) != 0:
+            # First, as AWS then moves AWSPREVIOUS onto the old holder, which the loop below removes.
+            self._move_label(path, LABELS[Stage.CURRENT], version_id(0), holder)
+            fresh = self._describe(path) or fresh
+        for stage in (Stage.PREVIOUS, Stage.PENDING):
             holder = fresh.labels.get(LABELS[stage])
             if holder is None or holder == revived_vid or version_number(holder) == 0:
                 continue
-            self._move_label(path, LABELS[stage], version_id(0) if stage is Stage.CURRENT else None, holder)
+            self._move_label(path, LABELS[stage], None, holder)
 
     def _restore_previous(self, path: SecretPath, wanted: str | None, auto: str | None) -> None:
         """After AWSCURRENT left ``auto``, AWS put AWSPREVIOUS there; put it back on ``wanted``."""
@@ -351,11 +449,38 @@ class AwsSecretsStore:
 
     # -- SecretStore: writes --------------------------------------------------------
 
-    def put(self, path: SecretPath, value: SecretValue, *, cas: int | None = None, stage: Stage = Stage.CURRENT) -> int:
+    #: A stage read is one GetSecretValue plus tags cached per secret (RotationAwareCache uses it).
+    one_call_reads = True
+    #: ``put`` takes ``metadata`` and applies it atomically with the version it writes (Broker.put uses it).
+    put_takes_metadata = True
+
+    def put(self, path: SecretPath, value: SecretValue, *, cas: int | None = None, stage: Stage = Stage.CURRENT,
+            metadata: dict[str, Any] | None = None) -> int:
+        """Write version N -- with ``metadata`` (issuer settings) applying to it from the moment it is readable.
+
+        Order: (1) PutSecretValue under a label no reader uses (``runlease-writing-N``
+        for a new CURRENT); (2) one TagResource records N's write time
+        (``runlease:at:N``) and tags the settings as *staged for version N*
+        (``runlease:metaj:runlease.next``), which changes nothing for any other
+        version; (3) UpdateSecretVersionStage moves AWSCURRENT to N -- the one
+        atomic switch: every reader sees either (old value, old settings) or
+        (N, N's settings); (4) the staged settings are merged into the plain
+        tags and the staging tag removed. A failure in (2) or (3) leaves the
+        old CURRENT and its settings untouched and N under its writing label,
+        which every read refuses ("an unfinished write"); a failure in (4) is
+        finished by the next write. A PENDING put stages its settings for N
+        the same way; they become the plain tags when N is made CURRENT.
+        """
         from botocore.exceptions import ClientError
 
         text = encode_json(path, value)
+        patch = dict(metadata or {})
+        if patch:
+            _metadata_tags(path, patch)  # refuse bad keys before anything is written
+            if RESERVED_KEYS & set(patch):
+                raise InvalidValueError(f"metadata keys {sorted(RESERVED_KEYS)} of {path} are reserved")
         name = self._name(path)
+        self._forget(path)
         for _ in range(MAX_ATTEMPTS):
             secret = self._describe(path)
             if secret is None:
@@ -369,16 +494,22 @@ class AwsSecretsStore:
             if cas is not None and cas != actual:
                 found = "a version runlease did not write" if actual == FOREIGN else f"v{actual}"
                 raise ConflictError(f"check-and-set failed for {path}: expected CURRENT v{cas}, found {found}")
+            if TAG_MANAGED not in secret.tags:
+                # A secret created outside runlease and adopted by this put: `ls`, `rotation status`
+                # and the rotation DAG list only managed secrets.
+                self._call("TagResource", f"marking {name} as managed by runlease", lambda c: c.tag_resource(
+                    SecretId=name, Tags=[{"Key": TAG_MANAGED, "Value": "true"}]))
+            if patch:
+                secret = self._finish_staged(path, secret)  # settings of an interrupted put, before staging ours
             version = max(self._numbers(path), default=0) + 1
-            # A new CURRENT is written under a private label and then gets AWSCURRENT through
-            # UpdateSecretVersionStage, whose RemoveFromVersionId is the check-and-set on CURRENT.
-            temp = f"runlease-writing-{version}"
+            temp = f"{WRITING_LABEL}{version}"
             try:
                 self._call("PutSecretValue", f"writing version {version} of {name}", lambda c: c.put_secret_value(
                     SecretId=name, ClientRequestToken=version_id(version), SecretString=text,
                     VersionStages=[temp if stage is Stage.CURRENT else LABELS[stage]]), "ResourceExistsException")
             except ClientError:
                 continue  # another writer created this version number first: renumber
+            self._tag_written(path, secret, version, patch)
             if stage is Stage.CURRENT:
                 secret, actual = self._promote(path, secret, version, cas)
                 self._move_label(path, temp, None, version_id(version))
@@ -391,8 +522,99 @@ class AwsSecretsStore:
                 self._drop_labels_from_before_delete(path, version_id(version))
                 self._call("UntagResource", f"reviving {name}",
                            lambda c: c.untag_resource(SecretId=name, TagKeys=[TAG_DELETED]))
+            if patch and stage is Stage.CURRENT:
+                fresh = self._describe(path)
+                if fresh is not None:
+                    self._finish_staged(path, fresh)
             return version
         raise ConflictError(f"{path} kept changing under concurrent writers; gave up after {MAX_ATTEMPTS} rounds")
+
+    def _tag_written(self, path: SecretPath, secret: _Secret, version: int, patch: dict[str, Any]) -> None:
+        """One TagResource: when version N was written, and the settings staged for it (if any).
+
+        The write time lets ``ls``/``rotation status`` date CURRENT from one ListSecrets; old
+        write-time tags beyond the staged versions and the newest few are pruned (50 tags per secret).
+        """
+        name = self._name(path)
+        tags = [{"Key": f"{TAG_AT}{version}", "Value": utcnow().isoformat()}]
+        leftover: list[str] = []
+        if patch:
+            staged, _, after = _metadata_tags(path, {STAGED_KEY: {"version": version, "patch": patch}})
+            tags += staged
+            leftover = [k for k in after if k in secret.tags]
+        self._call("TagResource", f"recording version {version} of {name}",
+                   lambda c: c.tag_resource(SecretId=name, Tags=tags))
+        held = {f"{TAG_AT}{n}" for n in secret.stages().values()}
+        dated = sorted((k for k in secret.tags if k.startswith(TAG_AT) and k[len(TAG_AT):].isdigit()),
+                       key=lambda k: int(k[len(TAG_AT):]))
+        leftover += [k for k in dated[:-AT_KEEP] if k not in held]
+        if leftover:
+            self._call("UntagResource", f"updating metadata of {name}",
+                       lambda c: c.untag_resource(SecretId=name, TagKeys=leftover))
+        self._forget(path)
+
+    def version_created_at(self, path: SecretPath, version: int) -> datetime | None:
+        """When ``version`` was written, from the tags this store last saw in ``list`` (None: unknown).
+
+        Lets ``rotation status`` date CURRENT without a ListSecretVersionIds per secret; versions
+        written before the write-time tags existed answer None (the caller then asks ``history``).
+        """
+        with self._seen_lock:
+            seen = self._seen.get(self._name(path))
+        raw = seen[1].tags.get(f"{TAG_AT}{version}") if seen is not None else None
+        try:
+            return datetime.fromisoformat(raw) if raw else None
+        except ValueError:
+            return None
+
+    def _finish_staged(self, path: SecretPath, secret: _Secret) -> _Secret:
+        """Merge settings staged for the CURRENT version into the plain tags; drop stale staged settings.
+
+        Safe at any point: while the staging tag is there it wins for its
+        version, and the plain tags get the same values before it goes.
+        Settings staged for a version that is not CURRENT (a put that failed
+        before its stage move, or a PENDING put) stay only if that version is
+        still PENDING.
+        """
+        staged = secret.staged()
+        if staged is None:
+            return secret
+        version, patch = staged
+        stages = secret.stages()
+        if stages.get(Stage.CURRENT) == version:
+            demoted = stages.get(Stage.PREVIOUS)
+            base = secret.metadata_for(None)
+            kept = {k: base.get(k) for k in patch if base.get(k) != patch[k]}
+            if demoted and demoted != version and kept:
+                # The version this put demoted keeps the settings it was written with (a PREVIOUS can
+                # still be leased), before the plain tags change under it.
+                self._set_tags(path, secret, {KEPT_KEY: {"version": demoted, "patch": kept}})
+                secret = self._describe(path) or secret
+            self._set_tags(path, secret, patch)
+        elif secret.stages().get(Stage.PENDING) == version:
+            return secret
+        name = self._name(path)
+        keys = [k for k in secret.tags if k in (TAG_META_JSON + STAGED_KEY, TAG_META + STAGED_KEY)
+                or (k.startswith(TAG_META_MORE) and k.endswith(":" + STAGED_KEY))]
+        self._call("UntagResource", f"updating metadata of {name}",
+                   lambda c: c.untag_resource(SecretId=name, TagKeys=keys))
+        return self._describe(path) or secret
+
+    def _set_tags(self, path: SecretPath, secret: _Secret, patch: dict[str, Any]) -> None:
+        """Write metadata ``patch`` as tags (``secret``: the tags before, to remove stale encodings)."""
+        name = self._name(path)
+        tag, before, after = _metadata_tags(path, patch)
+        stale = [k for k in before if k in secret.tags]
+        if stale:
+            self._call("UntagResource", f"updating metadata of {name}",
+                       lambda c: c.untag_resource(SecretId=name, TagKeys=stale))
+        if tag:
+            self._call("TagResource", f"updating metadata of {name}", lambda c: c.tag_resource(SecretId=name, Tags=tag))
+        leftover = [k for k in after if k in secret.tags]  # continuations of a longer old value, now unread
+        if leftover:
+            self._call("UntagResource", f"updating metadata of {name}",
+                       lambda c: c.untag_resource(SecretId=name, TagKeys=leftover))
+        self._forget(path)
 
     def _actual(self, path: SecretPath, secret: _Secret) -> int:
         """The live CURRENT version (0: none, or soft-deleted; FOREIGN: a version runlease did not write).
@@ -424,7 +646,7 @@ class AwsSecretsStore:
                 if fresh is None:
                     raise SecretNotFoundError(f"secret {path} not found") from None
                 if cas is not None:
-                    self._move_label(path, f"runlease-writing-{version}", None, version_id(version))
+                    # The version keeps its writing label: every read refuses it as an unfinished write.
                     found = self._actual(path, fresh)
                     raise ConflictError(
                         f"check-and-set failed for {path}: expected CURRENT v{cas}, "
@@ -457,37 +679,39 @@ class AwsSecretsStore:
                 continue  # the label moved under us: re-read and re-check ``expected``
             if stage is Stage.CURRENT:
                 self._restore_previous(path, secret.labels.get(LABELS[Stage.PREVIOUS]), from_vid)
+            self._forget(path)
+            if stage is Stage.CURRENT and secret.staged() is not None:
+                fresh = self._describe(path)
+                if fresh is not None:
+                    self._finish_staged(path, fresh)  # settings a PENDING put staged for the new CURRENT
             return
         raise ConflictError(f"{path} kept changing under concurrent writers; gave up after {MAX_ATTEMPTS} rounds")
 
     def delete(self, path: SecretPath) -> None:
+        """Soft delete: the stage labels go to the placeholder first (so a one-call stage read finds
+        nothing at once), then the ``runlease:deleted-at`` tag marks the secret for ``info``/``ls``."""
         self._live(path, self._describe(path))
         name = self._name(path)
+        self._forget(path)
+        self._drop_labels_from_before_delete(path, "")
         self._call("TagResource", f"deleting {name}", lambda c: c.tag_resource(
             SecretId=name, Tags=[{"Key": TAG_DELETED, "Value": utcnow().isoformat()}]))
 
     def update_metadata(
         self, path: SecretPath, patch: dict[str, Any], *, expected: dict[str, Any] | None = None
     ) -> dict[str, Any]:
+        if RESERVED_KEYS & set(patch):
+            raise InvalidValueError(f"metadata keys {sorted(RESERVED_KEYS)} of {path} are reserved")
         secret = self._live(path, self._describe(path))
+        if secret.staged() is not None:
+            secret = self._finish_staged(path, secret)
         # Tags have no conditional write: ``expected`` is checked against the
         # description just read, so a concurrent tag write in between is not
         # detected (the same window as ``cas`` on a PENDING put; see the module docstring).
         stale = metadata_conflicts(secret.metadata(), expected)
         if stale:
             raise ConflictError(f"metadata of {path} changed: {', '.join(stale)} no longer as expected")
-        tag, before, after = _metadata_tags(path, patch)
-        name = self._name(path)
-        stale = [k for k in before if k in secret.tags]
-        if stale:
-            self._call("UntagResource", f"updating metadata of {name}",
-                       lambda c: c.untag_resource(SecretId=name, TagKeys=stale))
-        if tag:
-            self._call("TagResource", f"updating metadata of {name}", lambda c: c.tag_resource(SecretId=name, Tags=tag))
-        leftover = [k for k in after if k in secret.tags]  # continuations of a longer old value, now unread
-        if leftover:
-            self._call("UntagResource", f"updating metadata of {name}",
-                       lambda c: c.untag_resource(SecretId=name, TagKeys=leftover))
+        self._set_tags(path, secret, patch)
         meta = secret.metadata()
         meta.update(patch)
         return meta
@@ -499,34 +723,86 @@ class AwsSecretsStore:
         version = secret.holder(path, stage)
         if version is None:
             raise SecretNotFoundError(f"secret {path} has no {stage.value} version")
-        return Resolved(version=version, metadata=secret.metadata())
+        return Resolved(version=version, metadata=secret.metadata_for(version))
 
     def get(self, path: SecretPath, *, version: int | None = None, stage: Stage | None = Stage.CURRENT) -> StoredSecret:
+        """A version's value and the settings that apply to it.
+
+        A stage read is one GetSecretValue (``VersionStage`` explicit) when this
+        process described the secret within ``metadata_cache_seconds`` *and* the
+        stage was then on the version AWS just returned; otherwise (first read,
+        a moved stage: a put or a rotation) DescribeSecret refreshes the tags.
+        Settings are per secret but a put's reach a reader only together with
+        its version (``put``), so a cached description keyed by version is
+        never a wrong pairing of value and settings; a soft delete moves the
+        stage labels to the placeholder first, so it is seen at once too.
+        """
         from botocore.exceptions import ClientError
 
-        secret = self._live(path, self._describe(path))
         name = self._name(path)
+        wanted = stage or Stage.CURRENT
         if version is None:
-            label = LABELS[stage or Stage.CURRENT]
-            kwargs: dict[str, Any] = {"SecretId": name, "VersionStage": label}
-            missing = f"secret {path} has no {(stage or Stage.CURRENT).value} version"
+            kwargs: dict[str, Any] = {"SecretId": name, "VersionStage": LABELS[wanted]}
+            missing = f"secret {path} has no {wanted.value} version"
         else:
             if version < 1:
                 raise SecretNotFoundError(f"secret {path} has no version {version}")
             kwargs = {"SecretId": name, "VersionId": version_id(version)}
             missing = f"secret {path} has no version {version}"
-        try:
-            resp = self._call("GetSecretValue", f"reading {name}", lambda c: c.get_secret_value(**kwargs),
-                              "ResourceNotFoundException")
-        except ClientError:
-            raise SecretNotFoundError(missing) from None
-        n = version_number(str(resp.get("VersionId", "")))
-        if n is None:
-            raise InvalidValueError(f"{self._where(path)} returned version {resp.get('VersionId')}, which runlease did not write")
-        if n == 0:
-            raise SecretNotFoundError(missing)
-        value = decode_json(path, n, self._where(path), resp.get("SecretString"))
-        return StoredSecret(path=path, version=n, value=value, metadata=secret.metadata())
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                resp = self._call("GetSecretValue", f"reading {name}", lambda c: c.get_secret_value(**kwargs),
+                                  "ResourceNotFoundException", "InvalidRequestException")
+            except ClientError as err:
+                self._forget(path)
+                if self._describe(path) is None:
+                    raise SecretNotFoundError(f"secret {path} not found ({self._lookup_where(path)})") from None
+                if error_code(err) == "InvalidRequestException" and "delet" not in str(err).lower():
+                    raise StoreUnavailableError(f"{self.service.describe()} refused reading {name} "
+                                                "(InvalidRequestException)") from None
+                raise SecretNotFoundError(missing) from None
+            vid = str(resp.get("VersionId", ""))
+            n = version_number(vid)
+            if n is None:
+                raise InvalidValueError(f"{self._where(path)} returned version {vid}, which runlease did not write")
+            if n == 0:
+                raise SecretNotFoundError(missing)
+            if unfinished(resp.get("VersionStages")):
+                raise SecretNotFoundError(f"{missing}: version {n} is an unfinished write (its stage move never happened)")
+            secret = self._seen_secret(path, wanted if version is None else None, vid)
+            if version is None and secret.labels.get(LABELS[wanted]) != vid:
+                continue  # the stage moved between the two calls: read again
+            value = decode_json(path, n, self._where(path), resp.get("SecretString"))
+            return StoredSecret(path=path, version=n, value=value, metadata=secret.metadata_for(n))
+        raise ConflictError(f"{path} kept changing under concurrent writers; gave up after {MAX_ATTEMPTS} rounds")
+
+    def _seen_secret(self, path: SecretPath, stage: Stage | None, vid: str) -> _Secret:
+        """A live description of the secret, from this process's cache when it still fits ``stage -> vid``."""
+        name = self._name(path)
+        now = time.monotonic()
+        with self._seen_lock:
+            seen = self._seen.get(name)
+        if (stage is not None and seen is not None and now - seen[0] < self.options.metadata_cache_seconds
+                and seen[1].labels.get(LABELS[stage]) == vid):
+            return seen[1]
+        secret = self._live(path, self._describe(path))
+        self._remember(name, secret)
+        return secret
+
+    def _remember(self, name: str, secret: _Secret) -> None:
+        with self._seen_lock:
+            self._seen.pop(name, None)  # re-inserted last: the oldest entries go first
+            self._seen[name] = (time.monotonic(), secret)
+            while len(self._seen) > SEEN_MAX:
+                self._seen.pop(next(iter(self._seen)))
+
+    def _forget(self, path: SecretPath) -> None:
+        with self._seen_lock:
+            self._seen.pop(self._name(path), None)
+
+    def _lookup_where(self, path: SecretPath) -> str:
+        """Where a missing secret was looked for: name, region and endpoint (a wrong region is a common cause)."""
+        return f"looked for {self._name(path)} in {self.service.describe()}"
 
     def _info(self, path: SecretPath, secret: _Secret, versions: int) -> SecretInfo:
         now = utcnow()
@@ -564,7 +840,11 @@ class AwsSecretsStore:
             secret = _Secret.from_api(doc)
             if TAG_MANAGED not in secret.tags or (secret.deleted and not include_deleted):
                 continue
-            out.append(self._info(path, secret, max(self._numbers(path), default=0)))
+            self._remember(name, secret)  # dates for version_created_at; labels as fresh as a describe
+            # The newest labelled version stands in for the count: one ListSecretVersionIds per
+            # secret would make `ls` and `rotation status` O(secrets) requests (info() is exact).
+            newest = max((n for vid in secret.labels.values() if (n := version_number(vid))), default=0)
+            out.append(self._info(path, secret, newest))
         return sorted(out, key=lambda i: str(i.path))
 
     def history(self, path: SecretPath) -> list[SecretVersion]:
@@ -573,7 +853,7 @@ class AwsSecretsStore:
         out = []
         for entry in self._versions(path):
             n = version_number(entry["VersionId"])
-            if not n:
+            if not n or unfinished(entry.get("VersionStages")):
                 continue
             stages = sorted(STAGES_BY_LABEL[s] for s in entry.get("VersionStages") or [] if s in STAGES_BY_LABEL)
             out.append(SecretVersion(path=path, version=n, created_at=entry.get("CreatedDate") or utcnow(), stages=stages))

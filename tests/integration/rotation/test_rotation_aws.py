@@ -18,6 +18,7 @@ import pytest
 from runlease.ledger.base import AuditQuery
 from runlease.models import Outcome, Stage
 from runlease.rotation import RotationEngine, RotationTestFailed, Status, Step
+from runlease.rotation.rotators.aws_iam_key import key_ref
 from support.homes import make_runtime
 from support.moto_server import MotoServer
 
@@ -150,3 +151,58 @@ def test_secrets_manager_refuses_to_demote_a_value_written_outside_runlease(rt, 
         RotationEngine(rt.broker).rotate(target.path, ADMIN)
     assert target.extra["sm"].get_secret_value(SecretId=target.extra["secret_id"],
                                                VersionStage="AWSCURRENT")["SecretString"] == "sk_" + "z" * 43
+
+
+def test_iam_back_to_back_rotations_with_delete_on_retire_false(rt, moto_server: MotoServer) -> None:
+    """The inactive retired key is runlease's own: the next create deletes it (and audits that) to free the slot."""
+    target = iam_target(rt, moto_server.endpoint, delete_on_retire=False)
+    engine = RotationEngine(rt.broker)
+    held = [rt.store.get(target.path).value["login"]]
+    for _ in range(3):
+        engine.rotate(target.path, ADMIN)
+        engine.retire(target.path, ADMIN)
+        assert engine.state(target.path).status is Status.DONE
+        held.append(rt.store.get(target.path).value["login"])
+        assert key_status(target, held[-2]) == "Inactive" and key_status(target, held[-1]) == "Active"
+    keys = target.extra["iam"].list_access_keys(UserName=target.extra["user"])["AccessKeyMetadata"]
+    assert sorted(k["AccessKeyId"] for k in keys) == sorted(held[-2:])
+    deleted = [e.detail for e in rt.ledger.events(AuditQuery(action="rotate"))
+               if e.detail.get("effect") == "deleted-access-key"]
+    assert [d["access_key_sha256"] for d in deleted] == [key_ref(k)["access_key_sha256"] for k in held[:2]]
+    assert leaks(held, trail_text(rt)) == []  # named by hint and hash, never the whole key id
+    assert all("delete_on_retire=false" in d["why"] for d in deleted)
+
+
+def test_iam_never_deletes_a_second_key_it_did_not_create(rt, moto_server: MotoServer) -> None:
+    """A key someone made a moment before the rotation is not an orphan: refuse, touch nothing, stay retryable."""
+    target = iam_target(rt, moto_server.endpoint)
+    engine = RotationEngine(rt.broker)
+    iam, user = target.extra["iam"], target.extra["user"]
+    theirs = iam.create_access_key(UserName=user)["AccessKey"]["AccessKeyId"]
+    state = engine.start(target.path, ADMIN)
+    with pytest.raises(Exception, match=f"{theirs}.*runlease did not create it"):
+        engine.run_step(target.path, ADMIN, Step.CREATE, state.token)
+    assert key_status(target, theirs) == "Active"
+    iam.delete_access_key(UserName=user, AccessKeyId=theirs)  # the operator frees the slot ...
+    state = engine.rotate(target.path, ADMIN, token=state.token)  # ... and the same rotation goes on
+    assert state.status is Status.GRACE
+
+
+def test_iam_orphan_of_a_crashed_create_is_recognised_by_its_record(rt, moto_server: MotoServer,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from runlease.rotation.rotators.aws_iam_key import KEY_TAG
+
+    target = iam_target(rt, moto_server.endpoint)
+    engine = RotationEngine(rt.broker)
+    iam, user = target.extra["iam"], target.extra["user"]
+    state = engine.start(target.path, ADMIN)
+    # What a create that died after CreateAccessKey and its record leaves behind:
+    orphan = iam.create_access_key(UserName=user)["AccessKey"]["AccessKeyId"]
+    iam.tag_user(UserName=user, Tags=[{"Key": KEY_TAG + orphan, "Value": f"{target.path}@{state.token}"}])
+    state = engine.rotate(target.path, ADMIN, token=state.token)
+    assert state.status is Status.GRACE and key_status(target, orphan) is None
+    deleted = [e.detail for e in rt.ledger.events(AuditQuery(action="rotate"))
+               if e.detail.get("effect") == "deleted-access-key"]
+    assert [d["access_key_hint"] for d in deleted] == [orphan[-4:]] and "orphan" in deleted[0]["why"]
+    tags = {t["Key"] for t in iam.list_user_tags(UserName=user)["Tags"]}
+    assert KEY_TAG + orphan not in tags

@@ -42,6 +42,9 @@ class RotationContext:
     started_at: datetime
     #: Read another runlease secret (an admin connection) through the broker: policy-checked, audited, masked.
     read_secret: Callable[[str], StoredSecret] = field(repr=False)
+    #: Record a target-side effect the rotator decided on its own (an IAM key it deleted) in the audit
+    #: trail: ``note(effect, facts)``; facts are identifiers, never values.
+    note: Callable[[str, dict[str, Any]], None] = field(default=lambda effect, facts: None, repr=False)
 
 
 class Rotator(Protocol):
