@@ -79,6 +79,11 @@ class RunleaseBackend(BaseSecretsBackend):
                 f"{BACKEND} backend_kwargs 'home': cannot open the runlease home {settings.home} "
                 f"(kwarg 'home' or RUNLEASE_HOME; key from {key_source}): {err}"
             ) from None
+        # A central manager's SDK (Vault: hvac) loads now, not in the first lookup: Airflow's own
+        # backends import theirs with their module, before the first lookup too.
+        prepare = getattr(self._state.runtime.broker.store, "prepare", None)
+        if prepare is not None:
+            prepare()
 
     # -- what other modules use -------------------------------------------------
 
