@@ -108,7 +108,8 @@ def test_backend_kwarg_airflow_layout_reads_what_vaultbackend_reads(
     theirs = VaultBackend(url=openbao.url, token=openbao.root_token, **layout)
     for key, value in TASK_ENV.items():
         monkeypatch.setenv(key, value)
-    ours = RunleaseBackend(home=str(vault_home), airflow_layout=json.dumps(layout))  # as airflow.cfg passes it
+    # as airflow.cfg passes it: JSON text (a version written as text is understood too)
+    ours = RunleaseBackend(home=str(vault_home), airflow_layout=json.dumps({**layout, "kv_engine_version": str(kv_version)}))
 
     a, b = theirs.get_connection("reporting"), ours.get_connection("reporting")
     fields = ("conn_type", "host", "login", "password", "schema", "port")

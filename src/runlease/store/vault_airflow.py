@@ -82,6 +82,8 @@ class AirflowLayout(BaseModel):
                                  "store_options)")
             if isinstance(value, str) and name.endswith("_path"):
                 value = value.strip("/") or None  # VaultBackend strips slashes; "" turns a kind off
+            if name == "kv_version" and isinstance(value, str) and value.strip().isdigit():
+                value = int(value)  # airflow.cfg and environment overrides are text
             fields[name] = value
         return cls.model_validate(fields)
 
