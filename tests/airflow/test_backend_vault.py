@@ -11,6 +11,7 @@ import json
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -172,3 +173,17 @@ def test_construction_prepares_the_vault_client_without_a_request(
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["False", "True"]
+
+
+def test_without_hvac_the_backend_fails_at_construction_naming_the_extra(
+        vault_home: Path, monkeypatch: pytest.MonkeyPatch, mocker: Any) -> None:
+    """Fake (pytest-mock): hvac is installed here, so its absence is simulated in sys.modules."""
+    import sys
+
+    from runlease.errors import ConfigError
+    from runlease.store import vault_auth
+
+    monkeypatch.setattr(vault_auth, "_sessions", {})
+    mocker.patch.dict(sys.modules, {"hvac": None})  # `import hvac` raises ImportError
+    with pytest.raises(ConfigError, match=r"runlease\[vault\]"):
+        RunleaseBackend(home=str(vault_home))

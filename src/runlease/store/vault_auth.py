@@ -291,7 +291,10 @@ class VaultSession:
         return self._client
 
     def _new_client(self) -> Any:
-        import hvac
+        try:
+            import hvac
+        except ImportError:
+            raise ConfigError("the Vault store needs hvac: pip install 'runlease[vault]'") from None
 
         session = correlated_http_session(self.options.verify, self.address)  # type: ignore[arg-type]
         client = hvac.Client(
