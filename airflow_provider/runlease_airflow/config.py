@@ -93,8 +93,12 @@ class BackendKwargs(BaseModel):
     #: Also read secrets written for Airflow's SecretsManagerBackend (true, or its kwargs as an object;
     #: see runlease_airflow.aws_layout). Validated when the backend starts.
     aws_secrets_manager: bool | dict[str, Any] | str | None = None
+    #: Vault store only, opt-in: also read secrets written for Airflow's VaultBackend, given in
+    #: VaultBackend's own backend_kwargs names (runlease.store.vault_airflow); sets the store
+    #: option ``airflow_layout``.
+    airflow_layout: dict[str, Any] | None = None
 
-    @field_validator("store_options", mode="before")
+    @field_validator("store_options", "airflow_layout", mode="before")
     @classmethod
     def _options_from_json(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -105,6 +109,27 @@ class BackendKwargs(BaseModel):
             except json.JSONDecodeError:
                 raise ValueError("must be a JSON object") from None
         return value
+
+
+def _with_airflow_layout(settings: Settings, layout: dict[str, Any]) -> Settings:
+    """The settings with the kwarg ``airflow_layout`` as the Vault store option of that name."""
+    if settings.store != "vault":
+        raise kwarg_error("airflow_layout", f"only for the Vault store (store is {settings.store!r})")
+    if (settings.store_options or {}).get("airflow_layout") is not None:
+        raise kwarg_error("airflow_layout", "also set in the store options (airflow_layout): set it in one place")
+    from runlease.store.vault_airflow import AirflowLayout
+
+    try:
+        parsed = AirflowLayout.from_vault_backend_kwargs(layout, settings.env)
+    except ValidationError as err:
+        first = err.errors()[0]
+        airflow_names = {"mount": "mount_point", "kv_version": "kv_engine_version"}  # as the user wrote them
+        where = ".".join(airflow_names.get(str(p), str(p)) for p in first["loc"])
+        raise kwarg_error(f"airflow_layout.{where}" if where else "airflow_layout", first["msg"]) from None
+    except ValueError as err:
+        raise kwarg_error("airflow_layout", str(err)) from None
+    options = {**(settings.store_options or {}), "airflow_layout": parsed.model_dump(mode="json")}
+    return settings.model_copy(update={"store_options": options})
 
 
 @dataclass(frozen=True)
@@ -142,6 +167,8 @@ class BackendConfig:
         except ValidationError as err:
             first = err.errors()[0]
             raise kwarg_error(str(first["loc"][0]) if first["loc"] else "?", first["msg"]) from None
+        if parsed.airflow_layout is not None:
+            settings = _with_airflow_layout(settings, parsed.airflow_layout)
         try:
             SecretPath.of(settings.env, "connections", "probe")
         except InvalidPathError as err:

@@ -92,6 +92,11 @@ class RunleaseBackend(BaseSecretsBackend):
 
             self._airflow_layout = AirflowLayoutSource.from_kwarg(self.config.aws_secrets_manager,
                                                                   self._state.runtime.store)
+        # A central manager's SDK (Vault: hvac) loads now, not in the first lookup: Airflow's own
+        # backends import theirs with their module, before the first lookup too.
+        prepare = getattr(self._state.runtime.broker.store, "prepare", None)
+        if prepare is not None:
+            prepare()
 
     # -- what other modules use -------------------------------------------------
 

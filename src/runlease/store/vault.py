@@ -175,6 +175,16 @@ class VaultStore:
             raise options_error("vault", err) from None
         return cls(options)
 
+    def prepare(self) -> None:
+        """Load the Vault SDK and build the HTTP client now, without sending a request.
+
+        Constructing the store stays light (a CLI command that never reaches Vault
+        does not import hvac); a long-lived caller whose first lookup should pay for
+        the network only -- the Airflow secrets backend when it is constructed --
+        calls this up front.
+        """
+        self.session.prepare()
+
     @property
     def location(self) -> str:
         return f"{self.session.describe()}, KV v2 mount {self.mount!r}, prefix {self.prefix!r}"

@@ -21,6 +21,11 @@ precedence (that is how a secret is migrated to runlease's layout).
 
 Only the path segment from runlease's name is used (one segment: a name
 cannot climb out of the configured base path).
+
+The same layout can be given to ``RunleaseBackend`` as the backend kwarg
+``airflow_layout`` in the names of VaultBackend's own backend_kwargs
+(``mount_point``, ``kv_engine_version``, ``connections_path``, ...), so a
+team copies them over unchanged: :meth:`AirflowLayout.from_vault_backend_kwargs`.
 """
 
 from __future__ import annotations
@@ -52,6 +57,35 @@ class AirflowLayout(BaseModel):
     connections_path: str | None = Field(default="connections", pattern=_SEGMENT)
     variables_path: str | None = Field(default="variables", pattern=_SEGMENT)
     config_path: str | None = Field(default="config", pattern=_SEGMENT)
+
+    @classmethod
+    def from_vault_backend_kwargs(cls, kwargs: dict[str, Any], env: str) -> "AirflowLayout":
+        """The layout from Airflow VaultBackend's backend_kwargs names (the runlease names work too).
+
+        Only the layout is taken; VaultBackend's connection and auth kwargs (``url``,
+        ``auth_type``, ``role_id``, ...) belong in the store options, where runlease
+        never accepts a credential inline, so they are refused here by name.
+        ``env`` is the backend's environment unless the kwargs name one.
+        """
+        renamed = {"mount_point": "mount", "kv_engine_version": "kv_version"}
+        fields: dict[str, Any] = {"env": env}
+        given: dict[str, str] = {}
+        for key, value in kwargs.items():
+            name = renamed.get(key, key)
+            if name in given:
+                raise ValueError(f"{given[name]!r} and {key!r} name the same setting: give one")
+            given[name] = key
+            if name not in cls.model_fields:
+                known = ", ".join(["mount_point", "kv_engine_version", "connections_path", "variables_path",
+                                   "config_path", "env"])
+                raise ValueError(f"unknown key {key!r} (known: {known}; Vault's address and auth go in "
+                                 "store_options)")
+            if isinstance(value, str) and name.endswith("_path"):
+                value = value.strip("/") or None  # VaultBackend strips slashes; "" turns a kind off
+            if name == "kv_version" and isinstance(value, str) and value.strip().isdigit():
+                value = int(value)  # airflow.cfg and environment overrides are text
+            fields[name] = value
+        return cls.model_validate(fields)
 
     def kv_path(self, path: SecretPath) -> str | None:
         """The Airflow-layout KV path for ``path``, None when the layout does not cover it."""

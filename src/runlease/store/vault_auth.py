@@ -219,6 +219,19 @@ class VaultSession:
 
     # -- public ---------------------------------------------------------------
 
+    def prepare(self) -> None:
+        """Build the HTTP client now (imports hvac and requests; no request is sent).
+
+        Called by :meth:`VaultStore.prepare` when the Airflow backend is constructed,
+        so its first lookup pays for the network and the lease only -- the same
+        point at which Airflow's VaultBackend has its SDK ready (it imports hvac
+        with its module). Logging in stays lazy: constructing a backend must not
+        mint a token.
+        """
+        with self._lock:
+            if self._client is None:
+                self._client = self._new_client()
+
     def describe(self) -> str:
         ns = f" namespace {self.options.namespace}" if self.options.namespace else ""
         return f"Vault at {self.address}{ns} ({self.auth.method} auth at auth/{self.auth.mount_path})"
@@ -278,7 +291,10 @@ class VaultSession:
         return self._client
 
     def _new_client(self) -> Any:
-        import hvac
+        try:
+            import hvac
+        except ImportError:
+            raise ConfigError("the Vault store needs hvac: pip install 'runlease[vault]'") from None
 
         session = correlated_http_session(self.options.verify, self.address)  # type: ignore[arg-type]
         client = hvac.Client(

@@ -182,3 +182,101 @@ def test_cli_refuses_bad_transit_arguments(tmp_path: Path, monkeypatch: pytest.M
     code, out = run("init", "--vault-transit-key", "transit/k", "--kms-key-id", "alias/x")
     assert code == 2 and "exclude each other" in out
     assert not (tmp_path / "home").exists()
+
+
+def _fresh_cli_env(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    """A new process's view: no Vault variables, no cached login."""
+    monkeypatch.setenv("RUNLEASE_HOME", str(home))
+    monkeypatch.setenv("COLUMNS", "250")
+    for name in ("VAULT_ADDR", "VAULT_TOKEN", "BAO_ADDR", "BAO_TOKEN", "VAULT_SECRET_ID", "BAO_SECRET_ID",
+                 "RUNLEASE_STORE", "RUNLEASE_STORE_OPTIONS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(vault_auth, "_sessions", {})
+
+
+def test_cli_init_with_explicit_vault_transit_options_approle(openbao: OpenBao, transit: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--vault-transit-options`` alone says how to reach Vault: AppRole, secret id from a named variable."""
+    mount, _, key = transit.rpartition("/")
+    policy = openbao.policy(unique("transit"), f'path "{mount}/encrypt/{key}" {{ capabilities = ["update"] }}\n'
+                                              f'path "{mount}/decrypt/{key}" {{ capabilities = ["update"] }}\n')
+    auth_mount, role_id, secret_id = openbao.approle([policy])
+    home = tmp_path / "home"
+    _fresh_cli_env(monkeypatch, home)
+    monkeypatch.setenv("KEK_SECRET_ID", secret_id)
+    options = {"address": openbao.url, "timeout": 5,
+               "auth": {"method": "approle", "mount": auth_mount, "role_id": role_id, "secret_id_env": "KEK_SECRET_ID"}}
+    mark = openbao.audit_mark()
+    code, out = run("init", "--vault-transit-key", transit, "--vault-transit-options", json.dumps(options))
+    assert code == 0, out
+    assert f"wrapped by Vault Transit key {transit} at {openbao.url}" in out
+    doc = json.loads((home / "master.key").read_text())
+    assert doc["transit"]["auth"] == {"method": "approle", "mount": auth_mount, "role_id": role_id,
+                                      "secret_id_env": "KEK_SECRET_ID"}
+    assert secret_id not in (home / "master.key").read_text()
+    assert [r["path"] for r in openbao.requests(mark, path_contains=f"{mount}/")] == [f"{mount}/encrypt/{key}"]
+    assert len(openbao.logins(mark, auth_mount)) == 1
+
+    monkeypatch.setattr(vault_auth, "_sessions", {})  # the next command is a new process: it reads the key file
+    assert run("put", "dev/connections/warehouse", "--stdin", input=URI)[0] == 0
+    monkeypatch.setattr(vault_auth, "_sessions", {})
+    code, out = run("get", "dev/connections/warehouse", "--reveal", "--uri")
+    assert code == 0 and out.strip() == URI
+    assert [r["path"] for r in openbao.requests(mark, path_contains=f"{mount}/")].count(f"{mount}/decrypt/{key}") == 2
+    monkeypatch.delenv("KEK_SECRET_ID")  # without the AppRole secret id the home does not open
+    monkeypatch.setattr(vault_auth, "_sessions", {})
+    code, out = run("get", "dev/connections/warehouse", "--reveal")
+    assert code != 0 and "Transit-Pa55word" not in out and secret_id not in out, out
+
+
+def test_cli_init_reuses_the_vault_store_options_for_transit(openbao: OpenBao, transit: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the Vault store, ``--vault-transit-key`` alone reaches Vault the way RUNLEASE_STORE_OPTIONS says.
+
+    Only the connection fields are taken (address, timeout, auth...), not the store's own
+    (mount, prefix); and ``--vault-transit-options``, when given, replaces them.
+    """
+    mount, _, key = transit.rpartition("/")
+    home = tmp_path / "home"
+    _fresh_cli_env(monkeypatch, home)
+    store_options = {"address": openbao.url, "prefix": unique("rl"), "timeout": 7,
+                     "auth": {"method": "token", "token_file": str(token_file(tmp_path, openbao.root_token))}}
+    monkeypatch.setenv("RUNLEASE_STORE", "vault")
+    monkeypatch.setenv("RUNLEASE_STORE_OPTIONS", json.dumps(store_options))
+    mark = openbao.audit_mark()
+    code, out = run("init", "--vault-transit-key", transit)
+    assert code == 0, out
+    doc = json.loads((home / "master.key").read_text())
+    # (recorded without defaults: method "token" is the default)
+    assert doc["transit"] == {"address": openbao.url, "timeout": 7.0, "verify": True,
+                              "auth": {"token_file": store_options["auth"]["token_file"]}, "key": transit}
+    assert [r["path"] for r in openbao.requests(mark, path_contains=f"{mount}/")] == [f"{mount}/encrypt/{key}"]
+    monkeypatch.setattr(vault_auth, "_sessions", {})
+    assert run("put", "dev/connections/warehouse", "--stdin", input=URI)[0] == 0
+    monkeypatch.setattr(vault_auth, "_sessions", {})
+    code, out = run("get", "dev/connections/warehouse", "--reveal", "--uri")
+    assert code == 0 and out.strip() == URI
+
+    # explicit options win over the store options: another home, an unreachable Transit address
+    other = tmp_path / "other"
+    monkeypatch.setenv("RUNLEASE_HOME", str(other))
+    explicit = {"address": f"http://127.0.0.1:{free_port()}", "timeout": 2, "auth": store_options["auth"]}
+    code, out = run("init", "--vault-transit-key", transit, "--vault-transit-options", json.dumps(explicit))
+    assert code == 9 and explicit["address"] in out, out
+    assert not (other / "master.key").exists()
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    ('[{"address": "http://127.0.0.1:1"}]', "must be one JSON object"),
+    ('{"auth": {"method": "token", "token": "s.inline-token-value"}}', "Vault Transit key options"),
+    ('{"address": "vault.internal:8200"}', "must start with http:// or https://"),
+])
+def test_cli_refuses_bad_vault_transit_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: str,
+                                               says: str) -> None:
+    _fresh_cli_env(monkeypatch, tmp_path / "home")
+    code, out = run("init", "--vault-transit-key", "transit/k", "--vault-transit-options", options)
+    assert code == 2 and says in out, out
+    assert "inline-token-value" not in out
+    assert not (tmp_path / "home").exists()
+    code, out = run("init", "--vault-transit-options", '{"address": "http://127.0.0.1:1"}')
+    assert code == 2 and "needs --vault-transit-key" in out
