@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,7 +22,13 @@ from pydantic import Secret
 from runlease.cache import RotationAwareCache
 from runlease.connection import sensitive_strings
 from runlease.correlation import correlated
-from runlease.errors import AccessDeniedError, InvalidValueError, RevocationIncompleteError, SecretNotFoundError
+from runlease.errors import (
+    AccessDeniedError,
+    IntegrityError,
+    InvalidValueError,
+    RevocationIncompleteError,
+    SecretNotFoundError,
+)
 from runlease.issuers import IssuerRegistry
 from runlease.ledger.base import Ledger
 from runlease.models import (
@@ -39,6 +46,7 @@ from runlease.models import (
 )
 from runlease.policy import Policy
 from runlease.redact import Redactor, default_redactor
+from runlease.rowauth import RowKeyNotLoadedError, RowTamperedError
 from runlease.store.base import SecretStore, StoredSecret
 
 
@@ -123,6 +131,24 @@ class Broker:
     def mask(self, value: SecretValue) -> None:
         self.redactor.add_many(secret_strings(value))
 
+    def _report_tampering(self, err: IntegrityError | RowKeyNotLoadedError, action: str,
+                          identity: RunIdentity | None, **fields: Any) -> None:
+        """Audit a row that failed authentication (names the table and row, never a value)."""
+        self.ledger.append(AuditEvent.for_identity(
+            identity, action=action, outcome=Outcome.ERROR, **fields,
+            detail={"error": type(err).__name__, "table": getattr(err, "table", None),
+                    "row": getattr(err, "row_id", None)},
+        ))
+
+    @contextmanager
+    def _tampering_audited(self, action: str, identity: RunIdentity | None, **fields: Any) -> Iterator[None]:
+        """Audit, then re-raise, an authentication failure of a stored row (store or ledger)."""
+        try:
+            yield
+        except (IntegrityError, RowKeyNotLoadedError) as err:
+            self._report_tampering(err, action, identity, **fields)
+            raise
+
     # -- leases ---------------------------------------------------------------
 
     @correlated
@@ -145,7 +171,8 @@ class Broker:
         path = self.path(ref, kind)
         self.authorize(identity, path, Capability.LEASE, "lease")
         duration = self._ttl(ttl)
-        secret = self.cache.get(path, stage)
+        with self._tampering_audited("lease", identity, path=str(path)):
+            secret = self.cache.get(path, stage)
         issuer_name = str(secret.metadata.get("issuer", "static"))
         issuer = self.issuers.get(issuer_name)
         lease_id = new_lease_id()
@@ -203,7 +230,8 @@ class Broker:
 
         Not policy-checked: revoking only ever takes access away.
         """
-        lease = self.ledger.get_lease(lease_id)
+        with self._tampering_audited("revoke", identity, lease_id=lease_id):
+            lease = self.ledger.get_lease(lease_id)
         if lease.state is not LeaseState.ACTIVE:
             return False
         return self._close(lease, LeaseState.REVOKED, reason, identity)
@@ -211,19 +239,30 @@ class Broker:
     def revoke_where(self, reason: str, identity: RunIdentity | None = None, **filters: Any) -> int:
         """Revoke every active lease matching ledger filters (pipeline, run_id, task_id, try_number,
         map_index), going on past issuers that fail (see :meth:`_close_all`)."""
-        return self._close_all(self.ledger.find_leases(state=LeaseState.ACTIVE, **filters),
-                               LeaseState.REVOKED, reason, identity)
+        return self._close_found(dict(state=LeaseState.ACTIVE, **filters), LeaseState.REVOKED, reason, identity)
 
-    def _close_all(self, leases: list[Lease], new_state: LeaseState, reason: str,
-                   actor: RunIdentity | None) -> int:
-        """Close every lease, going on past an issuer that fails (its error is audited by
-        :meth:`_close`); raise :class:`RevocationIncompleteError` at the end if any did."""
+    def _close_found(self, filters: dict[str, Any], new_state: LeaseState, reason: str,
+                     actor: RunIdentity | None) -> int:
+        """Close every lease the ledger finds, going on past an issuer that fails (its error is
+        audited by :meth:`_close`) and past rows that fail authentication (each audited, never
+        acted on). Raises at the end: :class:`IntegrityError` if any row was forged or edited,
+        else :class:`RevocationIncompleteError` if an issuer failed."""
+        tampered: list[str] = []
+        leases = self.ledger.find_leases(tampered=tampered, **filters)
+        action = "revoke" if new_state is LeaseState.REVOKED else "expire"
+        for lease_id in tampered:
+            self._report_tampering(RowTamperedError("leases", lease_id), action, actor, lease_id=lease_id)
         count, failed = 0, []
         for lease in leases:
             try:
                 count += self._close(lease, new_state, reason, actor)
             except Exception:  # noqa: BLE001 - audited in _close; the others must still be closed
                 failed.append(lease.lease_id)
+        if tampered:
+            raise IntegrityError(
+                f"closed {count} lease(s); {len(tampered)} lease row(s) failed authentication and were not acted on "
+                f"(audited): {', '.join(tampered)}" + (f"; {len(failed)} could not be revoked: {', '.join(failed)}"
+                                                       if failed else ""))
         if failed:
             raise RevocationIncompleteError(count, failed)
         return count
@@ -246,7 +285,8 @@ class Broker:
         actually granted (Vault may give less than asked). Returns the lease
         with its new ``expires_at``.
         """
-        lease = self.ledger.get_lease(lease_id)
+        with self._tampering_audited("renew", identity, lease_id=lease_id):
+            lease = self.ledger.get_lease(lease_id)
         now = self.clock()
         if lease.state is not LeaseState.ACTIVE or lease.expires_at <= now:
             state = lease.state.value if lease.state is not LeaseState.ACTIVE else "past its expiry"
@@ -283,8 +323,8 @@ class Broker:
 
     def sweep_expired(self, now: datetime | None = None) -> int:
         """The TTL backstop: close every active lease past its expiry (e.g. of a SIGKILLed task)."""
-        expired = self.ledger.find_leases(state=LeaseState.ACTIVE, expired_before=now or self.clock())
-        return self._close_all(expired, LeaseState.EXPIRED, "ttl expired", None)
+        return self._close_found(dict(state=LeaseState.ACTIVE, expired_before=now or self.clock()),
+                                 LeaseState.EXPIRED, "ttl expired", None)
 
     # -- reads and writes -----------------------------------------------------
 
@@ -298,7 +338,8 @@ class Broker:
         """
         path = self.path(ref, kind)
         self.authorize(identity, path, Capability.READ, "read")
-        secret = self.cache.get(path, stage, version)
+        with self._tampering_audited("read", identity, path=str(path)):
+            secret = self.cache.get(path, stage, version)
         self.mask(secret.value)
         self.ledger.append(AuditEvent.for_identity(
             identity, action="read", path=str(path), version=secret.version,

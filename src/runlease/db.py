@@ -22,7 +22,10 @@ from pathlib import Path
 
 from runlease.errors import StoreUnavailableError
 
-SCHEMA_VERSION = 1
+#: 2 added the ``mac`` columns (row authentication, runlease.rowauth); a version-1 file is
+#: upgraded in place by runlease.migrations when a runtime opens it with the key.
+SCHEMA_VERSION = 2
+LEGACY_SCHEMA_VERSIONS = (1,)
 BUSY_TIMEOUT_MS = 60_000
 
 SCHEMA = """
@@ -39,7 +42,8 @@ CREATE TABLE IF NOT EXISTS secrets (
     updated_at  TEXT NOT NULL,
     deleted_at  TEXT,
     last_version INTEGER NOT NULL DEFAULT 0,
-    metadata    TEXT NOT NULL DEFAULT '{}'
+    metadata    TEXT NOT NULL DEFAULT '{}',
+    mac         TEXT
 );
 CREATE TABLE IF NOT EXISTS versions (
     path        TEXT NOT NULL REFERENCES secrets(path),
@@ -49,6 +53,7 @@ CREATE TABLE IF NOT EXISTS versions (
     wrapped_dek BLOB NOT NULL,
     ciphertext  BLOB NOT NULL,
     deprecated  INTEGER NOT NULL DEFAULT 0,
+    mac         TEXT,
     PRIMARY KEY (path, version)
 );
 CREATE TABLE IF NOT EXISTS stages (
@@ -75,7 +80,8 @@ CREATE TABLE IF NOT EXISTS leases (
     state        TEXT NOT NULL,
     revoked_at   TEXT,
     revoke_reason TEXT,
-    issuer_state TEXT NOT NULL DEFAULT '{}'
+    issuer_state TEXT NOT NULL DEFAULT '{}',
+    mac          TEXT
 );
 CREATE INDEX IF NOT EXISTS leases_run ON leases(run_id, state);
 CREATE INDEX IF NOT EXISTS leases_state_expiry ON leases(state, expires_at);
@@ -156,9 +162,11 @@ class Database:
         except sqlite3.DatabaseError as err:
             self.close()
             raise StoreUnavailableError(f"{self.path} is not a usable runlease store ({err})") from None
-        if row is None or int(row[0]) != SCHEMA_VERSION:
+        if row is None or int(row[0]) not in (SCHEMA_VERSION, *LEGACY_SCHEMA_VERSIONS):
             self.close()
             raise StoreUnavailableError(f"{self.path} has an unknown schema version; expected {SCHEMA_VERSION}")
+        #: The file's schema version; older ones are upgraded by runlease.migrations (needs the key).
+        self.schema_version = int(row[0])
 
     def connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -218,7 +226,8 @@ class Database:
         """
         with self._thread_turn:
             if self._turn_pid != os.getpid():  # after fork: our own descriptor, not the parent's
-                self._turn_fd = os.open(f"{self.path}.writers", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                self._turn_fd = os.open(f"{self.path}.writers",
+                                        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
                 self._turn_pid = os.getpid()
             fcntl.flock(self._turn_fd, fcntl.LOCK_EX)
             try:

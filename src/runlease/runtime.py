@@ -32,6 +32,7 @@ from runlease.issuers import standard_issuers
 from runlease.keyfile import create_key_file, create_kms_key_file, kms_key_file_info, load_keyring
 from runlease.ledger.base import Ledger
 from runlease.ledger.sqlite import SqliteLedger
+from runlease.migrations import upgrade_sqlite
 from runlease.policy import EXAMPLE_POLICY, Policy
 from runlease.settings import Settings
 from runlease.store.base import SecretStore
@@ -126,6 +127,7 @@ def open_runtime(settings: Settings | None = None, *, create_ledger: bool = Fals
     keyring = load_keyring(settings)
     db = Database(settings.store_file)
     try:
+        upgrade_sqlite(db, keyring)
         local = LocalStore(db, keyring)
         store = remote_store(settings) or local
         return _assemble(settings, keyring, db, store, local, create_ledger=create_ledger)

@@ -20,8 +20,18 @@ from runlease.audit import Anchor, VerifyResult, advance_anchor, event_row, gene
 from runlease.crypto import Keyring
 from runlease.db import Database, Transaction
 from runlease.errors import LeaseNotFoundError, MasterKeyError
-from runlease.ledger.base import LEASE_FIELDS, AuditQuery, lease_filter_sql, lease_from_row, lease_values
+from runlease.ledger.base import (
+    LEASE_FIELDS,
+    AuditQuery,
+    authenticated_lease,
+    authenticated_leases,
+    lease_filter_sql,
+    lease_values,
+    ledger_scope,
+    seal_lease,
+)
 from runlease.models import AuditEvent, Lease, LeaseState
+from runlease.rowauth import RowAuthenticator
 
 _LEASE_COLUMNS = ", ".join(LEASE_FIELDS)
 _AUDIT_COLUMNS = (
@@ -46,6 +56,7 @@ class SqliteLedger:
         if row is None:
             raise MasterKeyError(f"store {db.path} was never initialized; run `runlease init`")
         self.store_id = str(row[0])
+        self.auth = RowAuthenticator(keyring, ledger_scope(self.store_id))
 
     def atomic(self) -> AbstractContextManager[Transaction]:
         return self.db.write()
@@ -111,19 +122,19 @@ class SqliteLedger:
     def record_lease(self, lease: Lease, event: AuditEvent) -> AuditEvent:
         with self.db.write() as tx:
             tx.conn.execute(
-                f"INSERT INTO leases({_LEASE_COLUMNS}) VALUES ({','.join('?' * 18)})",
-                lease_values(lease, ts, lambda state: json.dumps(state, sort_keys=True)),
+                f"INSERT INTO leases({_LEASE_COLUMNS}, mac) VALUES ({','.join('?' * 19)})",
+                (*lease_values(lease, ts, lambda state: json.dumps(state, sort_keys=True)),
+                 seal_lease(self.auth, lease)),
             )
             return self.append(event)[0]
 
-
     def get_lease(self, lease_id: str) -> Lease:
         row = self.db.connection().execute(
-            f"SELECT {_LEASE_COLUMNS} FROM leases WHERE lease_id=?", (lease_id,)
+            f"SELECT {_LEASE_COLUMNS}, mac FROM leases WHERE lease_id=?", (lease_id,)
         ).fetchone()
         if row is None:
             raise LeaseNotFoundError(f"lease {lease_id} not found")
-        return lease_from_row(row)
+        return authenticated_lease(row, self.auth)
 
     def find_leases(
         self,
@@ -136,31 +147,45 @@ class SqliteLedger:
         state: LeaseState | None = None,
         expired_before: datetime | None = None,
         limit: int | None = None,
+        tampered: list[str] | None = None,
     ) -> list[Lease]:
         where, params = lease_filter_sql(
             "?", ts, pipeline=pipeline, run_id=run_id, task_id=task_id, try_number=try_number,
             map_index=map_index, state=state, expired_before=expired_before,
         )
-        sql = f"SELECT {_LEASE_COLUMNS} FROM leases{where} ORDER BY issued_at, lease_id"
+        sql = f"SELECT {_LEASE_COLUMNS}, mac FROM leases{where} ORDER BY issued_at, lease_id"
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return [lease_from_row(r) for r in self.db.connection().execute(sql, params)]
+        return authenticated_leases(self.db.connection().execute(sql, params), self.auth, tampered)
+
+    def _rewrite_active(self, tx: Transaction, lease_id: str, update: dict[str, Any]) -> bool:
+        """Apply ``update`` to an active, authenticated lease and re-MAC it; False if not active."""
+        row = tx.conn.execute(f"SELECT {_LEASE_COLUMNS}, mac FROM leases WHERE lease_id=?", (lease_id,)).fetchone()
+        if row is None:
+            return False
+        lease = authenticated_lease(row, self.auth)
+        if lease.state is not LeaseState.ACTIVE:
+            return False
+        new = lease.model_copy(update=update)
+        tx.conn.execute(
+            "UPDATE leases SET state=?, revoked_at=?, revoke_reason=?, expires_at=?, mac=? "
+            "WHERE lease_id=? AND state='active'",
+            (new.state.value, ts(new.revoked_at) if new.revoked_at else None, new.revoke_reason,
+             ts(new.expires_at), seal_lease(self.auth, new), lease_id),
+        )
+        return True
 
     def close_lease(self, lease_id: str, state: LeaseState, reason: str, at: datetime, event: AuditEvent) -> bool:
         with self.db.write() as tx:
-            changed = tx.conn.execute(
-                "UPDATE leases SET state=?, revoked_at=?, revoke_reason=? WHERE lease_id=? AND state='active'",
-                (state.value, ts(at), reason, lease_id),
-            ).rowcount
+            changed = self._rewrite_active(tx, lease_id, {"state": state, "revoked_at": at.astimezone(timezone.utc),
+                                                          "revoke_reason": reason})
             if changed:
                 self.append(event)
-        return bool(changed)
+        return changed
 
     def extend_lease(self, lease_id: str, expires_at: datetime, event: AuditEvent) -> bool:
         with self.db.write() as tx:
-            changed = tx.conn.execute(
-                "UPDATE leases SET expires_at=? WHERE lease_id=? AND state='active'", (ts(expires_at), lease_id)
-            ).rowcount
+            changed = self._rewrite_active(tx, lease_id, {"expires_at": expires_at.astimezone(timezone.utc)})
             if changed:
                 self.append(event)
-        return bool(changed)
+        return changed
