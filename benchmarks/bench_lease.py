@@ -156,7 +156,7 @@ def _worker(kind: str, target: str, n: int, worker: int, barrier, queue) -> None
                 # what that per-lease flock + in-place pwrite costs when processes contend.
                 import runlease.ledger.sqlite as sqlite_ledger
 
-                sqlite_ledger.advance_anchor = lambda path, anchor: None
+                sqlite_ledger.advance_anchor = lambda *args, **kwargs: None
             result = lease_loop(Path(target), n, worker, cache=(kind != "lease-nocache"), barrier=barrier)
         queue.put(("ok", worker, result))
     except BaseException as err:  # reported to the parent, never swallowed

@@ -120,6 +120,8 @@ class Transaction:
         self.conn = conn
         self._after_commit: list[Callable[[], None]] = []
         self._latest: dict[str, Callable[[], None]] = {}
+        #: The audit chain's tip before this transaction's first append (the strict anchor moves from it).
+        self.audit_tip_before: int | None = None
 
     def on_commit(self, hook: Callable[[], None]) -> None:
         self._after_commit.append(hook)

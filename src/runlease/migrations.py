@@ -15,8 +15,9 @@ refused.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from pathlib import Path
 
+from runlease.audit import AnchorSigner, read_legacy_anchor, write_anchor
 from runlease.crypto import Keyring
 from runlease.db import SCHEMA_VERSION, Database, Transaction
 from runlease.errors import IntegrityError, MasterKeyError
@@ -40,12 +41,26 @@ def _check_key(tx: Transaction, keyring: Keyring, db: Database) -> None:
         raise MasterKeyError(f"master key does not match the store {db.path}; not upgrading it")
 
 
-def upgrade_sqlite(db: Database, keyring: Keyring,
-                   after_upgrade: Callable[[Transaction, str], None] | None = None) -> bool:
+def _sign_legacy_anchor(tx: Transaction, keyring: Keyring, store_id: str, anchor_file: Path) -> None:
+    """Replace the version-1 (unsigned) anchor with a signed one, if it names a genuine event.
+
+    Runs only inside the upgrade: afterwards an unsigned anchor is a failure.
+    An anchor that matches no event is left as it is, for ``audit verify`` to report.
+    """
+    legacy = read_legacy_anchor(anchor_file)
+    if legacy is None:
+        return
+    row = tx.conn.execute("SELECT chain FROM audit WHERE seq=?", (legacy.seq,)).fetchone()
+    if legacy.seq == 0 or (row is not None and row[0] == legacy.chain):
+        signer = AnchorSigner(keyring, ledger_scope(store_id))
+        tx.on_commit(lambda: write_anchor(anchor_file, legacy, signer))
+
+
+def upgrade_sqlite(db: Database, keyring: Keyring, anchor_file: Path | None = None) -> bool:
     """Upgrade ``db`` to :data:`SCHEMA_VERSION` if it is older; True if this call upgraded it.
 
-    ``after_upgrade(tx, store_id)`` runs inside the same transaction (the
-    runtime uses it to sign a legacy audit anchor that still matches the chain).
+    With ``anchor_file``, a legacy unsigned audit anchor that still matches the
+    chain is re-signed in the same step.
     """
     if db.schema_version == SCHEMA_VERSION:
         return False
@@ -77,8 +92,8 @@ def upgrade_sqlite(db: Database, keyring: Keyring,
         for row in tx.conn.execute(f"SELECT {', '.join(LEASE_FIELDS)} FROM leases").fetchall():
             lease = lease_from_row(row)
             tx.conn.execute("UPDATE leases SET mac=? WHERE lease_id=?", (seal_lease(ledger_auth, lease), lease.lease_id))
-        if after_upgrade is not None:
-            after_upgrade(tx, store_id)
+        if anchor_file is not None:
+            _sign_legacy_anchor(tx, keyring, store_id, anchor_file)
         tx.conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (SCHEMA_VERSION,))
     db.schema_version = SCHEMA_VERSION
     return True

@@ -127,7 +127,7 @@ def open_runtime(settings: Settings | None = None, *, create_ledger: bool = Fals
     keyring = load_keyring(settings)
     db = Database(settings.store_file)
     try:
-        upgrade_sqlite(db, keyring)
+        upgrade_sqlite(db, keyring, settings.anchor_file)
         local = LocalStore(db, keyring)
         store = remote_store(settings) or local
         return _assemble(settings, keyring, db, store, local, create_ledger=create_ledger)

@@ -246,12 +246,20 @@ def test_a_version_1_store_is_upgraded_in_place_on_open(runtime: Runtime, identi
     runtime.broker.put(TOKEN, "legacy-token-2", admin, kind="tokens")
     lease = runtime.broker.lease(TOKEN, identity, kind="tokens")
     settings = runtime.settings
+    tip = list(runtime.ledger.events(AuditQuery()))[-1]
     runtime.close()
     _downgrade_to_v1(settings.store_file)
+    # A version-1 anchor: unsigned, with the plain check hash older runlease wrote.
+    import hashlib
+
+    check = hashlib.sha256(f"runlease-anchor|{tip.seq}|{tip.chain}".encode()).hexdigest()[:16]
+    settings.anchor_file.write_bytes(
+        json.dumps({"seq": tip.seq, "chain": tip.chain, "check": check}).encode().ljust(191) + b"\n")
 
     rt = open_runtime(settings)
     try:
         assert rt.db.schema_version == SCHEMA_VERSION
+        assert rt.ledger.verify().ok  # the legacy anchor matched the chain and was signed in the upgrade
         assert rt.broker.lease(TOKEN, identity, kind="tokens").value == "legacy-token-2"
         assert rt.broker.revoke(lease.lease_id) is True
         assert [v.version for v in rt.store.history(TOKEN)] == [1, 2]

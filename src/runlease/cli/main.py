@@ -276,14 +276,24 @@ def audit_show(
 
 @audit_app.command("verify")
 @cli_errors
-def audit_verify() -> None:
-    """Check the hash chain and the anchor; report the first bad sequence number."""
+def audit_verify(
+    reanchor: bool = typer.Option(False, "--reanchor", help="after checking why the anchor is off: sign a new "
+                                  "anchor at the chain's tip (only if the chain verifies; audited)"),
+) -> None:
+    """Check the hash chain and the signed anchor; report the first bad sequence number (exit 7)."""
     with runtime() as rt:
+        if reanchor:
+            do = getattr(rt.ledger, "reanchor", None)
+            if do is None:
+                fail("--reanchor applies to the local ledger only (the shared ledger's anchors are per machine)", 2)
+            old, new = do()
+            console.print(f"re-anchored at event {new.seq} (previous anchor: "
+                          f"{'none' if old is None else old.problem or f'event {old.seq}'})")
         result = rt.ledger.verify()
     if result.ok:
         console.print(result.describe())
     else:
-        fail(result.describe(), 1)
+        fail(result.describe(), 7)
 
 
 @audit_app.command("export")

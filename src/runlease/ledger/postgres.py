@@ -42,7 +42,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runlease.audit import Anchor, VerifyResult, advance_anchor, event_row, genesis, link, read_anchor, verify_chain
+from runlease.audit import (
+    Anchor,
+    AnchorSigner,
+    VerifyResult,
+    advance_anchor,
+    event_row,
+    genesis,
+    link,
+    read_anchor,
+    read_legacy_anchor,
+    verify_chain,
+    write_anchor,
+)
 from runlease.crypto import Keyring
 from runlease.errors import BackendError, ConfigError, LeaseNotFoundError, MasterKeyError
 from runlease.ledger.base import (
@@ -206,6 +218,8 @@ class PostgresLedger:
             self._upgrade()
         #: Per-machine anchor: the newest (seq, chain) *this* machine committed (docs/ledger.md).
         self.anchor_file = anchor_dir / f"audit.{self.ledger_id}.anchor" if anchor_dir is not None else None
+        self.anchor_signer = AnchorSigner(keyring, ledger_scope(self.ledger_id))
+        self._sign_legacy_anchor()
 
     # -- opening ----------------------------------------------------------------
 
@@ -333,6 +347,23 @@ class PostgresLedger:
                 conn.execute(self._sql("INSERT INTO {meta} (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING"),
                              (_KEY_CHECK_PREFIX + self.keyring.active_id, self.keyring.key_check().hex()))
 
+    def _sign_legacy_anchor(self) -> None:
+        """Sign this machine's unsigned (pre-#12) anchor if it names a genuine event of the chain.
+
+        Safe here: a per-machine anchor may lag the head anyway, and the chain
+        value it must match is itself authenticated by the chain's HMAC.
+        """
+        if self.anchor_file is None:
+            return
+        legacy = read_legacy_anchor(self.anchor_file)
+        if legacy is None or legacy.seq < 1:
+            return
+        conn = self._conn()
+        with backend_errors(self.target, "reading the audit chain"):
+            row = conn.execute(self._sql("SELECT chain FROM {audit} WHERE seq = %s"), (legacy.seq,)).fetchone()
+        if row is not None and row[0] == legacy.chain:
+            write_anchor(self.anchor_file, legacy, self.anchor_signer)
+
     # -- plumbing ---------------------------------------------------------------
 
     def _sql(self, template: str) -> "sql.Composed":
@@ -417,7 +448,7 @@ class PostgresLedger:
             conn.execute(self._sql("UPDATE {audit_head} SET seq = %s, chain = %s WHERE id"), (seq, previous))
             if self.anchor_file is not None:
                 anchor, path = Anchor(seq, previous), self.anchor_file
-                hooks.append(lambda: advance_anchor(path, anchor))
+                hooks.append(lambda: advance_anchor(path, anchor, self.anchor_signer))
         return out
 
     def _audit_rows(self, conn: Any, where: str = "TRUE", params: tuple[Any, ...] = (),
@@ -467,7 +498,7 @@ class PostgresLedger:
                 last["seq"], last["chain"] = int(row["seq"]), str(row["chain"])
                 yield row
 
-        anchor = read_anchor(self.anchor_file) if self.anchor_file is not None else None
+        anchor = read_anchor(self.anchor_file, self.anchor_signer) if self.anchor_file is not None else None
         with backend_errors(self.target, "verifying the audit chain"), conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             head_seq, head_chain = conn.execute(self._sql("SELECT seq, chain FROM {audit_head} WHERE id")).fetchone()

@@ -16,7 +16,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from runlease.audit import Anchor, VerifyResult, advance_anchor, event_row, genesis, link, read_anchor, verify_chain
+from runlease.audit import (
+    Anchor,
+    AnchorSigner,
+    VerifyResult,
+    advance_anchor,
+    event_row,
+    genesis,
+    link,
+    read_anchor,
+    verify_chain,
+    write_anchor,
+)
 from runlease.crypto import Keyring
 from runlease.db import Database, Transaction
 from runlease.errors import LeaseNotFoundError, MasterKeyError
@@ -57,6 +68,7 @@ class SqliteLedger:
             raise MasterKeyError(f"store {db.path} was never initialized; run `runlease init`")
         self.store_id = str(row[0])
         self.auth = RowAuthenticator(keyring, ledger_scope(self.store_id))
+        self.anchor_signer = AnchorSigner(keyring, ledger_scope(self.store_id))
 
     def atomic(self) -> AbstractContextManager[Transaction]:
         return self.db.write()
@@ -68,6 +80,9 @@ class SqliteLedger:
         with self.db.write() as tx:
             last = tx.conn.execute("SELECT seq, chain FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
             seq, previous = (int(last[0]), str(last[1])) if last else (0, genesis(self.store_id))
+            if tx.audit_tip_before is None:
+                tx.audit_tip_before = seq
+            tip_before = tx.audit_tip_before
             kid = self.keyring.active_id
             key = self.keyring.audit_key(kid)
             for event in events:
@@ -82,7 +97,8 @@ class SqliteLedger:
                 out.append(stamped.model_copy(update={"chain": previous}))
             anchor = Anchor(seq, previous)
             # Several appends in one transaction (a grouped rotation) move the anchor once, to the last event.
-            tx.on_commit_latest("audit-anchor", lambda: advance_anchor(self.anchor_file, anchor))
+            tx.on_commit_latest("audit-anchor", lambda: advance_anchor(
+                self.anchor_file, anchor, self.anchor_signer, previous_seq=tip_before))
         return out
 
     def events(self, query: AuditQuery) -> Iterator[AuditEvent]:
@@ -111,8 +127,35 @@ class SqliteLedger:
         def key_for(kid: str) -> bytes | None:
             return self.keyring.audit_key(kid) if kid in self.keyring else None
 
-        with self.db.read():
-            return verify_chain(self._raw_rows(), key_for, genesis(self.store_id), read_anchor(self.anchor_file))
+        with self.db.read() as conn:
+            holds_anything = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM audit) OR EXISTS (SELECT 1 FROM versions) "
+                "OR EXISTS (SELECT 1 FROM leases)").fetchone()[0]
+            return verify_chain(self._raw_rows(), key_for, genesis(self.store_id),
+                                read_anchor(self.anchor_file, self.anchor_signer),
+                                anchor_required=bool(holds_anything), anchor_at_tip=True)
+
+    def reanchor(self) -> tuple[Anchor | None, Anchor]:
+        """Sign an anchor at the chain's current tip, after an operator checked why it was off.
+
+        Only when the chain itself verifies; the old and new anchor go into an
+        ``audit_reanchor`` event, so re-anchoring is never silent.
+        """
+        from runlease.errors import IntegrityError
+        from runlease.models import AuditEvent
+
+        key_for = lambda kid: self.keyring.audit_key(kid) if kid in self.keyring else None  # noqa: E731
+        with self.db.write() as tx:
+            chain = verify_chain(self._raw_rows(), key_for, genesis(self.store_id), None)
+            if not chain.ok:
+                raise IntegrityError(f"not re-anchoring: {chain.describe()}")
+            old = read_anchor(self.anchor_file, self.anchor_signer)
+            event = self.append(AuditEvent(action="audit_reanchor", principal="runlease:reanchor", detail={
+                "previous_anchor_seq": None if old is None else old.seq,
+                "previous_anchor_problem": None if old is None else old.problem or None}))[0]
+            new = Anchor(int(event.seq or 0), str(event.chain))
+            tx.on_commit_latest("audit-anchor", lambda: write_anchor(self.anchor_file, new, self.anchor_signer))
+        return old, new
 
     def audit_key_ids(self) -> set[str]:
         return {r[0] for r in self.db.connection().execute("SELECT DISTINCT key_id FROM audit")}
