@@ -48,6 +48,7 @@ from runlease.policy import Policy
 from runlease.redact import Redactor, default_redactor
 from runlease.rowauth import RowKeyNotLoadedError, RowTamperedError
 from runlease.store.base import SecretStore, StoredSecret
+from runlease.store.codec import encode_json
 
 
 #: Who verifies a presented key when the caller names nobody (a serving process checking its
@@ -80,6 +81,7 @@ class Broker:
         default_ttl: timedelta = timedelta(hours=1),
         max_ttl: timedelta = timedelta(hours=12),
         clock: Callable[[], datetime] = utcnow,
+        max_value_bytes: int = 1 << 20,
     ) -> None:
         self.store = store
         self.ledger = ledger
@@ -90,6 +92,7 @@ class Broker:
         self.default_ttl = default_ttl
         self.max_ttl = max_ttl
         self.clock = clock
+        self.max_value_bytes = max_value_bytes
         self.cache = RotationAwareCache(store)
 
     # -- helpers --------------------------------------------------------------
@@ -238,7 +241,8 @@ class Broker:
 
     def revoke_where(self, reason: str, identity: RunIdentity | None = None, **filters: Any) -> int:
         """Revoke every active lease matching ledger filters (pipeline, run_id, task_id, try_number,
-        map_index), going on past issuers that fail (see :meth:`_close_all`)."""
+        map_index), going on past issuers that fail and rows that fail authentication
+        (see :meth:`_close_found`)."""
         return self._close_found(dict(state=LeaseState.ACTIVE, **filters), LeaseState.REVOKED, reason, identity)
 
     def _close_found(self, filters: dict[str, Any], new_state: LeaseState, reason: str,
@@ -267,13 +271,16 @@ class Broker:
             raise RevocationIncompleteError(count, failed)
         return count
 
-    def revoke_run(self, run_id: str, reason: str = "run ended", identity: RunIdentity | None = None) -> int:
-        return self.revoke_where(reason, identity, run_id=run_id)
+    def revoke_run(self, run_id: str, reason: str = "run ended", identity: RunIdentity | None = None, *,
+                   pipeline: str | None = None) -> int:
+        """Revoke a run's active leases. Pass ``pipeline``: Airflow run ids (``manual__<date>``)
+        repeat across DAGs, so a run id alone can name other pipelines' runs too."""
+        return self.revoke_where(reason, identity, pipeline=pipeline, run_id=run_id)
 
     def revoke_task(self, run_id: str, task_id: str, try_number: int | None = None,
                     map_index: int | None = None, reason: str = "task ended",
-                    identity: RunIdentity | None = None) -> int:
-        return self.revoke_where(reason, identity, run_id=run_id, task_id=task_id,
+                    identity: RunIdentity | None = None, *, pipeline: str | None = None) -> int:
+        return self.revoke_where(reason, identity, pipeline=pipeline, run_id=run_id, task_id=task_id,
                                  try_number=try_number, map_index=map_index)
 
     def renew(self, lease_id: str, ttl: timedelta | float | int | None = None,
@@ -392,6 +399,10 @@ class Broker:
         """Write a new version; the write and its audit event commit together on the local store."""
         path = self.path(ref, kind)
         self.authorize(identity, path, Capability.ADMIN, "write")
+        size = len(encode_json(path, value).encode())
+        if size > self.max_value_bytes:
+            raise InvalidValueError(f"value for {path} is {size} bytes, more than the limit of {self.max_value_bytes} "
+                                    "(RUNLEASE_MAX_VALUE_BYTES); nothing was written")
         with self.ledger.atomic():
             version = self.store.put(path, value, cas=cas, stage=stage)
             self.ledger.append(AuditEvent.for_identity(

@@ -238,6 +238,24 @@ class Database:
                 fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
 
     @contextmanager
+    def snapshot_between_writes(self) -> Iterator[sqlite3.Connection]:
+        """A read snapshot taken while no runlease writer is between its commit and its hooks.
+
+        For reading something outside the database (the audit anchor) that must
+        match the snapshot exactly: yields the connection inside the writer turn
+        with the snapshot already established; the caller reads the outside
+        thing there, then leaves the block and reads on (the snapshot stays
+        until the outer ``read`` ends). Use as ``with db.read(), db.snapshot_between_writes()``.
+        """
+        if getattr(self._local, "tx", None) is not None:  # our own write: nothing runs between
+            yield self._local.tx.conn
+            return
+        conn = self.connection()
+        with self._writer_turn():
+            conn.execute("SELECT 1 FROM meta LIMIT 1").fetchall()  # establishes the WAL read snapshot
+            yield conn
+
+    @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """A consistent snapshot for multi-statement reads (or the open write tx)."""
         if getattr(self._local, "tx", None) is not None:

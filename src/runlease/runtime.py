@@ -87,6 +87,7 @@ def _assemble(settings: Settings, keyring: Keyring, db: Database, store: SecretS
         store, ledger, policy=policy, default_env=settings.env,
         issuers=standard_issuers(lambda path: store.get(path)),
         default_ttl=timedelta(seconds=settings.default_ttl), max_ttl=timedelta(seconds=settings.max_ttl),
+        max_value_bytes=settings.max_value_bytes,
     )
     return Runtime(settings, keyring, db, store, ledger, policy, broker, local)
 

@@ -225,14 +225,16 @@ def leases(
 def revoke(
     lease_id: Optional[str] = typer.Argument(None, help="the lease to revoke"),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="revoke every active lease of this run"),
+    pipeline: Optional[str] = typer.Option(
+        None, "--pipeline", help="with --run-id: only this DAG / pipeline (Airflow run ids repeat across DAGs)"),
     task_id: Optional[str] = typer.Option(None, "--task-id", help="with --run-id: only this task"),
     reason: str = typer.Option("revoked by operator", "--reason"),
 ) -> None:
-    """Revoke one lease, or every active lease of a run (or of one task of it)."""
+    """Revoke one lease, or every active lease of a run (of one pipeline, or one task of it)."""
     if (lease_id is None) == (run_id is None):
         fail("give exactly one of LEASE_ID or --run-id", 2)
-    if task_id is not None and run_id is None:
-        fail("--task-id needs --run-id", 2)
+    if (task_id is not None or pipeline is not None) and run_id is None:
+        fail("--task-id and --pipeline need --run-id", 2)
     with runtime() as rt:
         who = cli_identity("revoke")
         if lease_id is not None:
@@ -240,8 +242,8 @@ def revoke(
             console.print(f"revoked {lease_id}" if done else f"{lease_id} was not active; nothing to do")
         else:
             assert run_id is not None
-            n = rt.broker.revoke_where(reason, who, run_id=run_id, task_id=task_id)
-            console.print(f"revoked {n} lease(s) of run {run_id}")
+            n = rt.broker.revoke_where(reason, who, pipeline=pipeline, run_id=run_id, task_id=task_id)
+            console.print(f"revoked {n} lease(s) of run {run_id}" + (f" of {pipeline}" if pipeline else ""))
 
 
 @app.command()

@@ -128,11 +128,14 @@ class SqliteLedger:
             return self.keyring.audit_key(kid) if kid in self.keyring else None
 
         with self.db.read() as conn:
+            with self.db.snapshot_between_writes():
+                # The anchor must be read at the very state of the snapshot: every writer advances it
+                # after its commit, inside the same writer turn this waits for.
+                anchor = read_anchor(self.anchor_file, self.anchor_signer)
             holds_anything = conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM audit) OR EXISTS (SELECT 1 FROM versions) "
                 "OR EXISTS (SELECT 1 FROM leases)").fetchone()[0]
-            return verify_chain(self._raw_rows(), key_for, genesis(self.store_id),
-                                read_anchor(self.anchor_file, self.anchor_signer),
+            return verify_chain(self._raw_rows(), key_for, genesis(self.store_id), anchor,
                                 anchor_required=bool(holds_anything), anchor_at_tip=True)
 
     def reanchor(self) -> tuple[Anchor | None, Anchor]:
