@@ -377,7 +377,8 @@ class Broker:
         version: int | None = None
         for stage in (Stage.CURRENT, Stage.PREVIOUS):
             try:
-                stored = self.cache.get(path, stage)
+                with self._tampering_audited("verify", who, path=str(path)):
+                    stored = self.cache.get(path, stage)
             except SecretNotFoundError:
                 if stage is Stage.CURRENT:
                     raise

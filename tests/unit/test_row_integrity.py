@@ -198,6 +198,20 @@ def test_a_lease_row_cannot_be_transplanted_between_stores_sharing_a_key(tmp_pat
         b.close()
 
 
+def test_doctor_lists_every_tampered_row(runtime: Runtime, identity: RunIdentity, admin: RunIdentity,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime.broker.put(TOKEN, "doctor-token-1", admin, kind="tokens")
+    runtime.broker.lease(TOKEN, identity, kind="tokens")
+    with raw(runtime) as db:
+        db.execute("UPDATE secrets SET metadata='{\"issuer\": \"static\"}'")
+        db.execute("UPDATE versions SET deprecated=1")
+        db.execute("UPDATE leases SET pipeline='other'")
+    monkeypatch.setenv("RUNLEASE_HOME", str(runtime.settings.home))
+    result = CliRunner().invoke(app, ["doctor"], terminal_width=300)
+    assert result.exit_code == 1
+    assert "3 row(s) changed without the key" in result.output
+
+
 def test_cli_reports_tampering_with_exit_7(runtime: Runtime, admin: RunIdentity,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     runtime.broker.put(TOKEN, "cli-token-value-1", admin, kind="tokens")

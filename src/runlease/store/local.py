@@ -154,6 +154,24 @@ class LocalStore:
                 self._reseal(tx.conn, path)
         return count
 
+    def tampered_rows(self) -> list[str]:
+        """Every secrets/versions row that fails authentication (for ``doctor``); names, never values."""
+        from runlease.rowauth import RowKeyNotLoadedError, RowTamperedError
+
+        bad: list[str] = []
+        with self.db.read() as conn:
+            for (path,) in conn.execute("SELECT path FROM secrets").fetchall():
+                try:
+                    self._load(conn, path)
+                except (RowTamperedError, RowKeyNotLoadedError):
+                    bad.append(f"secrets {path}")
+            for row in conn.execute(f"SELECT {VERSION_COLUMNS}, mac FROM versions").fetchall():
+                try:
+                    self._check_version(row)
+                except (RowTamperedError, RowKeyNotLoadedError):
+                    bad.append(f"versions {row[0]} v{row[1]}")
+        return bad
+
     # -- reads ----------------------------------------------------------------
 
     # -- authenticated rows -----------------------------------------------------
