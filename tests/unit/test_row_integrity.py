@@ -154,6 +154,8 @@ def test_a_forged_lease_row_is_never_revoked(runtime: Runtime, identity: RunIden
 
     with pytest.raises(IntegrityError):
         runtime.broker.revoke("rlforged000000000000000001")
+    with pytest.raises(IntegrityError, match="failed authentication"):  # a made-up key id is tampering too
+        runtime.broker.revoke("rlforged000000000000000003")
     with pytest.raises(IntegrityError):
         runtime.broker.revoke_run("r1")
     assert spy.revoked == []

@@ -212,8 +212,8 @@ class PostgresLedger:
                    for name in ("meta", "audit_head", "leases", "audit")}
         self._legacy = False
         self.ledger_id = self._load_ledger_id()
-        self._check_key()
-        self.auth = RowAuthenticator(keyring, ledger_scope(self.ledger_id))
+        known = self._check_key()
+        self.auth = RowAuthenticator(keyring, ledger_scope(self.ledger_id), known | {keyring.active_id})
         if self._legacy:
             self._upgrade()
         #: Per-machine anchor: the newest (seq, chain) *this* machine committed (docs/ledger.md).
@@ -327,7 +327,7 @@ class PostgresLedger:
             raise
         self._legacy = False
 
-    def _check_key(self) -> None:
+    def _check_key(self) -> set[str]:
         """Refuse a KEK that is not the one the ledger's events are chained with.
 
         A worker with a different key would append events nobody else can
@@ -346,6 +346,7 @@ class PostgresLedger:
             with backend_errors(self.target, "registering the active key"):
                 conn.execute(self._sql("INSERT INTO {meta} (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING"),
                              (_KEY_CHECK_PREFIX + self.keyring.active_id, self.keyring.key_check().hex()))
+        return set(known)
 
     def _sign_legacy_anchor(self) -> None:
         """Sign this machine's unsigned (pre-#12) anchor if it names a genuine event of the chain.

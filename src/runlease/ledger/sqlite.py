@@ -67,7 +67,9 @@ class SqliteLedger:
         if row is None:
             raise MasterKeyError(f"store {db.path} was never initialized; run `runlease init`")
         self.store_id = str(row[0])
-        self.auth = RowAuthenticator(keyring, ledger_scope(self.store_id))
+        known = {k.split(":", 1)[1] for (k,) in db.connection().execute(
+            "SELECT key FROM meta WHERE key LIKE 'key_check:%'")} | {keyring.active_id}
+        self.auth = RowAuthenticator(keyring, ledger_scope(self.store_id), known)
         self.anchor_signer = AnchorSigner(keyring, ledger_scope(self.store_id))
 
     def atomic(self) -> AbstractContextManager[Transaction]:

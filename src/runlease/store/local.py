@@ -72,7 +72,7 @@ class LocalStore:
             raise StoreUnavailableError(
                 f"{db.path} has schema version {db.schema_version}; open it with `runlease` (any command) "
                 "to upgrade it in place")
-        self.auth = RowAuthenticator(keyring, store_scope(self.store_id))
+        self.auth = RowAuthenticator(keyring, store_scope(self.store_id), self._known_kek_ids())
 
     # -- setup and keys -----------------------------------------------------
 
@@ -108,6 +108,10 @@ class LocalStore:
                 f"the store was sealed with {', '.join(sorted(known))}"
             )
         self._active_registered = self.keyring.active_id in known
+
+    def _known_kek_ids(self) -> set[str]:
+        rows = self.db.connection().execute("SELECT key FROM meta WHERE key LIKE 'key_check:%'").fetchall()
+        return {k[len(_KEY_CHECK_PREFIX):] for (k,) in rows} | {self.keyring.active_id}
 
     def _register_active_key(self, conn: Any) -> None:
         if not self._active_registered:
