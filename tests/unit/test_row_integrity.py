@@ -313,3 +313,14 @@ def test_stage_and_metadata_writes_keep_rows_authentic(runtime: Runtime, identit
     runtime.broker.put(TOKEN, "token-three-value", admin, kind="tokens")
     assert runtime.broker.lease(TOKEN, identity, kind="tokens").value == "token-three-value"
     assert [s.path for s in runtime.store.list("dev/")] == [TOKEN]
+
+
+def test_cli_sweep_reports_a_forged_lease_with_exit_7(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    with raw(runtime) as db:
+        _forge_lease(db, "rlforged00000000000000000a", "postgres", None)
+    monkeypatch.setenv("RUNLEASE_HOME", str(runtime.settings.home))
+    result = CliRunner().invoke(app, ["sweep"])
+    assert result.exit_code == 7 and "rlforged00000000000000000a" in result.output
+    assert "failed authentication" in result.output
+    result = CliRunner().invoke(app, ["audit", "show", "--action", "expire"], terminal_width=300)
+    assert "error" in result.output
