@@ -134,9 +134,13 @@ class Broker:
     def mask(self, value: SecretValue) -> None:
         self.redactor.add_many(secret_strings(value))
 
-    def _report_tampering(self, err: IntegrityError | RowKeyNotLoadedError, action: str,
-                          identity: RunIdentity | None, **fields: Any) -> None:
-        """Audit a row that failed authentication (names the table and row, never a value)."""
+    def report_tampering(self, err: IntegrityError | RowKeyNotLoadedError, action: str,
+                         identity: RunIdentity | None, **fields: Any) -> None:
+        """Audit a row that failed authentication (names the table and row, never a value), once:
+        the error is marked ``audited`` so an adapter that also catches it does not audit it again."""
+        if getattr(err, "audited", False):
+            return
+        err.audited = True  # type: ignore[union-attr]
         self.ledger.append(AuditEvent.for_identity(
             identity, action=action, outcome=Outcome.ERROR, **fields,
             detail={"error": type(err).__name__, "table": getattr(err, "table", None),
@@ -149,7 +153,7 @@ class Broker:
         try:
             yield
         except (IntegrityError, RowKeyNotLoadedError) as err:
-            self._report_tampering(err, action, identity, **fields)
+            self.report_tampering(err, action, identity, **fields)
             raise
 
     # -- leases ---------------------------------------------------------------
@@ -255,7 +259,7 @@ class Broker:
         leases = self.ledger.find_leases(tampered=tampered, **filters)
         action = "revoke" if new_state is LeaseState.REVOKED else "expire"
         for lease_id in tampered:
-            self._report_tampering(RowTamperedError("leases", lease_id), action, actor, lease_id=lease_id)
+            self.report_tampering(RowTamperedError("leases", lease_id), action, actor, lease_id=lease_id)
         count, failed = 0, []
         for lease in leases:
             try:
