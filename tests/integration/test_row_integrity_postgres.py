@@ -252,3 +252,34 @@ def test_a_version_1_postgres_ledger_is_upgraded_by_its_owner(postgres_server: P
     finally:
         postgres_server.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(writer)), dbname=pg_database)
         postgres_server.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(writer)))
+
+
+@pytest.mark.parametrize("attack", ["issuer-to-static", "current-back-to-v1", "undelete"])
+def test_store_attacks_with_the_postgres_ledger_serve_nothing_and_are_audited_there(
+        postgres_server: PostgresServer, pg_database: str, tmp_path: Path, attack: str) -> None:
+    """The store is the home's SQLite file whichever ledger is used; the tampering lands in the shared ledger."""
+    key = base64.b64encode(secrets.token_bytes(32)).decode()
+    rt = make_runtime(tmp_path / "home", master_key=key, ledger="postgres", ledger_dsn=postgres_server.dsn(pg_database),
+                      ledger_schema=f"rl_{secrets.token_hex(4)}")
+    try:
+        admin = identity(run_id="admin")
+        rt.broker.put(PATH, {"conn_type": "postgres", "host": "h", "login": "admin", "password": "PgLedger-Admin-1"}, admin)
+        rt.broker.put(PATH, {"conn_type": "postgres", "host": "h", "login": "admin", "password": "PgLedger-Admin-2"}, admin)
+        rt.store.update_metadata(PATH, {"issuer": "postgres", "parent_role": "readers"})
+        if attack == "undelete":
+            rt.broker.delete(PATH, admin)
+        with sqlite3.connect(rt.settings.store_file, isolation_level=None) as db:
+            if attack == "issuer-to-static":
+                db.execute("UPDATE secrets SET metadata='{\"issuer\": \"static\"}'")
+            elif attack == "current-back-to-v1":
+                db.execute("UPDATE stages SET version=1 WHERE stage='CURRENT'")
+            else:
+                db.execute("UPDATE secrets SET deleted_at=NULL")
+        with pytest.raises(IntegrityError):
+            rt.broker.lease(PATH, identity())
+        assert rt.ledger.find_leases() == []
+        [event] = [e for e in rt.ledger.events(AuditQuery(action="lease")) if e.outcome.value == "error"]
+        assert event.detail["table"] == "secrets" and event.path == str(PATH)
+        assert rt.ledger.verify().ok
+    finally:
+        rt.close()
