@@ -149,6 +149,10 @@ class Database:
         self._turn_pid = -1
         if not create and not self.path.exists():
             raise StoreUnavailableError(f"no runlease store at {self.path}; run `runlease init`")
+        if create and not self.path.exists():
+            # 0600 whatever the umask (002 would make it group-writable, which every open refuses);
+            # SQLite gives the WAL and SHM files the database file's mode.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
         self._local = threading.local()
         conn = self.connection()
         try:

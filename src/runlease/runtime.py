@@ -202,7 +202,13 @@ def _init_locked(settings: Settings, home: Path, kms: "KmsKeyOptions | None",
         local = LocalStore.initialize(db, keyring, store_id=store_id)
         example = home / "policy.example.toml"
         if not example.exists():
-            example.write_text(EXAMPLE_POLICY)
+            # 0644 whatever the umask: renamed to policy.toml it must pass the open-time checks.
+            fd = os.open(example, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            try:
+                os.fchmod(fd, 0o644)
+                os.write(fd, EXAMPLE_POLICY.encode())
+            finally:
+                os.close(fd)
         return _assemble(settings, keyring, db, remote or local, local, create_ledger=True), True
     except BaseException:
         db.close()

@@ -159,3 +159,21 @@ def test_a_broken_policy_is_still_a_config_error(closed_home: Settings) -> None:
     (closed_home.home / "policy.toml").write_text("[[grant\n")
     with pytest.raises(ConfigError):
         Policy.load(closed_home.home / "policy.toml")
+
+
+def test_a_home_made_under_a_loose_umask_still_opens(tmp_path: Path, admin: RunIdentity) -> None:
+    """umask 002 (user private groups) must not produce a home the next open refuses."""
+    old = os.umask(0o002)
+    try:
+        rt, _ = init_home(Settings(home=tmp_path / "home"))
+        rt.broker.put("dev/tokens/api", "umask-token-value", admin)
+        rt.close()
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "home").iterdir()}
+    assert not any(mode & 0o022 for mode in modes.values()), modes
+    rt = open_runtime(Settings(home=tmp_path / "home"))
+    try:
+        assert rt.broker.lease("dev/tokens/api", RunIdentity(orchestrator="a", pipeline="b")).value == "umask-token-value"
+    finally:
+        rt.close()
