@@ -111,6 +111,20 @@ def test_clearing_the_deleted_mark_does_not_revive_a_secret(runtime: Runtime, id
     assert runtime.ledger.find_leases() == []
 
 
+@pytest.mark.parametrize("edit", [
+    "UPDATE stages SET version='v1' WHERE stage='CURRENT'",
+    "UPDATE versions SET version='x', deprecated='yes'",
+    "INSERT INTO stages(path, stage, version) VALUES ('dev/tokens/api', 'LATEST', 1)",
+])
+def test_malformed_values_are_tampering_not_a_crash(runtime: Runtime, identity: RunIdentity, admin: RunIdentity,
+                                                    edit: str) -> None:
+    runtime.broker.put(TOKEN, "token-value-one", admin, kind="tokens")
+    with raw(runtime) as db:
+        db.execute(edit)
+    with pytest.raises(IntegrityError):
+        runtime.broker.lease(TOKEN, identity, kind="tokens")
+
+
 def test_editing_a_version_row_is_caught(runtime: Runtime, admin: RunIdentity) -> None:
     runtime.broker.put(TOKEN, "token-value-one", admin, kind="tokens")
     with raw(runtime) as db:

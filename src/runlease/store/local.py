@@ -17,8 +17,8 @@ from typing import Any
 from runlease.crypto import Keyring, Sealed, rewrap, seal, unseal
 from runlease.db import SCHEMA_VERSION, Database
 from runlease.errors import ConflictError, InvalidValueError, MasterKeyError, SecretNotFoundError, StoreUnavailableError
-from runlease.rowauth import RowAuthenticator, digest
 from runlease.models import SecretInfo, SecretPath, SecretValue, SecretVersion, Stage, utcnow
+from runlease.rowauth import RowAuthenticator, RowKeyNotLoadedError, RowTamperedError, digest
 from runlease.store.base import Resolved, StoredSecret, metadata_conflicts
 
 _KEY_CHECK_PREFIX = "key_check:"
@@ -38,13 +38,14 @@ def secret_mac_fields(row: tuple[Any, ...], stages: list[tuple[str, int]]) -> li
     Covering the labels here (rather than a MAC per stage row) means moving,
     adding or deleting a label without the key breaks the secret's own row.
     """
-    return [*row, sorted([str(st), int(v)] for st, v in stages)]
+    # Raw values (no int()): a forged non-numeric label must fail the MAC, not crash before it.
+    return [*row, sorted(([str(st), v] for st, v in stages), key=lambda label: (label[0], str(label[1])))]
 
 
 def version_mac_fields(row: tuple[Any, ...]) -> list[Any]:
     """What a versions row's MAC covers (the blobs by digest: they carry their own AEAD)."""
     path, version, created, kek_id, wrapped, ciphertext, deprecated = row
-    return [path, int(version), created, kek_id, digest(wrapped), digest(ciphertext), int(deprecated)]
+    return [path, version, created, kek_id, digest(wrapped), digest(ciphertext), deprecated]
 
 
 def _ts(dt: datetime) -> str:
@@ -160,8 +161,6 @@ class LocalStore:
 
     def tampered_rows(self) -> list[str]:
         """Every secrets/versions row that fails authentication (for ``doctor``); names, never values."""
-        from runlease.rowauth import RowKeyNotLoadedError, RowTamperedError
-
         bad: list[str] = []
         with self.db.read() as conn:
             for (path,) in conn.execute("SELECT path FROM secrets").fetchall():
@@ -175,8 +174,6 @@ class LocalStore:
                 except (RowTamperedError, RowKeyNotLoadedError):
                     bad.append(f"versions {row[0]} v{row[1]}")
         return bad
-
-    # -- reads ----------------------------------------------------------------
 
     # -- authenticated rows -----------------------------------------------------
 
@@ -212,6 +209,8 @@ class LocalStore:
         row, stages = loaded
         return int(row[7]), row[6], row[8], stages
 
+    # -- reads ----------------------------------------------------------------
+
     def resolve(self, path: SecretPath, stage: Stage = Stage.CURRENT) -> Resolved:
         with self.db.read() as conn:
             last, _deleted, metadata, stages = self._live_row(conn, path)
@@ -221,7 +220,7 @@ class LocalStore:
 
     def get(self, path: SecretPath, *, version: int | None = None, stage: Stage | None = Stage.CURRENT) -> StoredSecret:
         with self.db.read() as conn:
-            _last, _deleted, meta, stages = self._live_row(conn, path)
+            last, _deleted, meta, stages = self._live_row(conn, path)
             if version is None:
                 want = stage or Stage.CURRENT
                 if want not in stages:
@@ -231,6 +230,9 @@ class LocalStore:
                 f"SELECT {VERSION_COLUMNS}, mac FROM versions WHERE path=? AND version=?", (str(path), version)
             ).fetchone()
         if row is None:
+            if 1 <= version <= last:  # the authenticated secret row vouches that it exists
+                raise RowTamperedError("versions", f"{path} v{version}",
+                                       "is missing although the secret's authenticated row vouches for it")
             raise SecretNotFoundError(f"secret {path} has no version {version}")
         self._check_version(row)
         plaintext = unseal(self.keyring, Sealed(row[3], bytes(row[4]), bytes(row[5])), str(path), version)
