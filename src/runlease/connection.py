@@ -163,7 +163,7 @@ def connection_from_uri(uri: str) -> dict[str, Any]:
 def _refuse_cut_authority(rest: str) -> None:
     """Refuse a URI whose login or password holds an unencoded ``#``, ``?``, ``/`` or ``@``.
 
-    Those characters end the authority, so ``postgres://etl:pa#ss@db/x`` would
+    Those characters end the authority, so a URI ending in ``etl:pa#ss@db/x`` would
     parse as host ``etl``, a fragment ``ss@db/x`` and no password at all: the
     password silently lost, its tail landing in other fields (and shown unmasked).
     Airflow URIs percent-encode every such character (``Connection.get_uri``), and

@@ -222,7 +222,7 @@ def test_a_version_1_postgres_ledger_is_upgraded_by_its_owner(postgres_server: P
     dsn = postgres_server.dsn(pg_database)
     settings = Settings(home=tmp_path / "home", master_key=key, ledger="postgres", ledger_dsn=dsn, ledger_schema=schema)
     rt = make_runtime(tmp_path / "home", master_key=key, ledger="postgres", ledger_dsn=dsn, ledger_schema=schema)
-    rt.broker.put(PATH, {"conn_type": "http", "host": "h", "password": "Legacy-Ledger-Pa55"}, identity())
+    rt.broker.put(PATH, {"conn_type": "http", "host": "h", "password": "Legacy-Ledger-Pa55"}, identity())  # runlease: allow secret-assignment (test fixture)
     lease = rt.broker.lease(PATH, identity())
     rt.close()
     s = sql.Identifier(schema)
@@ -263,8 +263,8 @@ def test_store_attacks_with_the_postgres_ledger_serve_nothing_and_are_audited_th
                       ledger_schema=f"rl_{secrets.token_hex(4)}")
     try:
         admin = identity(run_id="admin")
-        rt.broker.put(PATH, {"conn_type": "postgres", "host": "h", "login": "admin", "password": "PgLedger-Admin-1"}, admin)
-        rt.broker.put(PATH, {"conn_type": "postgres", "host": "h", "login": "admin", "password": "PgLedger-Admin-2"}, admin)
+        rt.broker.put(PATH, {"conn_type": "postgres", "host": "h", "login": "admin", "password": "PgLedger-Admin-1"}, admin)  # runlease: allow secret-assignment (test fixture)
+        rt.broker.put(PATH, {"conn_type": "postgres", "host": "h", "login": "admin", "password": "PgLedger-Admin-2"}, admin)  # runlease: allow secret-assignment (test fixture)
         rt.store.update_metadata(PATH, {"issuer": "postgres", "parent_role": "readers"})
         if attack == "undelete":
             rt.broker.delete(PATH, admin)

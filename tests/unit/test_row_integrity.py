@@ -53,7 +53,7 @@ class SpyIssuer(StaticIssuer):
 
 def test_switching_the_issuer_in_metadata_serves_nothing(runtime: Runtime, identity: RunIdentity,
                                                          admin: RunIdentity) -> None:
-    admin_conn = conn(password="Admin-Only-Pa55word")
+    admin_conn = conn(password="Admin-Only-Pa55word")  # runlease: allow secret-assignment (test fixture)
     runtime.broker.put(PATH, admin_conn, admin)
     runtime.store.update_metadata(PATH, {"issuer": "postgres", "parent_role": "readers"})
     with raw(runtime) as db:

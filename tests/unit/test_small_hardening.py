@@ -108,7 +108,7 @@ def test_put_refuses_a_uri_with_a_raw_hash_and_writes_nothing(runtime: Runtime, 
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNLEASE_HOME", str(runtime.settings.home))
     value = tmp_path / "uri"
-    value.write_text("postgres://etl:Hash#Pass-W0rd@db:5432/warehouse")
+    value.write_text("postgres://etl:Hash#Pass-W0rd@db:5432/warehouse")  # runlease: allow connection-uri-credentials (test fixture)
     result = CliRunner().invoke(app, ["put", "dev/connections/broken", "--from-file", str(value)])
     assert result.exit_code == 2 and "%23" in result.output and "Pass-W0rd" not in result.output
     assert runtime.store.list() == []
