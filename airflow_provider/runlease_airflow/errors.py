@@ -12,7 +12,7 @@ get it from the metadata database instead. It is also a runlease
 
 from __future__ import annotations
 
-from runlease.errors import AccessDeniedError
+from runlease.errors import AccessDeniedError, IntegrityError
 
 try:
     from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied
@@ -23,3 +23,8 @@ except ImportError:  # pragma: no cover - Task SDK < 1.2.2 has no such class
 
 class RunleaseAccessDenied(AirflowSecretsBackendAccessDenied, AccessDeniedError):
     """runlease policy denied this task the secret; the denial is already audited."""
+
+
+class RunleaseTampered(AirflowSecretsBackendAccessDenied, IntegrityError):
+    """A row runlease holds for this secret failed authentication (audited). Not falling through:
+    otherwise whoever edited the row could hand the task the next backend's credential instead."""

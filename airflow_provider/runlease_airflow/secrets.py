@@ -24,7 +24,10 @@ What a lookup does:
    database, or an API server's chain resolving it for a task). The cost is
    that a caller can learn whether runlease holds an ID, never its value. For a
    secret runlease holds, a policy denial raises
-   :class:`~runlease_airflow.errors.RunleaseAccessDenied` (no fall through);
+   :class:`~runlease_airflow.errors.RunleaseAccessDenied` (no fall through),
+   and so does a row that fails authentication
+   (:class:`~runlease_airflow.errors.RunleaseTampered`): whoever edited it must
+   not be able to hand the task the next backend's credential instead;
    other failures propagate, and Airflow logs them and tries the next backend.
 4. Every value handed out is registered with Airflow's masker and runlease's
    redactor before Airflow sees it (:mod:`runlease_airflow.masking`).
@@ -52,11 +55,13 @@ from typing import Any
 
 from runlease import correlation
 from runlease.connection import connection_from_dict, parse_connection
-from runlease.errors import AccessDeniedError, ConfigError, InvalidValueError, RunleaseError, SecretNotFoundError
+from runlease.errors import (AccessDeniedError, ConfigError, IntegrityError, InvalidValueError, RunleaseError,
+                             SecretNotFoundError)
 from runlease.models import SecretPath, SecretValue
+from runlease.rowauth import RowKeyNotLoadedError
 
 from runlease_airflow.config import BACKEND, BackendConfig
-from runlease_airflow.errors import RunleaseAccessDenied
+from runlease_airflow.errors import RunleaseAccessDenied, RunleaseTampered
 from runlease_airflow.identity import Caller, current_caller
 from runlease_airflow.masker_bridge import install_sdk_masker_bridge
 from runlease_airflow.masking import connection_extra_text, protect
@@ -172,6 +177,9 @@ class RunleaseBackend(BaseSecretsBackend):
             return self._from_airflow_layout(secret_type, secret_id, path, caller)
         except AccessDeniedError as err:
             raise RunleaseAccessDenied(str(err)) from None
+        except (IntegrityError, RowKeyNotLoadedError) as err:
+            self.broker.report_tampering(err, "lease" if caller.leases else "read", caller.identity, path=str(path))
+            raise RunleaseTampered(str(err)) from None
         protect(value)
         return value
 

@@ -36,7 +36,8 @@ def revoke_leases_of_run(identity_inputs: Mapping[str, Any], settings: Settings 
     assert who.run_id is not None  # resolve_identity guarantees it
     rt = open_runtime(settings)
     try:
-        count = rt.broker.revoke_run(who.run_id, reason=EXIT_REASON, identity=who)
+        # Scoped by pipeline too: a run id alone may also name another pipeline's run.
+        count = rt.broker.revoke_run(who.run_id, reason=EXIT_REASON, identity=who, pipeline=who.pipeline)
     finally:
         rt.close()
     _log.info("runlease: revoked %d lease(s) still active in run %s", count, who.run_id)

@@ -9,12 +9,15 @@ number.
 
 A chain alone cannot show that its *tail* was cut off: the shorter chain is
 still valid. So every append also writes the latest ``(seq, chain)`` to an
-anchor file beside the key file. ``verify`` checks the database against it.
-What an attacker who can write *both* the database and the anchor file (but
-has no KEK) can still do: drop the newest events and rewrite the anchor to
-an older, genuine ``(seq, chain)`` pair. Catching that needs an anchor they
-cannot write (a remote append-only sink, or a copy of the anchor shipped
-elsewhere); docs/security.md says so.
+anchor file beside the key file, signed with a key derived from the KEK
+(:class:`AnchorSigner`). ``verify`` checks the database against it: on the
+local ledger a missing, empty, unsigned, forged or older anchor fails as
+soon as the store holds any event, version or lease. What an attacker who
+can write *both* the database and the anchor file (but has no KEK) can
+still do: drop the newest events and put back an older, genuine anchor
+file they copied earlier. Catching that needs an anchor they cannot write
+(a remote append-only sink, or a copy shipped elsewhere); docs/security.md
+says so.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -30,8 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runlease.crypto import mac
+from runlease.crypto import Keyring, mac
 from runlease.models import AuditEvent
+
+log = logging.getLogger(__name__)
 
 #: Columns covered by the chain, in a fixed order (``chain`` itself excluded).
 CHAINED_FIELDS: tuple[str, ...] = (
@@ -69,58 +75,112 @@ def event_row(event: AuditEvent) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Anchor:
+    """The newest ``(seq, chain)`` recorded outside the database.
+
+    ``problem`` is set (and ``seq`` is -1) when the file holds something that is
+    not a genuine anchor: torn, unreadable, unsigned, or signed with a key that
+    is not ours.
+    """
+
     seq: int
     chain: str
+    problem: str = ""
 
 
 #: The anchor is one fixed-size record, rewritten in place: a short JSON object
-#: (seq, chain, and a check over both so a torn write reads as "unreadable",
-#: never as a different genuine-looking anchor), padded to a constant length.
-ANCHOR_RECORD_BYTES = 192
+#: (seq, chain, the KEK id and an HMAC over all of it), padded to a constant length.
+ANCHOR_RECORD_BYTES = 384
+ANCHOR_FORMAT = "runlease-anchor/v2"
 
 
-def _anchor_check(seq: int, chain: str) -> str:
-    return hashlib.sha256(f"runlease-anchor|{seq}|{chain}".encode()).hexdigest()[:16]
+class AnchorSigner:
+    """Signs and checks anchor records with a key derived from the KEK (``Keyring.anchor_key``).
+
+    Why signed: the anchor sits in the home, next to the database it vouches
+    for. Unsigned, anyone who could write the home could delete it, empty it,
+    or write ``seq 0`` and make a truncated (even emptied) log verify. Signed,
+    they can only put back an *older genuine* anchor they saved earlier,
+    which is the limit docs/security.md states. ``scope`` (the store or
+    ledger id) stops an anchor from another store being accepted.
+    """
+
+    def __init__(self, keyring: Keyring, scope: str) -> None:
+        self.keyring = keyring
+        self.scope = scope
+
+    def _mac(self, kid: str, seq: int, chain: str) -> str:
+        message = f"{ANCHOR_FORMAT}|{self.scope}|{seq}|{chain}".encode()
+        return mac(self.keyring.anchor_key(kid), message).hex()
+
+    def encode(self, anchor: Anchor) -> bytes:
+        kid = self.keyring.active_id
+        doc = {"format": ANCHOR_FORMAT, "seq": anchor.seq, "chain": anchor.chain, "key_id": kid,
+               "mac": self._mac(kid, anchor.seq, anchor.chain)}
+        return json.dumps(doc).encode().ljust(ANCHOR_RECORD_BYTES - 1) + b"\n"
+
+    def decode(self, raw: bytes) -> Anchor:
+        """The anchor in ``raw``; a record that is not a genuine signed anchor has ``problem`` set."""
+        try:
+            doc = json.loads(raw)
+            seq, chain = int(doc["seq"]), str(doc["chain"])
+        except (ValueError, KeyError, TypeError):
+            return Anchor(-1, "", "is unreadable or torn")
+        if doc.get("format") != ANCHOR_FORMAT or "mac" not in doc:
+            return Anchor(-1, "", "is not signed (written by an older runlease, or forged)")
+        kid = str(doc.get("key_id"))
+        if kid not in self.keyring:
+            return Anchor(-1, "", f"is signed with master key {kid[:40]}, which is not loaded")
+        if not hmac.compare_digest(self._mac(kid, seq, chain), str(doc["mac"])):
+            return Anchor(-1, "", "has a signature that does not match (forged or edited)")
+        return Anchor(seq, chain)
 
 
-def _encode_anchor(anchor: Anchor) -> bytes:
-    doc = {"seq": anchor.seq, "chain": anchor.chain, "check": _anchor_check(anchor.seq, anchor.chain)}
-    return json.dumps(doc).encode().ljust(ANCHOR_RECORD_BYTES - 1) + b"\n"
+def _open_anchor(path: Path, flags: int) -> int:
+    """Open the anchor file itself, never a symlink planted in its place (O_NOFOLLOW)."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
-def _decode_anchor(raw: bytes) -> Anchor:
+def read_anchor(path: Path, signer: AnchorSigner) -> Anchor | None:
+    """The anchor on disk (None: no anchor file, or an empty one; ``problem`` set: not genuine)."""
     try:
-        doc = json.loads(raw)
-        anchor = Anchor(int(doc["seq"]), str(doc["chain"]))
-        if doc.get("check") != _anchor_check(anchor.seq, anchor.chain):
-            return Anchor(-1, "unreadable")
-        return anchor
-    except (ValueError, KeyError, TypeError):
-        return Anchor(-1, "unreadable")
-
-
-def read_anchor(path: Path) -> Anchor | None:
-    """The anchor on disk (None: no anchor yet; seq -1: unreadable or torn)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = _open_anchor(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
-    except OSError:
-        return Anchor(-1, "unreadable")
+    except OSError as err:
+        return Anchor(-1, "", f"cannot be opened ({err.strerror}; a symlink is refused)")
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
         raw = os.pread(fd, ANCHOR_RECORD_BYTES, 0)
     finally:
         os.close(fd)
-    return _decode_anchor(raw) if raw.strip() else None
+    return signer.decode(raw) if raw.strip() else None
 
 
-def write_anchor(path: Path, anchor: Anchor) -> None:
-    """Overwrite the anchor unconditionally (0600 like the key file); tools and tests use this."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+def read_legacy_anchor(path: Path) -> Anchor | None:
+    """A version-1 (unsigned) anchor, read once when a store is upgraded; None if absent or not one."""
+    try:
+        fd = _open_anchor(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        raw = os.pread(fd, ANCHOR_RECORD_BYTES, 0)
+    finally:
+        os.close(fd)
+    try:
+        doc = json.loads(raw)
+        seq, chain = int(doc["seq"]), str(doc["chain"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    check = hashlib.sha256(f"runlease-anchor|{seq}|{chain}".encode()).hexdigest()[:16]
+    return Anchor(seq, chain) if doc.get("check") == check else None
+
+
+def write_anchor(path: Path, anchor: Anchor, signer: AnchorSigner) -> None:
+    """Overwrite the anchor unconditionally (0600 like the key file); re-anchoring and tests use this."""
+    fd = _open_anchor(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        os.pwrite(fd, _encode_anchor(anchor), 0)
+        os.pwrite(fd, signer.encode(anchor), 0)
         os.ftruncate(fd, ANCHOR_RECORD_BYTES)
     finally:
         os.close(fd)
@@ -149,7 +209,7 @@ class _AnchorHandles:
                 os.close(fd)
                 fd = None
             if fd is None:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fd = _open_anchor(path, os.O_RDWR | os.O_CREAT)
                 self._fds[key] = fd
             return fd
 
@@ -157,21 +217,45 @@ class _AnchorHandles:
 _handles = _AnchorHandles()
 
 
-def advance_anchor(path: Path, anchor: Anchor) -> None:
+def advance_anchor(path: Path, anchor: Anchor, signer: AnchorSigner, *, previous_seq: int | None = None) -> None:
     """Move the anchor forward to ``anchor`` unless another process already went further.
 
     Called *after* the events are committed: a crash in between leaves the
-    anchor behind the log (a little less tail protection), never ahead of it
-    (which would report a truncation that did not happen). The flock makes
+    anchor behind the log, never ahead of it. The flock makes
     read-compare-write atomic between concurrent writers.
+
+    ``previous_seq`` (the chain's tip before this transaction) makes the move
+    strict, for a ledger whose every event passes through this anchor (the
+    local one): the anchor only moves from exactly that tip (or is created
+    with the very first event). A missing, forged, or older anchor is left as
+    it is, so ``audit verify`` keeps reporting it instead of the next event
+    quietly covering it up; ``runlease audit verify --reanchor`` is the
+    deliberate, audited way out. Without ``previous_seq`` (per-machine anchors
+    of a shared ledger) the anchor moves forward from wherever it is.
+    Never raises: the events are committed already; a problem shows up in
+    ``audit verify``.
     """
-    fd = _handles.fd(path)
+    try:
+        fd = _handles.fd(path)
+    except OSError as err:
+        log.warning("audit anchor %s cannot be opened (%s); `runlease audit verify` will report it", path,
+                    err.strerror)
+        return
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         raw = os.pread(fd, ANCHOR_RECORD_BYTES, 0)
-        current = _decode_anchor(raw) if raw.strip() else None
-        if current is None or current.seq < anchor.seq:
-            os.pwrite(fd, _encode_anchor(anchor), 0)
+        current = signer.decode(raw) if raw.strip() else None
+        if previous_seq is None:
+            move = current is None or current.problem != "" or current.seq < anchor.seq
+        elif current is None:
+            move = previous_seq == 0
+        else:
+            move = not current.problem and current.seq == previous_seq and anchor.seq > current.seq
+        if move:
+            os.pwrite(fd, signer.encode(anchor), 0)
+        elif current is None or current.problem or current.seq < anchor.seq:
+            log.warning("audit anchor %s was not advanced to event %d: it is missing, not genuine or behind; "
+                        "`runlease audit verify` reports it", path, anchor.seq)
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
@@ -194,11 +278,17 @@ def verify_chain(
     key_for: Callable[[str], bytes | None],
     start: str,
     anchor: Anchor | None,
+    *,
+    anchor_required: bool = False,
+    anchor_at_tip: bool = False,
 ) -> VerifyResult:
     """Walk events in seq order and report the first one that does not link.
 
     ``key_for`` returns the HMAC key for a ``key_id`` or None when that KEK is
     not loaded (reported as a failure: an unverifiable event is not verified).
+    ``anchor_required``: a missing or empty anchor is a failure (the store
+    holds something an anchor must vouch for). ``anchor_at_tip``: the anchor
+    must record the newest event, not an older one.
     """
     previous = start
     expected_seq = 1
@@ -219,14 +309,26 @@ def verify_chain(
         checked += 1
         expected_seq += 1
     last_seq = expected_seq - 1
-    if anchor is not None:
-        if anchor.seq < 0:
-            return VerifyResult(False, checked, None, "audit anchor file is unreadable")
-        if anchor.seq > last_seq:
-            return VerifyResult(
-                False, checked, last_seq + 1,
-                f"log truncated: anchor records {anchor.seq} events, database holds {last_seq}",
-            )
-        if anchor.seq and not hmac.compare_digest(last_chain_by_seq.get(anchor.seq, ""), anchor.chain):
-            return VerifyResult(False, checked, anchor.seq, "event does not match the anchor recorded outside the database")
+    if anchor is None:
+        if anchor_required:
+            return VerifyResult(False, checked, None,
+                                "audit anchor is missing or empty, but the store holds audit events, versions or "
+                                "leases (deleted or emptied outside runlease?)")
+        return VerifyResult(True, checked)
+    if anchor.problem:
+        return VerifyResult(False, checked, None, f"audit anchor file {anchor.problem}")
+    if anchor.seq > last_seq:
+        return VerifyResult(
+            False, checked, last_seq + 1,
+            f"log truncated: anchor records {anchor.seq} events, database holds {last_seq}",
+        )
+    if anchor.seq and not hmac.compare_digest(last_chain_by_seq.get(anchor.seq, ""), anchor.chain):
+        return VerifyResult(False, checked, anchor.seq, "event does not match the anchor recorded outside the database")
+    if anchor_at_tip and anchor.seq < last_seq:
+        return VerifyResult(
+            False, checked, anchor.seq + 1,
+            f"audit anchor is older than the log: it records {anchor.seq} events, the database holds {last_seq} "
+            "(anchor rolled back, or a crash between commit and anchor update: check, then "
+            "`runlease audit verify --reanchor`)",
+        )
     return VerifyResult(True, checked)

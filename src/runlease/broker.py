@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,6 +25,7 @@ from runlease.correlation import correlated
 from runlease.errors import (
     AccessDeniedError,
     ConflictError,
+    IntegrityError,
     InvalidValueError,
     RevocationIncompleteError,
     RunleaseError,
@@ -46,7 +48,9 @@ from runlease.models import (
 )
 from runlease.policy import Policy
 from runlease.redact import Redactor, default_redactor
+from runlease.rowauth import RowKeyNotLoadedError, RowTamperedError
 from runlease.store.base import SecretStore, StoredSecret
+from runlease.store.codec import encode_json
 
 
 #: Who verifies a presented key when the caller names nobody (a serving process checking its
@@ -79,6 +83,7 @@ class Broker:
         default_ttl: timedelta = timedelta(hours=1),
         max_ttl: timedelta = timedelta(hours=12),
         clock: Callable[[], datetime] = utcnow,
+        max_value_bytes: int = 1 << 20,
     ) -> None:
         self.store = store
         self.ledger = ledger
@@ -89,6 +94,7 @@ class Broker:
         self.default_ttl = default_ttl
         self.max_ttl = max_ttl
         self.clock = clock
+        self.max_value_bytes = max_value_bytes
         self.cache = RotationAwareCache(store)
 
     # -- helpers --------------------------------------------------------------
@@ -130,6 +136,28 @@ class Broker:
     def mask(self, value: SecretValue) -> None:
         self.redactor.add_many(secret_strings(value))
 
+    def report_tampering(self, err: IntegrityError | RowKeyNotLoadedError, action: str,
+                         identity: RunIdentity | None, **fields: Any) -> None:
+        """Audit a row that failed authentication (names the table and row, never a value), once:
+        the error is marked ``audited`` so an adapter that also catches it does not audit it again."""
+        if getattr(err, "audited", False):
+            return
+        err.audited = True  # type: ignore[union-attr]
+        self.ledger.append(AuditEvent.for_identity(
+            identity, action=action, outcome=Outcome.ERROR, **fields,
+            detail={"error": type(err).__name__, "table": getattr(err, "table", None),
+                    "row": getattr(err, "row_id", None)},
+        ))
+
+    @contextmanager
+    def _tampering_audited(self, action: str, identity: RunIdentity | None, **fields: Any) -> Iterator[None]:
+        """Audit, then re-raise, an authentication failure of a stored row (store or ledger)."""
+        try:
+            yield
+        except (IntegrityError, RowKeyNotLoadedError) as err:
+            self.report_tampering(err, action, identity, **fields)
+            raise
+
     # -- leases ---------------------------------------------------------------
 
     @correlated
@@ -155,7 +183,8 @@ class Broker:
         path = self.path(ref, kind)
         self.authorize(identity, path, Capability.LEASE, "lease")
         duration = self._ttl(ttl)
-        secret = self._fetched(path, fetched) or self.cache.get(path, stage)
+        with self._tampering_audited("lease", identity, path=str(path)):
+            secret = self._fetched(path, fetched) or self.cache.get(path, stage)
         issuer_name = str(secret.metadata.get("issuer", "static"))
         issuer = self.issuers.get(issuer_name)
         lease_id = new_lease_id()
@@ -231,38 +260,54 @@ class Broker:
 
         Not policy-checked: revoking only ever takes access away.
         """
-        lease = self.ledger.get_lease(lease_id)
+        with self._tampering_audited("revoke", identity, lease_id=lease_id):
+            lease = self.ledger.get_lease(lease_id)
         if lease.state is not LeaseState.ACTIVE:
             return False
         return self._close(lease, LeaseState.REVOKED, reason, identity)
 
     def revoke_where(self, reason: str, identity: RunIdentity | None = None, **filters: Any) -> int:
         """Revoke every active lease matching ledger filters (pipeline, run_id, task_id, try_number,
-        map_index), going on past issuers that fail (see :meth:`_close_all`)."""
-        return self._close_all(self.ledger.find_leases(state=LeaseState.ACTIVE, **filters),
-                               LeaseState.REVOKED, reason, identity)
+        map_index), going on past issuers that fail and rows that fail authentication
+        (see :meth:`_close_found`)."""
+        return self._close_found(dict(state=LeaseState.ACTIVE, **filters), LeaseState.REVOKED, reason, identity)
 
-    def _close_all(self, leases: list[Lease], new_state: LeaseState, reason: str,
-                   actor: RunIdentity | None) -> int:
-        """Close every lease, going on past an issuer that fails (its error is audited by
-        :meth:`_close`); raise :class:`RevocationIncompleteError` at the end if any did."""
+    def _close_found(self, filters: dict[str, Any], new_state: LeaseState, reason: str,
+                     actor: RunIdentity | None) -> int:
+        """Close every lease the ledger finds, going on past an issuer that fails (its error is
+        audited by :meth:`_close`) and past rows that fail authentication (each audited, never
+        acted on). Raises at the end: :class:`IntegrityError` if any row was forged or edited,
+        else :class:`RevocationIncompleteError` if an issuer failed."""
+        tampered: list[str] = []
+        leases = self.ledger.find_leases(tampered=tampered, **filters)
+        action = "revoke" if new_state is LeaseState.REVOKED else "expire"
+        for lease_id in tampered:
+            self.report_tampering(RowTamperedError("leases", lease_id), action, actor, lease_id=lease_id)
         count, failed = 0, []
         for lease in leases:
             try:
                 count += self._close(lease, new_state, reason, actor)
             except Exception:  # noqa: BLE001 - audited in _close; the others must still be closed
                 failed.append(lease.lease_id)
+        if tampered:
+            raise IntegrityError(
+                f"closed {count} lease(s); {len(tampered)} lease row(s) failed authentication and were not acted on "
+                f"(audited): {', '.join(tampered)}" + (f"; {len(failed)} could not be revoked: {', '.join(failed)}"
+                                                       if failed else ""))
         if failed:
             raise RevocationIncompleteError(count, failed)
         return count
 
-    def revoke_run(self, run_id: str, reason: str = "run ended", identity: RunIdentity | None = None) -> int:
-        return self.revoke_where(reason, identity, run_id=run_id)
+    def revoke_run(self, run_id: str, reason: str = "run ended", identity: RunIdentity | None = None, *,
+                   pipeline: str | None = None) -> int:
+        """Revoke a run's active leases. Pass ``pipeline``: Airflow run ids (``manual__<date>``)
+        repeat across DAGs, so a run id alone can name other pipelines' runs too."""
+        return self.revoke_where(reason, identity, pipeline=pipeline, run_id=run_id)
 
     def revoke_task(self, run_id: str, task_id: str, try_number: int | None = None,
                     map_index: int | None = None, reason: str = "task ended",
-                    identity: RunIdentity | None = None) -> int:
-        return self.revoke_where(reason, identity, run_id=run_id, task_id=task_id,
+                    identity: RunIdentity | None = None, *, pipeline: str | None = None) -> int:
+        return self.revoke_where(reason, identity, pipeline=pipeline, run_id=run_id, task_id=task_id,
                                  try_number=try_number, map_index=map_index)
 
     def renew(self, lease_id: str, ttl: timedelta | float | int | None = None,
@@ -274,7 +319,8 @@ class Broker:
         actually granted (Vault may give less than asked). Returns the lease
         with its new ``expires_at``.
         """
-        lease = self.ledger.get_lease(lease_id)
+        with self._tampering_audited("renew", identity, lease_id=lease_id):
+            lease = self.ledger.get_lease(lease_id)
         now = self.clock()
         if lease.state is not LeaseState.ACTIVE or lease.expires_at <= now:
             state = lease.state.value if lease.state is not LeaseState.ACTIVE else "past its expiry"
@@ -311,8 +357,8 @@ class Broker:
 
     def sweep_expired(self, now: datetime | None = None) -> int:
         """The TTL backstop: close every active lease past its expiry (e.g. of a SIGKILLed task)."""
-        expired = self.ledger.find_leases(state=LeaseState.ACTIVE, expired_before=now or self.clock())
-        return self._close_all(expired, LeaseState.EXPIRED, "ttl expired", None)
+        return self._close_found(dict(state=LeaseState.ACTIVE, expired_before=now or self.clock()),
+                                 LeaseState.EXPIRED, "ttl expired", None)
 
     # -- reads and writes -----------------------------------------------------
 
@@ -327,7 +373,8 @@ class Broker:
         """
         path = self.path(ref, kind)
         self.authorize(identity, path, Capability.READ, "read")
-        secret = (self._fetched(path, fetched) if version is None else None) or self.cache.get(path, stage, version)
+        with self._tampering_audited("read", identity, path=str(path)):
+            secret = (self._fetched(path, fetched) if version is None else None) or self.cache.get(path, stage, version)
         self.mask(secret.value)
         self.ledger.append(AuditEvent.for_identity(
             identity, action="read", path=str(path), version=secret.version,
@@ -358,7 +405,8 @@ class Broker:
         version: int | None = None
         for stage in (Stage.CURRENT, Stage.PREVIOUS):
             try:
-                stored = self.cache.get(path, stage)
+                with self._tampering_audited("verify", who, path=str(path)):
+                    stored = self.cache.get(path, stage)
             except SecretNotFoundError:
                 if stage is Stage.CURRENT:
                     raise
@@ -388,6 +436,10 @@ class Broker:
         """
         path = self.path(ref, kind)
         self.authorize(identity, path, Capability.ADMIN, "write")
+        size = len(encode_json(path, value).encode())
+        if size > self.max_value_bytes:
+            raise InvalidValueError(f"value for {path} is {size} bytes, more than the limit of {self.max_value_bytes} "
+                                    "(RUNLEASE_MAX_VALUE_BYTES); nothing was written")
         detail: dict[str, Any] = {"stage": stage.value, "cas": cas}
         if metadata:
             detail["metadata_keys"] = sorted(metadata)

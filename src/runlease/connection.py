@@ -26,10 +26,14 @@ from runlease.errors import InvalidValueError
 
 EXTRA_KEY = "__extra__"
 
-#: Extra keys whose values are credentials and must be masked like a password.
+#: Extra keys whose values are credentials and must be masked like a password (a key matches
+#: when it *contains* one of these, case-insensitively). A superset of Airflow's own
+#: ``DEFAULT_SENSITIVE_FIELDS`` (airflow/_shared/secrets_masker, Airflow 3.3), so a value
+#: Airflow would hide is hidden by ``get``/``lease`` and the KFP output guard too.
 SENSITIVE_EXTRA_WORDS: tuple[str, ...] = (
-    "password", "passwd", "secret", "token", "api_key", "apikey", "access_key",
-    "private_key", "key_content", "keyfile_dict", "credential", "auth", "session",
+    "password", "passwd", "passphrase", "secret", "token", "bearer", "api_key", "apikey",
+    "access_key", "private_key", "key_content", "keyfile_dict", "service_account", "service_key",
+    "credential", "auth", "session", "dsn", "connection_string", "proxy", "proxies", "webhook_url",
 )
 
 
@@ -116,6 +120,7 @@ def connection_from_uri(uri: str) -> dict[str, Any]:
     if not scheme:
         raise InvalidValueError("invalid connection URI: missing conn type (the URI scheme)")
     rest = uri.replace(f"{scheme}://", "" if host_with_protocol else "//", 1)
+    _refuse_cut_authority(rest)
     if host_with_protocol:
         protocol_part = rest.split("://", 1)[0]
         if "@" in protocol_part or ":" in protocol_part:
@@ -153,6 +158,27 @@ def connection_from_uri(uri: str) -> dict[str, Any]:
             "extra": extra,
         }
     )
+
+
+def _refuse_cut_authority(rest: str) -> None:
+    """Refuse a URI whose login or password holds an unencoded ``#``, ``?``, ``/`` or ``@``.
+
+    Those characters end the authority, so a URI ending in ``etl:pa#ss@db/x`` would
+    parse as host ``etl``, a fragment ``ss@db/x`` and no password at all: the
+    password silently lost, its tail landing in other fields (and shown unmasked).
+    Airflow URIs percent-encode every such character (``Connection.get_uri``), and
+    never carry a fragment or a raw ``@`` after the host, so either sign means a
+    hand-written URI that cannot be read without guessing: refused, never guessed.
+    The message names the characters, never the URI.
+    """
+    body = rest[2:] if rest.startswith("//") else rest.split("://", 1)[-1]
+    cut = min((i for i in (body.find("/"), body.find("?"), body.find("#")) if i >= 0), default=len(body))
+    if "#" in body or "@" in body[cut:]:
+        raise InvalidValueError(
+            "invalid connection URI: the login or password seems to contain an unencoded '#', '?', '/' or '@' "
+            "(or the URI has a '#' fragment, or a raw '@' after the host); percent-encode them "
+            "(# as %23, ? as %3F, / as %2F, @ as %40), or give the connection as JSON"
+        )
 
 
 def _decode_query_extra(query: dict[str, str]) -> dict[str, Any]:

@@ -31,6 +31,10 @@ from runlease.errors import IntegrityError, MasterKeyError
 KEY_BYTES = 32
 NONCE_BYTES = 12
 _KEY_CHECK_PLAINTEXT = b"runlease key check v1"
+#: HKDF ``info`` labels: one derived key per purpose.
+AUDIT_HMAC_INFO = b"runlease/v1/audit-hmac"
+ROW_MAC_INFO = b"runlease/v1/row-mac"
+ANCHOR_MAC_INFO = b"runlease/v1/audit-anchor"
 
 
 def new_key() -> bytes:
@@ -81,7 +85,7 @@ class Keyring:
         for k in keys:
             self._keys.setdefault(key_id(k), k)
         self.active_id = key_id(keys[0])
-        self._audit_keys: dict[str, bytes] = {}
+        self._derived: dict[tuple[str, bytes], bytes] = {}
 
     @property
     def ids(self) -> list[str]:
@@ -127,18 +131,30 @@ class Keyring:
         except InvalidTag:
             return False
 
-    def audit_key(self, kek_id: str) -> bytes:
-        """HMAC key for the audit chain, derived (HKDF-SHA256) from a KEK.
+    def derived_key(self, kek_id: str, purpose: bytes) -> bytes:
+        """A 256-bit key for one ``purpose``, derived (HKDF-SHA256) from a KEK.
 
-        Derived rather than the KEK itself so the two uses never share a key.
+        Derived rather than the KEK itself so no two uses (sealing data keys, the
+        audit chain, row authentication, the anchor) ever share a key.
         """
-        cached = self._audit_keys.get(kek_id)
+        cache_key = (kek_id, purpose)
+        cached = self._derived.get(cache_key)
         if cached is None:
-            cached = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"runlease/v1/audit-hmac").derive(
-                self._key(kek_id)
-            )
-            self._audit_keys[kek_id] = cached
+            cached = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(self._key(kek_id))
+            self._derived[cache_key] = cached
         return cached
+
+    def audit_key(self, kek_id: str) -> bytes:
+        """HMAC key for the audit chain."""
+        return self.derived_key(kek_id, AUDIT_HMAC_INFO)
+
+    def row_key(self, kek_id: str) -> bytes:
+        """HMAC key for stored rows the broker acts on (secret metadata, stages, versions, leases)."""
+        return self.derived_key(kek_id, ROW_MAC_INFO)
+
+    def anchor_key(self, kek_id: str) -> bytes:
+        """HMAC key that signs the audit anchor file."""
+        return self.derived_key(kek_id, ANCHOR_MAC_INFO)
 
 
 @dataclass(frozen=True)

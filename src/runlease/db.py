@@ -22,7 +22,10 @@ from pathlib import Path
 
 from runlease.errors import StoreUnavailableError
 
-SCHEMA_VERSION = 1
+#: 2 added the ``mac`` columns (row authentication, runlease.rowauth); a version-1 file is
+#: upgraded in place by runlease.migrations when a runtime opens it with the key.
+SCHEMA_VERSION = 2
+LEGACY_SCHEMA_VERSIONS = (1,)
 BUSY_TIMEOUT_MS = 60_000
 
 SCHEMA = """
@@ -39,7 +42,8 @@ CREATE TABLE IF NOT EXISTS secrets (
     updated_at  TEXT NOT NULL,
     deleted_at  TEXT,
     last_version INTEGER NOT NULL DEFAULT 0,
-    metadata    TEXT NOT NULL DEFAULT '{}'
+    metadata    TEXT NOT NULL DEFAULT '{}',
+    mac         TEXT
 );
 CREATE TABLE IF NOT EXISTS versions (
     path        TEXT NOT NULL REFERENCES secrets(path),
@@ -49,6 +53,7 @@ CREATE TABLE IF NOT EXISTS versions (
     wrapped_dek BLOB NOT NULL,
     ciphertext  BLOB NOT NULL,
     deprecated  INTEGER NOT NULL DEFAULT 0,
+    mac         TEXT,
     PRIMARY KEY (path, version)
 );
 CREATE TABLE IF NOT EXISTS stages (
@@ -75,7 +80,8 @@ CREATE TABLE IF NOT EXISTS leases (
     state        TEXT NOT NULL,
     revoked_at   TEXT,
     revoke_reason TEXT,
-    issuer_state TEXT NOT NULL DEFAULT '{}'
+    issuer_state TEXT NOT NULL DEFAULT '{}',
+    mac          TEXT
 );
 CREATE INDEX IF NOT EXISTS leases_run ON leases(run_id, state);
 CREATE INDEX IF NOT EXISTS leases_state_expiry ON leases(state, expires_at);
@@ -114,6 +120,8 @@ class Transaction:
         self.conn = conn
         self._after_commit: list[Callable[[], None]] = []
         self._latest: dict[str, Callable[[], None]] = {}
+        #: The audit chain's tip before this transaction's first append (the strict anchor moves from it).
+        self.audit_tip_before: int | None = None
 
     def on_commit(self, hook: Callable[[], None]) -> None:
         self._after_commit.append(hook)
@@ -141,6 +149,10 @@ class Database:
         self._turn_pid = -1
         if not create and not self.path.exists():
             raise StoreUnavailableError(f"no runlease store at {self.path}; run `runlease init`")
+        if create and not self.path.exists():
+            # 0600 whatever the umask (002 would make it group-writable, which every open refuses);
+            # SQLite gives the WAL and SHM files the database file's mode.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
         self._local = threading.local()
         conn = self.connection()
         try:
@@ -156,9 +168,11 @@ class Database:
         except sqlite3.DatabaseError as err:
             self.close()
             raise StoreUnavailableError(f"{self.path} is not a usable runlease store ({err})") from None
-        if row is None or int(row[0]) != SCHEMA_VERSION:
+        if row is None or int(row[0]) not in (SCHEMA_VERSION, *LEGACY_SCHEMA_VERSIONS):
             self.close()
             raise StoreUnavailableError(f"{self.path} has an unknown schema version; expected {SCHEMA_VERSION}")
+        #: The file's schema version; older ones are upgraded by runlease.migrations (needs the key).
+        self.schema_version = int(row[0])
 
     def connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -218,13 +232,32 @@ class Database:
         """
         with self._thread_turn:
             if self._turn_pid != os.getpid():  # after fork: our own descriptor, not the parent's
-                self._turn_fd = os.open(f"{self.path}.writers", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                self._turn_fd = os.open(f"{self.path}.writers",
+                                        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
                 self._turn_pid = os.getpid()
             fcntl.flock(self._turn_fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def snapshot_between_writes(self) -> Iterator[sqlite3.Connection]:
+        """A read snapshot taken while no runlease writer is between its commit and its hooks.
+
+        For reading something outside the database (the audit anchor) that must
+        match the snapshot exactly: yields the connection inside the writer turn
+        with the snapshot already established; the caller reads the outside
+        thing there, then leaves the block and reads on (the snapshot stays
+        until the outer ``read`` ends). Use as ``with db.read(), db.snapshot_between_writes()``.
+        """
+        if getattr(self._local, "tx", None) is not None:  # our own write: nothing runs between
+            yield self._local.tx.conn
+            return
+        conn = self.connection()
+        with self._writer_turn():
+            conn.execute("SELECT 1 FROM meta LIMIT 1").fetchall()  # establishes the WAL read snapshot
+            yield conn
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:

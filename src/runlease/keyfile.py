@@ -30,13 +30,13 @@ import fcntl
 import json
 import os
 import secrets
-import stat
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runlease.crypto import KEY_BYTES, Keyring, key_id, new_key
 from runlease.errors import MasterKeyError
+from runlease.home_guard import UnsafeKeyFileError, check_file, open_nofollow
 from runlease.settings import Settings
 
 ENV_VAR = "RUNLEASE_MASTER_KEY"
@@ -65,16 +65,9 @@ def encode_key(key: bytes) -> str:
 
 
 def _read_key_file(path: Path) -> list[bytes]:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
+    if not check_file(path, "key file", secret=True, allow_root=True, error=UnsafeKeyFileError):
         raise MasterKeyError(
             f"no master key: {path} does not exist; run `runlease init` or set {ENV_VAR}"
-        ) from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise MasterKeyError(
-            f"key file {path} is accessible by group/others (mode {stat.S_IMODE(st.st_mode):04o}); "
-            f"run `chmod 600 {path}`"
         )
     doc = _read_doc(path)
     if doc.get("format") == KMS_FORMAT:
@@ -105,7 +98,7 @@ def load_keyring(settings: Settings) -> Keyring:
 
 def _read_doc(path: Path) -> dict[str, Any]:
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(open_nofollow(path, "key file", UnsafeKeyFileError))
     except (OSError, ValueError):
         raise MasterKeyError(f"key file {path} is unreadable or not a runlease key file") from None
     if not isinstance(doc, dict):
@@ -321,7 +314,7 @@ def prepend_new_key(path: Path) -> Keyring:
     The read-modify-write runs under a lock: two concurrent rotations must both
     keep their key.
     """
-    lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         keys = _read_key_file(path)  # for a KMS file this also proves we can still unwrap the old ones

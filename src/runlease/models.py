@@ -277,6 +277,13 @@ class Lease(BaseModel):
     issuer_state: dict[str, Any] = Field(default_factory=dict)
     credential: Secret[Any] | None = Field(default=None, exclude=True, repr=False)
 
+    def __getstate__(self) -> dict[Any, Any]:
+        """Pickle without the credential: a pickled lease (a cache file, an XCom, a multiprocessing
+        queue) must not carry the plaintext. The unpickled lease behaves like one read from the ledger."""
+        state = super().__getstate__()
+        state["__dict__"] = {**state["__dict__"], "credential": None}
+        return state
+
     @property
     def value(self) -> SecretValue:
         """The plaintext credential. Raises if this lease was loaded from the ledger."""

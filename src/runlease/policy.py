@@ -32,6 +32,7 @@ production, where the manager is the real boundary.
 
 from __future__ import annotations
 
+import os
 import sys
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -39,6 +40,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runlease.errors import ConfigError
+from runlease.home_guard import UnsafeHomeError, check_file, open_nofollow
 from runlease.models import Capability, RunIdentity, SecretPath
 
 if sys.version_info >= (3, 11):
@@ -119,13 +121,19 @@ class Policy(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> "Policy":
-        """Read a policy file; a missing file means allow-all, a broken one is an error."""
-        if not path.exists():
+        """Read a policy file; a missing file means allow-all, a broken one is an error.
+
+        "Missing" means nothing at all at ``path``: a dangling or looping
+        symlink, a file owned by another user (other than root) or writable by
+        group/others is an error (:mod:`runlease.home_guard`), never allow-all.
+        """
+        if not check_file(path, "policy file", allow_root=True, follow_links=True):
             return cls.allow_all()
         try:
-            doc = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as err:
-            raise ConfigError(f"policy file {path} is not valid TOML: {err}") from None
+            text = open_nofollow(Path(os.path.realpath(path)), "policy file", UnsafeHomeError).decode()
+            doc = tomllib.loads(text)
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"policy file {path} is not valid TOML or cannot be read: {err}") from None
         internal = sorted({"enforced", "source"} & doc.keys())
         if internal:
             # Set by the loader, not the file: a policy file must not be able to turn enforcement off.

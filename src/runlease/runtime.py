@@ -28,6 +28,7 @@ from runlease.broker import Broker
 from runlease.crypto import Keyring
 from runlease.db import Database
 from runlease.errors import ConfigError
+from runlease.home_guard import UnsafeHomeError, check_file, check_home
 from runlease.issuers import standard_issuers
 from runlease.keyfile import (
     create_key_file,
@@ -39,6 +40,7 @@ from runlease.keyfile import (
 )
 from runlease.ledger.base import Ledger
 from runlease.ledger.sqlite import SqliteLedger
+from runlease.migrations import upgrade_sqlite
 from runlease.policy import EXAMPLE_POLICY, Policy
 from runlease.settings import Settings
 from runlease.store.base import SecretStore
@@ -93,6 +95,7 @@ def _assemble(settings: Settings, keyring: Keyring, db: Database, store: SecretS
         store, ledger, policy=policy, default_env=settings.env,
         issuers=standard_issuers(lambda path: store.get(path)),
         default_ttl=timedelta(seconds=settings.default_ttl), max_ttl=timedelta(seconds=settings.max_ttl),
+        max_value_bytes=settings.max_value_bytes,
     )
     return Runtime(settings, keyring, db, store, ledger, policy, broker, local)
 
@@ -131,9 +134,13 @@ def open_runtime(settings: Settings | None = None, *, create_ledger: bool = Fals
     """Open an initialized home. Key problems raise before anything is written."""
     settings = settings or Settings()
     check_settings(settings)
+    check_home(settings.home, key_file=None if settings.master_key is not None else settings.key_file,
+               store_file=settings.store_file)
+    check_file(settings.anchor_file, "audit anchor")
     keyring = load_keyring(settings)
     db = Database(settings.store_file)
     try:
+        upgrade_sqlite(db, keyring, settings.anchor_file)
         local = LocalStore(db, keyring)
         store = remote_store(settings) or local
         return _assemble(settings, keyring, db, store, local, create_ledger=create_ledger)
@@ -164,16 +171,28 @@ def init_home(settings: Settings | None = None, *, kms: "KmsKeyOptions | None" =
     if remote is not None:
         remote.check()  # type: ignore[attr-defined]
     home: Path = settings.home
+    if home.exists():
+        _refuse_foreign_home(home)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _refuse_foreign_home(home)  # also when someone else created it in between
     os.chmod(home, 0o700)
     # Concurrent inits (e.g. several workers starting at once) must not each create a
     # key and a schema: one initializes, the others wait and then open what it made.
-    lock_fd = os.open(home / INIT_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    lock_fd = os.open(home / INIT_LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         return _init_locked(settings, home, kms, remote, transit)
     finally:
         os.close(lock_fd)
+
+
+def _refuse_foreign_home(home: Path) -> None:
+    """``init`` never adopts a home another user owns (they could swap in their own key later)."""
+    st = os.stat(home)
+    if st.st_uid != os.geteuid():
+        raise UnsafeHomeError(
+            f"refusing to initialize {home}: it is owned by uid {st.st_uid}, not by you (uid {os.geteuid()}); "
+            "its owner could replace the key or the store; choose another RUNLEASE_HOME")
 
 
 def _init_locked(settings: Settings, home: Path, kms: "KmsKeyOptions | None",
@@ -204,7 +223,13 @@ def _init_locked(settings: Settings, home: Path, kms: "KmsKeyOptions | None",
         local = LocalStore.initialize(db, keyring, store_id=store_id)
         example = home / "policy.example.toml"
         if not example.exists():
-            example.write_text(EXAMPLE_POLICY)
+            # 0644 whatever the umask: renamed to policy.toml it must pass the open-time checks.
+            fd = os.open(example, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            try:
+                os.fchmod(fd, 0o644)
+                os.write(fd, EXAMPLE_POLICY.encode())
+            finally:
+                os.close(fd)
         return _assemble(settings, keyring, db, remote or local, local, create_ledger=True), True
     except BaseException:
         db.close()

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from typing import Any
+import json
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from runlease.errors import ConfigError
 
 KEY_FILE_NAME = "master.key"
 STORE_FILE_NAME = "store.db"
@@ -36,7 +39,7 @@ class Settings(BaseSettings):
     store: str = "local"
     #: Store-specific options (Vault address/mount, AWS region/prefix, ...), as
     #: JSON in ``RUNLEASE_STORE_OPTIONS``.
-    store_options: dict[str, Any] = Field(default_factory=dict)
+    store_options: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict)
     #: Where leases and the audit chain live: ``local`` (the store's SQLite file)
     #: or ``postgres`` (shared by workers on many machines; see docs/ledger.md).
     ledger: str = "local"
@@ -44,6 +47,27 @@ class Settings(BaseSettings):
     ledger_dsn: SecretStr | None = None
     #: PostgreSQL schema that holds the ledger's tables.
     ledger_schema: str = Field(default="runlease", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+
+    #: Largest value ``put`` accepts, in bytes of its stored JSON form (``RUNLEASE_MAX_VALUE_BYTES``):
+    #: a 50 MB value once cost 655 MB of RSS to lease; credentials are small.
+    max_value_bytes: int = Field(default=1 << 20, ge=1)
+
+    @field_validator("store_options", mode="before")
+    @classmethod
+    def _store_options_json(cls, value: Any) -> Any:
+        """Parse ``RUNLEASE_STORE_OPTIONS`` ourselves: the settings library's error (and pydantic's)
+        would echo the text, which may hold a token put there by mistake. A ConfigError (not a
+        ValueError) passes through pydantic untouched, naming the setting and the position only."""
+        if not isinstance(value, str):
+            return value
+        try:
+            parsed = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"RUNLEASE_STORE_OPTIONS is not valid JSON (line {err.lineno}, column {err.colno}); "
+                              "expected an object such as {\"address\": \"https://vault:8200\"}") from None
+        if not isinstance(parsed, dict):
+            raise ConfigError(f"RUNLEASE_STORE_OPTIONS must be a JSON object, not a {type(parsed).__name__}")
+        return parsed
 
     @field_validator("home", mode="after")
     @classmethod

@@ -202,6 +202,29 @@ def test_policy_denial_is_authoritative_audited_and_names_no_value(home: Path) -
     assert [(e.action, e.path) for e in denied] == [("read", "dev/connections/warehouse")]
 
 
+@pytest.mark.parametrize("task", [False, True])
+def test_a_tampered_secret_row_is_authoritative_and_audited_not_a_fall_through(
+    home: Path, monkeypatch: pytest.MonkeyPatch, task: bool
+) -> None:
+    """Issue #12: an edited row must not make Airflow try the next backend (a decoy there would be served)."""
+    import sqlite3
+
+    from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied
+
+    with sqlite3.connect(home / "store.db") as db:
+        db.execute("UPDATE secrets SET metadata='{\"issuer\": \"static\"}' WHERE path='dev/connections/warehouse'")
+    if task:
+        for name, value in TASK_ENV.items():
+            monkeypatch.setenv(name, value)
+    backend = RunleaseBackend(home=str(home))
+    with pytest.raises(AirflowSecretsBackendAccessDenied, match="failed authentication") as caught:
+        backend.get_connection("warehouse")
+    assert PASSWORD not in str(caught.value)
+    errors = [e for e in events(backend.state.runtime) if e.outcome.value == "error"]
+    assert [(e.action, e.path, e.detail["table"]) for e in errors] == [
+        ("lease" if task else "read", "dev/connections/warehouse", "secrets")]
+
+
 def test_ids_runlease_does_not_hold_fall_through_even_when_policy_is_enforced(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from runlease.errors import BackendError, ConfigError, SecretNotFoundError
+from runlease.errors import BackendError, ConfigError, IntegrityError, SecretNotFoundError
 from runlease.ledger.base import AuditQuery
 from runlease.models import LeaseState, SecretPath, utcnow
 from runlease.runtime import Runtime
@@ -278,7 +278,7 @@ def test_a_tampered_ledger_cannot_make_revoke_drop_another_role(pg: PgSetup) -> 
     lease = pg.rt.broker.lease(PATH, identity(), ttl=300)
     forged = pg.rt.ledger.get_lease(lease.lease_id).model_copy(
         update={"issuer_state": {**lease.issuer_state, "role": pg.admin}})
-    with pytest.raises(ConfigError, match="does not match the lease id"):
+    with pytest.raises(IntegrityError, match="not the one this issuer mints"):
         pg.rt.broker.issuers.get("postgres").revoke(forged)
     assert pg.role_row(pg.admin) is not None
     pg.rt.broker.revoke(lease.lease_id)

@@ -7,6 +7,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from support.core import conn
@@ -63,7 +64,7 @@ def test_untouched_log_verifies(rt: Runtime) -> None:
     result = rt.ledger.verify()
     assert result.ok and result.checked == 10 and result.first_bad_seq is None
     assert "10 events verified" in result.describe()
-    assert read_anchor(rt.settings.anchor_file).seq == 10
+    assert read_anchor(rt.settings.anchor_file, rt.ledger.anchor_signer).seq == 10
 
 
 def test_empty_log_verifies(runtime: Runtime) -> None:
@@ -139,9 +140,11 @@ def test_truncated_tail_is_caught_by_the_anchor(rt: Runtime) -> None:
     assert_broken_at(rt, 8)
     result = rt.ledger.verify()
     assert "truncated" in result.reason and "10" in result.reason
-    # It is the anchor, outside the database, that catches it: the shorter chain itself is valid.
+    # It is the anchor, outside the database, that catches it: the shorter chain itself is valid,
+    # and deleting the anchor as well does not help (issue #12): a store with events needs one.
     rt.settings.anchor_file.unlink()
-    assert rt.ledger.verify().ok
+    result = rt.ledger.verify()
+    assert not result.ok and "anchor is missing or empty" in result.reason
 
 
 def test_truncated_to_empty(rt: Runtime) -> None:
@@ -156,22 +159,100 @@ def test_documented_limitation_tail_and_anchor_rewritten_together_is_not_detecte
     can drop the newest events and roll the anchor back to an older, genuine (seq, chain).
     Only an anchor they cannot write (a remote sink) catches that. This test pins the
     limitation so that a fix is noticed (and this test updated) rather than assumed."""
-    genuine_older = read_anchor(rt.settings.anchor_file)
-    assert genuine_older == Anchor(10, genuine_older.chain)
+    genuine_older = rt.settings.anchor_file.read_bytes()  # the attacker copies the signed file ...
+    assert read_anchor(rt.settings.anchor_file, rt.ledger.anchor_signer).seq == 10
     rt.broker.lease("warehouse", identity)  # 11
     rt.broker.lease("warehouse", identity)  # 12
     with raw(rt) as db:
         db.execute("DELETE FROM audit WHERE seq > 10")
-    write_anchor(rt.settings.anchor_file, genuine_older)
+    rt.settings.anchor_file.write_bytes(genuine_older)  # ... and puts it back with the cut
     result = rt.ledger.verify()
     assert result.ok and result.checked == 10  # NOT detected: the documented limitation
 
 
 def test_forged_anchor_is_detected(rt: Runtime) -> None:
-    write_anchor(rt.settings.anchor_file, Anchor(10, "ab" * 32))
+    signer = rt.ledger.anchor_signer
+    write_anchor(rt.settings.anchor_file, Anchor(10, "ab" * 32), signer)  # signed, made-up chain
     assert_broken_at(rt, 10)
-    write_anchor(rt.settings.anchor_file, Anchor(4, "ab" * 32))  # older seq, made-up chain
+    write_anchor(rt.settings.anchor_file, Anchor(4, "ab" * 32), signer)  # older seq, made-up chain
     assert_broken_at(rt, 4)
+
+
+def _unsigned(seq: int, chain: str) -> bytes:
+    """What an attacker without the key can write: the pre-#12 anchor format, check and all."""
+    import hashlib
+
+    check = hashlib.sha256(f"runlease-anchor|{seq}|{chain}".encode()).hexdigest()[:16]
+    return json.dumps({"seq": seq, "chain": chain, "check": check}).encode().ljust(191) + b"\n"
+
+
+@pytest.mark.parametrize("attack", ["delete", "empty", "seq0-unsigned", "tip-unsigned", "resigned-by-other-key",
+                                    "symlink"])
+def test_anchor_attacks_fail_verification_when_the_log_was_emptied(rt: Runtime, attack: str,
+                                                                   tmp_path: Path) -> None:
+    """Issue #12: with every event deleted and the anchor deleted, emptied or replaced by one
+    without a valid signature, `audit verify` said "OK: 0 events" while versions and leases existed."""
+    anchor = rt.settings.anchor_file
+    tip = read_anchor(anchor, rt.ledger.anchor_signer)
+    if attack != "tip-unsigned":
+        with raw(rt) as db:
+            db.execute("DELETE FROM audit")
+    if attack == "delete":
+        anchor.unlink()
+    elif attack == "empty":
+        anchor.write_bytes(b"")
+    elif attack == "seq0-unsigned":
+        anchor.write_bytes(_unsigned(0, ""))
+    elif attack == "tip-unsigned":
+        anchor.write_bytes(_unsigned(tip.seq, tip.chain))
+    elif attack == "resigned-by-other-key":
+        from runlease.audit import AnchorSigner
+
+        write_anchor(anchor, Anchor(0, ""), AnchorSigner(Keyring([new_key()]), rt.ledger.anchor_signer.scope))
+    elif attack == "symlink":
+        elsewhere = tmp_path / "elsewhere.anchor"
+        elsewhere.write_bytes(anchor.read_bytes())
+        anchor.unlink()
+        anchor.symlink_to(elsewhere)
+    result = rt.ledger.verify()
+    assert not result.ok, attack
+    assert "anchor" in result.reason
+
+
+def test_an_older_genuine_anchor_alone_fails_verification(rt: Runtime, identity: RunIdentity) -> None:
+    older = rt.settings.anchor_file.read_bytes()
+    rt.broker.lease("warehouse", identity)
+    rt.settings.anchor_file.write_bytes(older)
+    result = rt.ledger.verify()
+    assert not result.ok and "older than the log" in result.reason
+    # The next event does not quietly cover it up ...
+    rt.broker.lease("warehouse", identity)
+    assert not rt.ledger.verify().ok
+    # ... re-anchoring is a deliberate, audited step.
+    old, new = rt.ledger.reanchor()
+    assert old is not None and old.seq == 10 and new.seq == 13
+    assert rt.ledger.verify().ok
+    [event] = list(rt.ledger.events(AuditQuery(action="audit_reanchor")))
+    assert event.detail["previous_anchor_seq"] == 10
+
+
+def test_a_store_with_nothing_in_it_needs_no_anchor(runtime: Runtime) -> None:
+    runtime.settings.anchor_file.unlink(missing_ok=True)
+    assert runtime.ledger.verify().ok
+
+
+def test_cli_audit_verify_exits_7_on_a_missing_anchor(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from runlease.cli.main import app
+
+    monkeypatch.setenv("RUNLEASE_HOME", str(rt.settings.home))
+    rt.settings.anchor_file.unlink()
+    result = CliRunner().invoke(app, ["audit", "verify"])
+    assert result.exit_code == 7 and "anchor is missing" in result.output
+    result = CliRunner().invoke(app, ["audit", "verify", "--reanchor"])
+    assert result.exit_code == 0, result.output
+    assert CliRunner().invoke(app, ["audit", "verify"]).exit_code == 0
 
 
 def test_unreadable_anchor_fails_verification(rt: Runtime) -> None:

@@ -129,7 +129,7 @@ def test_audit_verify_detects_edit(stocked: Path) -> None:
     conn.commit()
     conn.close()
     code, out = run("audit", "verify")
-    assert code == 1 and "seq 1" in out
+    assert code == 7 and "seq 1" in out
     code, out = run("doctor")
     assert code == 1 and "FAIL" in out
 

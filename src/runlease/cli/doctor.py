@@ -73,6 +73,13 @@ def _runtime_checks(rt: Runtime) -> list[Check]:
             out.append(("remote store", True, rt.store.check()))  # type: ignore[attr-defined]
         except RunleaseError as err:
             out.append(("remote store", False, str(err)))
+    bad_rows = rt.local.tampered_rows()
+    bad_leases: list[str] = []
+    rt.ledger.find_leases(tampered=bad_leases)
+    bad = bad_rows + [f"leases {lease_id}" for lease_id in bad_leases]
+    out.append(("row authentication", not bad,
+                "every secret, version and lease row authenticates" if not bad
+                else f"{len(bad)} row(s) changed without the key (never acted on): {', '.join(bad[:10])}"))
     result = rt.ledger.verify()
     out.append(("audit chain", result.ok, result.describe()))
     policy = rt.policy

@@ -259,14 +259,16 @@ def leases(
 def revoke(
     lease_id: Optional[str] = typer.Argument(None, help="the lease to revoke"),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="revoke every active lease of this run"),
+    pipeline: Optional[str] = typer.Option(
+        None, "--pipeline", help="with --run-id: only this DAG / pipeline (Airflow run ids repeat across DAGs)"),
     task_id: Optional[str] = typer.Option(None, "--task-id", help="with --run-id: only this task"),
     reason: str = typer.Option("revoked by operator", "--reason"),
 ) -> None:
-    """Revoke one lease, or every active lease of a run (or of one task of it)."""
+    """Revoke one lease, or every active lease of a run (of one pipeline, or one task of it)."""
     if (lease_id is None) == (run_id is None):
         fail("give exactly one of LEASE_ID or --run-id", 2)
-    if task_id is not None and run_id is None:
-        fail("--task-id needs --run-id", 2)
+    if (task_id is not None or pipeline is not None) and run_id is None:
+        fail("--task-id and --pipeline need --run-id", 2)
     with runtime() as rt:
         who = cli_identity("revoke")
         if lease_id is not None:
@@ -274,8 +276,8 @@ def revoke(
             console.print(f"revoked {lease_id}" if done else f"{lease_id} was not active; nothing to do")
         else:
             assert run_id is not None
-            n = rt.broker.revoke_where(reason, who, run_id=run_id, task_id=task_id)
-            console.print(f"revoked {n} lease(s) of run {run_id}")
+            n = rt.broker.revoke_where(reason, who, pipeline=pipeline, run_id=run_id, task_id=task_id)
+            console.print(f"revoked {n} lease(s) of run {run_id}" + (f" of {pipeline}" if pipeline else ""))
 
 
 @app.command()
@@ -310,14 +312,24 @@ def audit_show(
 
 @audit_app.command("verify")
 @cli_errors
-def audit_verify() -> None:
-    """Check the hash chain and the anchor; report the first bad sequence number."""
+def audit_verify(
+    reanchor: bool = typer.Option(False, "--reanchor", help="after checking why the anchor is off: sign a new "
+                                  "anchor at the chain's tip (only if the chain verifies; audited)"),
+) -> None:
+    """Check the hash chain and the signed anchor; report the first bad sequence number (exit 7)."""
     with runtime() as rt:
+        if reanchor:
+            do = getattr(rt.ledger, "reanchor", None)
+            if do is None:
+                fail("--reanchor applies to the local ledger only (the shared ledger's anchors are per machine)", 2)
+            old, new = do()
+            console.print(f"re-anchored at event {new.seq} (previous anchor: "
+                          f"{'none' if old is None else old.problem or f'event {old.seq}'})")
         result = rt.ledger.verify()
     if result.ok:
         console.print(result.describe())
     else:
-        fail(result.describe(), 1)
+        fail(result.describe(), 7)
 
 
 @audit_app.command("export")

@@ -22,6 +22,15 @@ sessions (waiting for each backend to exit), then ``DROP ROLE``. If the
 role owns objects, they are reassigned to the parent role first; if even
 that is not allowed, the role stays disabled and a warning says why.
 
+What revoke and renew trust (issue #12): only what they can re-derive. The
+role name is recomputed as ``<role_prefix><lease_id>`` with ``role_prefix``
+and ``parent_role`` taken from the secret's *authenticated* metadata (never
+from the ledger row), the lease id must have the exact shape runlease mints,
+the recorded role must equal the derived one, and a role that carries any
+privilege a minted role never has (SUPERUSER, CREATEROLE, CREATEDB,
+REPLICATION, BYPASSRLS) or is not a member of the parent role is not
+touched at all: no ALTER, no REASSIGN/DROP OWNED, no DROP ROLE.
+
 Admin privileges needed: ``CREATEROLE``, membership in the parent role
 ``WITH ADMIN OPTION`` (PostgreSQL 16+ needs it to grant the parent), and
 ``pg_signal_backend`` (to terminate the leased role's sessions).
@@ -42,7 +51,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from runlease.connection import SENSITIVE_EXTRA_WORDS
-from runlease.errors import BackendError, ConfigError
+from runlease.errors import BackendError, ConfigError, IntegrityError
 from runlease.issuers.base import IssuedCredential
 from runlease.issuers.options import SecretLoader, connection_value, issuer_options
 from runlease.models import Lease, RunIdentity, utcnow
@@ -52,6 +61,8 @@ from runlease.store.base import StoredSecret
 log = logging.getLogger(__name__)
 
 _ROLE_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+#: The shape of a lease id runlease mints (broker.new_lease_id): "rl" + 96 random bits in hex.
+LEASE_ID_RE = re.compile(r"rl[0-9a-f]{24}")
 #: Longest a single revoke/issue statement (or lock wait) may take.
 STATEMENT_TIMEOUT_MS = 30_000
 #: How long to wait for a terminated backend to exit (pg_terminate_backend's timeout).
@@ -141,14 +152,18 @@ class PostgresIssuer:
 
     # -- renew and revoke -----------------------------------------------------
 
-    def _role_of(self, lease: Lease) -> str | None:
-        """The role this lease created, re-derived from the lease id (never trusted from the ledger alone)."""
-        state = lease.issuer_state
-        if not state.get("role"):
+    def _role_of(self, lease: Lease, opts: PostgresIssuerOptions) -> str | None:
+        """The role this lease created, re-derived from the lease id and the secret's authenticated
+        options; the ledger row only has to agree with it."""
+        if not lease.issuer_state.get("role"):
             return None
-        expected = role_name(str(state.get("role_prefix", "rl_")), lease.lease_id)
-        if state["role"] != expected:
-            raise ConfigError(f"lease {lease.lease_id}: recorded role does not match the lease id; refusing to touch it")
+        if not LEASE_ID_RE.fullmatch(lease.lease_id):
+            raise IntegrityError(f"lease {lease.lease_id[:40]!r} does not have the shape of a runlease lease id; "
+                                 "refusing to touch any role for it")
+        expected = role_name(opts.role_prefix, lease.lease_id)
+        if lease.issuer_state["role"] != expected:
+            raise IntegrityError(f"lease {lease.lease_id}: recorded role is not the one this issuer mints for it "
+                                 f"({expected}); refusing to touch it")
         return expected
 
     def _admin_target(self, lease: Lease) -> tuple[PgTarget, PostgresIssuerOptions]:
@@ -162,15 +177,15 @@ class PostgresIssuer:
         require_psycopg()
         from psycopg import sql
 
-        role = self._role_of(lease)
+        target, opts = self._admin_target(lease)
+        role = self._role_of(lease, opts)
         if role is None:
             raise ConfigError(f"lease {lease.lease_id} has no PostgreSQL role to renew")
-        target, opts = self._admin_target(lease)
         valid_until = utcnow() + ttl
         conn = connect(target, timeout=opts.connect_timeout, settings=_timeouts())
         try:
             with backend_errors(target, f"renewing role {role}"), conn.transaction():
-                if not _role_exists(conn, role):
+                if not _minted_role_exists(conn, role, opts.parent_role):
                     raise BackendError(f"role {role} of lease {lease.lease_id} no longer exists on {target.describe()}")
                 conn.execute(sql.SQL("ALTER ROLE {} VALID UNTIL {}").format(
                     sql.Identifier(role), sql.Literal(valid_until.isoformat())))
@@ -183,16 +198,18 @@ class PostgresIssuer:
         require_psycopg()
         from psycopg import sql
 
-        role = self._role_of(lease)
-        if role is None:
+        if not lease.issuer_state.get("role"):
             return
         target, opts = self._admin_target(lease)
+        role = self._role_of(lease, opts)
+        if role is None:
+            return
         ident = sql.Identifier(role)
         conn = connect(target, timeout=opts.connect_timeout, settings=_timeouts())
         try:
             with backend_errors(target, f"revoking role {role}"):
                 with conn.transaction():
-                    if not _role_exists(conn, role):
+                    if not _minted_role_exists(conn, role, opts.parent_role):
                         return
                     conn.execute(sql.SQL("ALTER ROLE {} WITH NOLOGIN PASSWORD NULL").format(ident))
                 lingering = conn.execute(
@@ -203,7 +220,7 @@ class PostgresIssuer:
                 if lingering:
                     log.warning("role %s: %d session(s) did not exit within %d ms of being terminated",
                                 role, lingering, TERMINATE_WAIT_MS)
-                self._drop(conn, role, str(lease.issuer_state.get("parent_role") or ""), target)
+                self._drop(conn, role, opts.parent_role, target)
         finally:
             conn.close()
 
@@ -231,8 +248,27 @@ class PostgresIssuer:
                         role, target.where, type(err).__name__)
 
 
-def _role_exists(conn: Any, role: str) -> bool:
-    return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
+def _minted_role_exists(conn: Any, role: str, parent: str) -> bool:
+    """False if ``role`` is gone; :class:`IntegrityError` if it is not a role this issuer could have minted.
+
+    A minted role is a plain login role inside ``parent`` with none of the
+    attributes CREATE ROLE here never sets; anything else (a superuser or an
+    application role that happens to carry the name) is left untouched.
+    """
+    row = conn.execute(
+        "SELECT r.rolsuper OR r.rolcreaterole OR r.rolcreatedb OR r.rolreplication OR r.rolbypassrls, "
+        "EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles p ON p.oid = m.roleid "
+        "        WHERE m.member = r.oid AND p.rolname = %s) "
+        "FROM pg_roles r WHERE r.rolname = %s",
+        (parent, role),
+    ).fetchone()
+    if row is None:
+        return False
+    privileged, in_parent = row
+    if privileged or not in_parent:
+        raise IntegrityError(f"role {role} is not one this issuer minted (it holds extra attributes or is not "
+                             f"a member of the parent role); refusing to touch it")
+    return True
 
 
 def _timeouts() -> dict[str, str]:

@@ -8,7 +8,7 @@ that revokes at run end (one machine: SQLite; many: PostgreSQL).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from runlease.audit import VerifyResult
 from runlease.models import AuditEvent, Lease, LeaseState, RunIdentity, SecretPath, Stage
+from runlease.rowauth import RowAuthenticator, RowKeyNotLoadedError, RowTamperedError
 
 
 class AuditQuery(BaseModel):
@@ -84,6 +85,66 @@ def lease_from_row(row: tuple[Any, ...]) -> Lease:
     )
 
 
+def ledger_scope(ledger_id: str) -> str:
+    """The row-MAC scope of a ledger: a lease row cannot be copied into another ledger."""
+    return f"ledger:{ledger_id}"
+
+
+def _canonical_time(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def lease_mac_fields(lease: Lease) -> list[Any]:
+    """Everything a lease row says, in one canonical form for both backends: what its MAC covers.
+
+    Computed from the decoded :class:`Lease`, so SQLite's ISO text and PostgreSQL's
+    ``timestamptz``/``jsonb`` authenticate the same way.
+    """
+    i = lease.identity
+    return [
+        lease.lease_id, str(lease.path), lease.version, lease.stage.value if lease.stage else None, lease.issuer,
+        i.orchestrator, i.pipeline, i.run_id, i.task_id, i.try_number, i.map_index, i.principal,
+        _canonical_time(lease.issued_at), _canonical_time(lease.expires_at), lease.state.value,
+        _canonical_time(lease.revoked_at), lease.revoke_reason,
+        json.dumps(lease.issuer_state, sort_keys=True, separators=(",", ":"), default=str),
+    ]
+
+
+def seal_lease(auth: RowAuthenticator, lease: Lease) -> str:
+    """The ``mac`` column for a lease row saying exactly what ``lease`` says."""
+    return auth.seal("leases", lease_mac_fields(lease))
+
+
+def authenticated_lease(row: tuple[Any, ...], auth: RowAuthenticator) -> Lease:
+    """A lease from a row of :data:`LEASE_FIELDS` plus ``mac``, or :class:`RowTamperedError`.
+
+    A row that does not even decode (an unknown state, a malformed path) is
+    tampering too: runlease never writes one.
+    """
+    lease_id = str(row[0])[:80]
+    try:
+        lease = lease_from_row(tuple(row[:-1]))
+    except Exception:  # noqa: BLE001 - any undecodable row is reported the same way
+        raise RowTamperedError("leases", lease_id, "is malformed") from None
+    auth.check("leases", lease_id, lease_mac_fields(lease), row[-1])
+    return lease
+
+
+def authenticated_leases(rows: Iterable[tuple[Any, ...]], auth: RowAuthenticator,
+                         tampered: list[str] | None) -> list[Lease]:
+    """Authenticate every row; with ``tampered`` given, bad rows' ids go there and are skipped,
+    otherwise the first bad row raises (so one forged row cannot hide among good ones)."""
+    out = []
+    for row in rows:
+        try:
+            out.append(authenticated_lease(row, auth))
+        except (RowTamperedError, RowKeyNotLoadedError) as err:
+            if tampered is None:
+                raise
+            tampered.append(err.row_id)
+    return out
+
+
 def lease_filter_sql(
     placeholder: str,
     stored_time: Callable[[datetime], Any],
@@ -142,7 +203,10 @@ class Ledger(Protocol):
         state: LeaseState | None = None,
         expired_before: datetime | None = None,
         limit: int | None = None,
-    ) -> list[Lease]: ...
+        tampered: list[str] | None = None,
+    ) -> list[Lease]:
+        """Leases matching the filters, every one authenticated (see :func:`authenticated_leases`)."""
+        ...
 
     def close_lease(self, lease_id: str, state: LeaseState, reason: str, at: datetime, event: AuditEvent) -> bool:
         """Mark an active lease revoked/expired and append its event; False if it was not active."""

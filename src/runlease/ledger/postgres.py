@@ -38,22 +38,46 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runlease.audit import Anchor, VerifyResult, advance_anchor, event_row, genesis, link, read_anchor, verify_chain
+from runlease.audit import (
+    Anchor,
+    AnchorSigner,
+    VerifyResult,
+    advance_anchor,
+    event_row,
+    genesis,
+    link,
+    read_anchor,
+    read_legacy_anchor,
+    verify_chain,
+    write_anchor,
+)
 from runlease.crypto import Keyring
-from runlease.errors import ConfigError, LeaseNotFoundError, MasterKeyError
-from runlease.ledger.base import LEASE_FIELDS, AuditQuery, lease_filter_sql, lease_from_row, lease_values
+from runlease.errors import BackendError, ConfigError, LeaseNotFoundError, MasterKeyError
+from runlease.ledger.base import (
+    LEASE_FIELDS,
+    AuditQuery,
+    authenticated_lease,
+    authenticated_leases,
+    lease_filter_sql,
+    lease_from_row,
+    lease_values,
+    ledger_scope,
+    seal_lease,
+)
 from runlease.models import AuditEvent, Lease, LeaseState
+from runlease.rowauth import RowAuthenticator
 from runlease.pg import DEFAULT_CONNECT_TIMEOUT, PgTarget, backend_errors, connect, require_psycopg, target_from_dsn
 
 if TYPE_CHECKING:  # pragma: no cover
     import psycopg
     from psycopg import sql
 
-SCHEMA_VERSION = 1
+#: 2 added ``leases.mac`` (row authentication); a version-1 schema is upgraded at open by its owner.
+SCHEMA_VERSION = 2
 #: Longest wait for the chain head (or any other row lock) before failing.
 LOCK_TIMEOUT_MS = 30_000
 #: Longest any single ledger statement may run (pages keep verify's statements short).
@@ -91,7 +115,8 @@ _DDL = (
         state         text NOT NULL,
         revoked_at    timestamptz,
         revoke_reason text,
-        issuer_state  jsonb NOT NULL DEFAULT '{{}}')""",
+        issuer_state  jsonb NOT NULL DEFAULT '{{}}',
+        mac           text)""",
     "CREATE INDEX IF NOT EXISTS leases_run ON {s}.leases (run_id, state)",
     "CREATE INDEX IF NOT EXISTS leases_state_expiry ON {s}.leases (state, expires_at)",
     """CREATE TABLE IF NOT EXISTS {s}.audit (
@@ -129,13 +154,23 @@ def writer_grants(schema: str, role: str) -> list["sql.Composed"]:
     from psycopg import sql
 
     s, r = sql.Identifier(schema), sql.Identifier(role)
+    lease_columns = sql.SQL(", ").join(sql.Identifier(c) for c in WRITER_LEASE_UPDATE_COLUMNS)
     return [
         sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, r),
+        # meta: read the ids and key checks; INSERT only to vouch for a new active key after
+        # `key rotate` (ON CONFLICT DO NOTHING: an existing entry is never replaced).
         sql.SQL("GRANT SELECT, INSERT ON {}.meta TO {}").format(s, r),
-        sql.SQL("GRANT SELECT, UPDATE ON {}.audit_head TO {}").format(s, r),
+        sql.SQL("GRANT SELECT, UPDATE (seq, chain) ON {}.audit_head TO {}").format(s, r),
         sql.SQL("GRANT SELECT, INSERT ON {}.audit TO {}").format(s, r),
-        sql.SQL("GRANT SELECT, INSERT, UPDATE ON {}.leases TO {}").format(s, r),
+        # leases: closing and renewing change only these columns; no DELETE, and the
+        # identity, path, issuer and issuer_state of a lease can never be rewritten.
+        sql.SQL("GRANT SELECT, INSERT, UPDATE ({}) ON {}.leases TO {}").format(lease_columns, s, r),
     ]
+
+
+#: The only lease columns a worker may UPDATE (close: state, revoked_at, revoke_reason; renew:
+#: expires_at; both: the row's MAC).
+WRITER_LEASE_UPDATE_COLUMNS: tuple[str, ...] = ("state", "revoked_at", "revoke_reason", "expires_at", "mac")
 
 
 def _check_schema_name(schema: str) -> None:
@@ -175,10 +210,16 @@ class PostgresLedger:
         s = sql.Identifier(schema)
         self._t = {name: sql.SQL("{}.{}").format(s, sql.Identifier(name))
                    for name in ("meta", "audit_head", "leases", "audit")}
+        self._legacy = False
         self.ledger_id = self._load_ledger_id()
-        self._check_key()
+        known = self._check_key()
+        self.auth = RowAuthenticator(keyring, ledger_scope(self.ledger_id), known | {keyring.active_id})
+        if self._legacy:
+            self._upgrade()
         #: Per-machine anchor: the newest (seq, chain) *this* machine committed (docs/ledger.md).
         self.anchor_file = anchor_dir / f"audit.{self.ledger_id}.anchor" if anchor_dir is not None else None
+        self.anchor_signer = AnchorSigner(keyring, ledger_scope(self.ledger_id))
+        self._sign_legacy_anchor()
 
     # -- opening ----------------------------------------------------------------
 
@@ -249,12 +290,44 @@ class PostgresLedger:
                 )
             rows = dict(conn.execute(self._sql("SELECT key, value FROM {meta} WHERE key IN "
                                                "('schema_version', 'ledger_id')")).fetchall())
-        if rows.get("schema_version") != str(SCHEMA_VERSION) or "ledger_id" not in rows:
+        if rows.get("schema_version") not in (str(SCHEMA_VERSION), "1") or "ledger_id" not in rows:
             raise ConfigError(f"ledger schema {self.schema!r} of the {self.target.describe()} has an unknown version; "
                               f"expected {SCHEMA_VERSION}")
+        self._legacy = rows["schema_version"] == "1"
         return str(rows["ledger_id"])
 
-    def _check_key(self) -> None:
+    def _upgrade(self) -> None:
+        """Version 1 -> 2 in place, once, in one transaction: add ``leases.mac`` and MAC every row.
+
+        Needs the key (checked before) and the schema owner's rights (ALTER TABLE,
+        UPDATE on meta); a worker role gets a clear error saying who must run it.
+        Rows are vouched for as they are at this moment (docs/ledger.md).
+        """
+        conn = self._conn()
+        try:
+            with backend_errors(self.target, "upgrading the ledger schema"), conn.transaction():
+                version = conn.execute(self._sql("SELECT value FROM {meta} WHERE key = 'schema_version' FOR UPDATE")
+                                       ).fetchone()[0]
+                if version == str(SCHEMA_VERSION):
+                    return
+                conn.execute(self._sql("ALTER TABLE {leases} ADD COLUMN IF NOT EXISTS mac text"))
+                rows = conn.execute(self._sql(f"SELECT {', '.join(_LEASE_FIELDS)} FROM {{leases}}")).fetchall()
+                for row in rows:
+                    lease = lease_from_row(row)
+                    conn.execute(self._sql("UPDATE {leases} SET mac = %s WHERE lease_id = %s"),
+                                 (seal_lease(self.auth, lease), lease.lease_id))
+                conn.execute(self._sql("UPDATE {meta} SET value = %s WHERE key = 'schema_version'"),
+                             (str(SCHEMA_VERSION),))
+        except BackendError as err:
+            if "SQLSTATE 42501" in str(err):  # insufficient_privilege: not the owner
+                raise ConfigError(
+                    f"the ledger in schema {self.schema!r} of the {self.target.describe()} predates row "
+                    "authentication; run any runlease command once as the role that owns it to upgrade it"
+                ) from None
+            raise
+        self._legacy = False
+
+    def _check_key(self) -> set[str]:
         """Refuse a KEK that is not the one the ledger's events are chained with.
 
         A worker with a different key would append events nobody else can
@@ -273,6 +346,24 @@ class PostgresLedger:
             with backend_errors(self.target, "registering the active key"):
                 conn.execute(self._sql("INSERT INTO {meta} (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING"),
                              (_KEY_CHECK_PREFIX + self.keyring.active_id, self.keyring.key_check().hex()))
+        return set(known)
+
+    def _sign_legacy_anchor(self) -> None:
+        """Sign this machine's unsigned (pre-#12) anchor if it names a genuine event of the chain.
+
+        Safe here: a per-machine anchor may lag the head anyway, and the chain
+        value it must match is itself authenticated by the chain's HMAC.
+        """
+        if self.anchor_file is None:
+            return
+        legacy = read_legacy_anchor(self.anchor_file)
+        if legacy is None or legacy.seq < 1:
+            return
+        conn = self._conn()
+        with backend_errors(self.target, "reading the audit chain"):
+            row = conn.execute(self._sql("SELECT chain FROM {audit} WHERE seq = %s"), (legacy.seq,)).fetchone()
+        if row is not None and row[0] == legacy.chain:
+            write_anchor(self.anchor_file, legacy, self.anchor_signer)
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -358,7 +449,7 @@ class PostgresLedger:
             conn.execute(self._sql("UPDATE {audit_head} SET seq = %s, chain = %s WHERE id"), (seq, previous))
             if self.anchor_file is not None:
                 anchor, path = Anchor(seq, previous), self.anchor_file
-                hooks.append(lambda: advance_anchor(path, anchor))
+                hooks.append(lambda: advance_anchor(path, anchor, self.anchor_signer))
         return out
 
     def _audit_rows(self, conn: Any, where: str = "TRUE", params: tuple[Any, ...] = (),
@@ -408,7 +499,7 @@ class PostgresLedger:
                 last["seq"], last["chain"] = int(row["seq"]), str(row["chain"])
                 yield row
 
-        anchor = read_anchor(self.anchor_file) if self.anchor_file is not None else None
+        anchor = read_anchor(self.anchor_file, self.anchor_signer) if self.anchor_file is not None else None
         with backend_errors(self.target, "verifying the audit chain"), conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             head_seq, head_chain = conn.execute(self._sql("SELECT seq, chain FROM {audit_head} WHERE id")).fetchone()
@@ -435,21 +526,20 @@ class PostgresLedger:
 
         with self._write():
             self._conn().execute(
-                self._sql(f"INSERT INTO {{leases}} ({', '.join(_LEASE_FIELDS)}) "
-                          f"VALUES ({', '.join(['%s'] * len(_LEASE_FIELDS))})"),
-                lease_values(lease, lambda at: at, Jsonb),
+                self._sql(f"INSERT INTO {{leases}} ({', '.join(_LEASE_FIELDS)}, mac) "
+                          f"VALUES ({', '.join(['%s'] * (len(_LEASE_FIELDS) + 1))})"),
+                (*lease_values(lease, lambda at: at, Jsonb), seal_lease(self.auth, lease)),
             )
             return self.append(event)[0]
-
 
     def get_lease(self, lease_id: str) -> Lease:
         conn = self._conn()
         with backend_errors(self.target, "reading a lease"):
-            row = conn.execute(self._sql(f"SELECT {', '.join(_LEASE_FIELDS)} FROM {{leases}} WHERE lease_id = %s"),
+            row = conn.execute(self._sql(f"SELECT {', '.join(_LEASE_FIELDS)}, mac FROM {{leases}} WHERE lease_id = %s"),
                                (lease_id,)).fetchone()
         if row is None:
             raise LeaseNotFoundError(f"lease {lease_id} not found")
-        return lease_from_row(row)
+        return authenticated_lease(row, self.auth)
 
     def find_leases(
         self,
@@ -462,36 +552,51 @@ class PostgresLedger:
         state: LeaseState | None = None,
         expired_before: datetime | None = None,
         limit: int | None = None,
+        tampered: list[str] | None = None,
     ) -> list[Lease]:
         where, params = lease_filter_sql(
             "%s", lambda at: at, pipeline=pipeline, run_id=run_id, task_id=task_id, try_number=try_number,
             map_index=map_index, state=state, expired_before=expired_before,
         )
-        text = f"SELECT {', '.join(_LEASE_FIELDS)} FROM {{leases}}{where} ORDER BY issued_at, lease_id"
+        text = f"SELECT {', '.join(_LEASE_FIELDS)}, mac FROM {{leases}}{where} ORDER BY issued_at, lease_id"
         if limit:
             text += " LIMIT %s"
             params.append(int(limit))
         conn = self._conn()
         with backend_errors(self.target, "listing leases"):
-            return [lease_from_row(r) for r in conn.execute(self._sql(text), params).fetchall()]
+            rows = conn.execute(self._sql(text), params).fetchall()
+        return authenticated_leases(rows, self.auth, tampered)
+
+    def _rewrite_active(self, lease_id: str, update: dict[str, Any]) -> bool:
+        """Apply ``update`` to an active, authenticated lease (row locked) and re-MAC it."""
+        conn = self._conn()
+        row = conn.execute(self._sql(f"SELECT {', '.join(_LEASE_FIELDS)}, mac FROM {{leases}} "
+                                     "WHERE lease_id = %s FOR UPDATE"), (lease_id,)).fetchone()
+        if row is None:
+            return False
+        lease = authenticated_lease(row, self.auth)
+        if lease.state is not LeaseState.ACTIVE:
+            return False
+        new = lease.model_copy(update=update)
+        conn.execute(
+            self._sql("UPDATE {leases} SET state = %s, revoked_at = %s, revoke_reason = %s, expires_at = %s, "
+                      "mac = %s WHERE lease_id = %s AND state = 'active'"),
+            (new.state.value, new.revoked_at, new.revoke_reason, new.expires_at, seal_lease(self.auth, new),
+             lease_id),
+        )
+        return True
 
     def close_lease(self, lease_id: str, state: LeaseState, reason: str, at: datetime, event: AuditEvent) -> bool:
         with self._write():
-            changed = self._conn().execute(
-                self._sql("UPDATE {leases} SET state = %s, revoked_at = %s, revoke_reason = %s "
-                          "WHERE lease_id = %s AND state = 'active'"),
-                (state.value, at, reason, lease_id),
-            ).rowcount
+            changed = self._rewrite_active(lease_id, {"state": state, "revoked_at": at.astimezone(timezone.utc),
+                                                      "revoke_reason": reason})
             if changed:
                 self.append(event)
-        return bool(changed)
+        return changed
 
     def extend_lease(self, lease_id: str, expires_at: datetime, event: AuditEvent) -> bool:
         with self._write():
-            changed = self._conn().execute(
-                self._sql("UPDATE {leases} SET expires_at = %s WHERE lease_id = %s AND state = 'active'"),
-                (expires_at, lease_id),
-            ).rowcount
+            changed = self._rewrite_active(lease_id, {"expires_at": expires_at.astimezone(timezone.utc)})
             if changed:
                 self.append(event)
-        return bool(changed)
+        return changed

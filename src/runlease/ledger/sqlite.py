@@ -16,12 +16,33 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from runlease.audit import Anchor, VerifyResult, advance_anchor, event_row, genesis, link, read_anchor, verify_chain
+from runlease.audit import (
+    Anchor,
+    AnchorSigner,
+    VerifyResult,
+    advance_anchor,
+    event_row,
+    genesis,
+    link,
+    read_anchor,
+    verify_chain,
+    write_anchor,
+)
 from runlease.crypto import Keyring
 from runlease.db import Database, Transaction
 from runlease.errors import LeaseNotFoundError, MasterKeyError
-from runlease.ledger.base import LEASE_FIELDS, AuditQuery, lease_filter_sql, lease_from_row, lease_values
+from runlease.ledger.base import (
+    LEASE_FIELDS,
+    AuditQuery,
+    authenticated_lease,
+    authenticated_leases,
+    lease_filter_sql,
+    lease_values,
+    ledger_scope,
+    seal_lease,
+)
 from runlease.models import AuditEvent, Lease, LeaseState
+from runlease.rowauth import RowAuthenticator
 
 _LEASE_COLUMNS = ", ".join(LEASE_FIELDS)
 _AUDIT_COLUMNS = (
@@ -46,6 +67,10 @@ class SqliteLedger:
         if row is None:
             raise MasterKeyError(f"store {db.path} was never initialized; run `runlease init`")
         self.store_id = str(row[0])
+        known = {k.split(":", 1)[1] for (k,) in db.connection().execute(
+            "SELECT key FROM meta WHERE key LIKE 'key_check:%'")} | {keyring.active_id}
+        self.auth = RowAuthenticator(keyring, ledger_scope(self.store_id), known)
+        self.anchor_signer = AnchorSigner(keyring, ledger_scope(self.store_id))
 
     def atomic(self) -> AbstractContextManager[Transaction]:
         return self.db.write()
@@ -57,6 +82,9 @@ class SqliteLedger:
         with self.db.write() as tx:
             last = tx.conn.execute("SELECT seq, chain FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
             seq, previous = (int(last[0]), str(last[1])) if last else (0, genesis(self.store_id))
+            if tx.audit_tip_before is None:
+                tx.audit_tip_before = seq
+            tip_before = tx.audit_tip_before
             kid = self.keyring.active_id
             key = self.keyring.audit_key(kid)
             for event in events:
@@ -71,7 +99,8 @@ class SqliteLedger:
                 out.append(stamped.model_copy(update={"chain": previous}))
             anchor = Anchor(seq, previous)
             # Several appends in one transaction (a grouped rotation) move the anchor once, to the last event.
-            tx.on_commit_latest("audit-anchor", lambda: advance_anchor(self.anchor_file, anchor))
+            tx.on_commit_latest("audit-anchor", lambda: advance_anchor(
+                self.anchor_file, anchor, self.anchor_signer, previous_seq=tip_before))
         return out
 
     def events(self, query: AuditQuery) -> Iterator[AuditEvent]:
@@ -100,8 +129,38 @@ class SqliteLedger:
         def key_for(kid: str) -> bytes | None:
             return self.keyring.audit_key(kid) if kid in self.keyring else None
 
-        with self.db.read():
-            return verify_chain(self._raw_rows(), key_for, genesis(self.store_id), read_anchor(self.anchor_file))
+        with self.db.read() as conn:
+            with self.db.snapshot_between_writes():
+                # The anchor must be read at the very state of the snapshot: every writer advances it
+                # after its commit, inside the same writer turn this waits for.
+                anchor = read_anchor(self.anchor_file, self.anchor_signer)
+            holds_anything = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM audit) OR EXISTS (SELECT 1 FROM versions) "
+                "OR EXISTS (SELECT 1 FROM leases)").fetchone()[0]
+            return verify_chain(self._raw_rows(), key_for, genesis(self.store_id), anchor,
+                                anchor_required=bool(holds_anything), anchor_at_tip=True)
+
+    def reanchor(self) -> tuple[Anchor | None, Anchor]:
+        """Sign an anchor at the chain's current tip, after an operator checked why it was off.
+
+        Only when the chain itself verifies; the old and new anchor go into an
+        ``audit_reanchor`` event, so re-anchoring is never silent.
+        """
+        from runlease.errors import IntegrityError
+        from runlease.models import AuditEvent
+
+        key_for = lambda kid: self.keyring.audit_key(kid) if kid in self.keyring else None  # noqa: E731
+        with self.db.write() as tx:
+            chain = verify_chain(self._raw_rows(), key_for, genesis(self.store_id), None)
+            if not chain.ok:
+                raise IntegrityError(f"not re-anchoring: {chain.describe()}")
+            old = read_anchor(self.anchor_file, self.anchor_signer)
+            event = self.append(AuditEvent(action="audit_reanchor", principal="runlease:reanchor", detail={
+                "previous_anchor_seq": None if old is None else old.seq,
+                "previous_anchor_problem": None if old is None else old.problem or None}))[0]
+            new = Anchor(int(event.seq or 0), str(event.chain))
+            tx.on_commit_latest("audit-anchor", lambda: write_anchor(self.anchor_file, new, self.anchor_signer))
+        return old, new
 
     def audit_key_ids(self) -> set[str]:
         return {r[0] for r in self.db.connection().execute("SELECT DISTINCT key_id FROM audit")}
@@ -111,19 +170,19 @@ class SqliteLedger:
     def record_lease(self, lease: Lease, event: AuditEvent) -> AuditEvent:
         with self.db.write() as tx:
             tx.conn.execute(
-                f"INSERT INTO leases({_LEASE_COLUMNS}) VALUES ({','.join('?' * 18)})",
-                lease_values(lease, ts, lambda state: json.dumps(state, sort_keys=True)),
+                f"INSERT INTO leases({_LEASE_COLUMNS}, mac) VALUES ({','.join('?' * 19)})",
+                (*lease_values(lease, ts, lambda state: json.dumps(state, sort_keys=True)),
+                 seal_lease(self.auth, lease)),
             )
             return self.append(event)[0]
 
-
     def get_lease(self, lease_id: str) -> Lease:
         row = self.db.connection().execute(
-            f"SELECT {_LEASE_COLUMNS} FROM leases WHERE lease_id=?", (lease_id,)
+            f"SELECT {_LEASE_COLUMNS}, mac FROM leases WHERE lease_id=?", (lease_id,)
         ).fetchone()
         if row is None:
             raise LeaseNotFoundError(f"lease {lease_id} not found")
-        return lease_from_row(row)
+        return authenticated_lease(row, self.auth)
 
     def find_leases(
         self,
@@ -136,31 +195,45 @@ class SqliteLedger:
         state: LeaseState | None = None,
         expired_before: datetime | None = None,
         limit: int | None = None,
+        tampered: list[str] | None = None,
     ) -> list[Lease]:
         where, params = lease_filter_sql(
             "?", ts, pipeline=pipeline, run_id=run_id, task_id=task_id, try_number=try_number,
             map_index=map_index, state=state, expired_before=expired_before,
         )
-        sql = f"SELECT {_LEASE_COLUMNS} FROM leases{where} ORDER BY issued_at, lease_id"
+        sql = f"SELECT {_LEASE_COLUMNS}, mac FROM leases{where} ORDER BY issued_at, lease_id"
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return [lease_from_row(r) for r in self.db.connection().execute(sql, params)]
+        return authenticated_leases(self.db.connection().execute(sql, params), self.auth, tampered)
+
+    def _rewrite_active(self, tx: Transaction, lease_id: str, update: dict[str, Any]) -> bool:
+        """Apply ``update`` to an active, authenticated lease and re-MAC it; False if not active."""
+        row = tx.conn.execute(f"SELECT {_LEASE_COLUMNS}, mac FROM leases WHERE lease_id=?", (lease_id,)).fetchone()
+        if row is None:
+            return False
+        lease = authenticated_lease(row, self.auth)
+        if lease.state is not LeaseState.ACTIVE:
+            return False
+        new = lease.model_copy(update=update)
+        tx.conn.execute(
+            "UPDATE leases SET state=?, revoked_at=?, revoke_reason=?, expires_at=?, mac=? "
+            "WHERE lease_id=? AND state='active'",
+            (new.state.value, ts(new.revoked_at) if new.revoked_at else None, new.revoke_reason,
+             ts(new.expires_at), seal_lease(self.auth, new), lease_id),
+        )
+        return True
 
     def close_lease(self, lease_id: str, state: LeaseState, reason: str, at: datetime, event: AuditEvent) -> bool:
         with self.db.write() as tx:
-            changed = tx.conn.execute(
-                "UPDATE leases SET state=?, revoked_at=?, revoke_reason=? WHERE lease_id=? AND state='active'",
-                (state.value, ts(at), reason, lease_id),
-            ).rowcount
+            changed = self._rewrite_active(tx, lease_id, {"state": state, "revoked_at": at.astimezone(timezone.utc),
+                                                          "revoke_reason": reason})
             if changed:
                 self.append(event)
-        return bool(changed)
+        return changed
 
     def extend_lease(self, lease_id: str, expires_at: datetime, event: AuditEvent) -> bool:
         with self.db.write() as tx:
-            changed = tx.conn.execute(
-                "UPDATE leases SET expires_at=? WHERE lease_id=? AND state='active'", (ts(expires_at), lease_id)
-            ).rowcount
+            changed = self._rewrite_active(tx, lease_id, {"expires_at": expires_at.astimezone(timezone.utc)})
             if changed:
                 self.append(event)
-        return bool(changed)
+        return changed

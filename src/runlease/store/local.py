@@ -15,12 +15,37 @@ from datetime import datetime
 from typing import Any
 
 from runlease.crypto import Keyring, Sealed, rewrap, seal, unseal
-from runlease.db import Database
-from runlease.errors import ConflictError, InvalidValueError, MasterKeyError, SecretNotFoundError
+from runlease.db import SCHEMA_VERSION, Database
+from runlease.errors import ConflictError, InvalidValueError, MasterKeyError, SecretNotFoundError, StoreUnavailableError
 from runlease.models import SecretInfo, SecretPath, SecretValue, SecretVersion, Stage, utcnow
+from runlease.rowauth import RowAuthenticator, RowKeyNotLoadedError, RowTamperedError, digest
 from runlease.store.base import Resolved, StoredSecret, metadata_conflicts
 
 _KEY_CHECK_PREFIX = "key_check:"
+#: The secrets row as authenticated: every column but ``mac``; its stage labels join the MAC.
+SECRET_COLUMNS = "path, env, kind, name, created_at, updated_at, deleted_at, last_version, metadata"
+VERSION_COLUMNS = "path, version, created_at, kek_id, wrapped_dek, ciphertext, deprecated"
+
+
+def store_scope(store_id: str) -> str:
+    """The row-MAC scope of a store: rows cannot be transplanted between stores sharing a KEK."""
+    return f"store:{store_id}"
+
+
+def secret_mac_fields(row: tuple[Any, ...], stages: list[tuple[str, int]]) -> list[Any]:
+    """What a secrets row's MAC covers: its columns plus where its stage labels point.
+
+    Covering the labels here (rather than a MAC per stage row) means moving,
+    adding or deleting a label without the key breaks the secret's own row.
+    """
+    # Raw values (no int()): a forged non-numeric label must fail the MAC, not crash before it.
+    return [*row, sorted(([str(st), v] for st, v in stages), key=lambda label: (label[0], str(label[1])))]
+
+
+def version_mac_fields(row: tuple[Any, ...]) -> list[Any]:
+    """What a versions row's MAC covers (the blobs by digest: they carry their own AEAD)."""
+    path, version, created, kek_id, wrapped, ciphertext, deprecated = row
+    return [path, version, created, kek_id, digest(wrapped), digest(ciphertext), deprecated]
 
 
 def _ts(dt: datetime) -> str:
@@ -44,6 +69,11 @@ class LocalStore:
         self.db = db
         self.keyring = keyring
         self._check_key()
+        if db.schema_version != SCHEMA_VERSION:
+            raise StoreUnavailableError(
+                f"{db.path} has schema version {db.schema_version}; open it with `runlease` (any command) "
+                "to upgrade it in place")
+        self.auth = RowAuthenticator(keyring, store_scope(self.store_id), self._known_kek_ids())
 
     # -- setup and keys -----------------------------------------------------
 
@@ -80,6 +110,10 @@ class LocalStore:
             )
         self._active_registered = self.keyring.active_id in known
 
+    def _known_kek_ids(self) -> set[str]:
+        rows = self.db.connection().execute("SELECT key FROM meta WHERE key LIKE 'key_check:%'").fetchall()
+        return {k[len(_KEY_CHECK_PREFIX):] for (k,) in rows} | {self.keyring.active_id}
+
     def _register_active_key(self, conn: Any) -> None:
         if not self._active_registered:
             conn.execute(
@@ -104,56 +138,104 @@ class LocalStore:
         count = 0
         with self.db.write() as tx:
             self._register_active_key(tx.conn)
-            rows = tx.conn.execute(
-                "SELECT path, version, kek_id, wrapped_dek, ciphertext FROM versions WHERE kek_id != ?", (active,)
-            ).fetchall()
-            for path, version, kek_id, wrapped, ct in rows:
-                new = rewrap(self.keyring, Sealed(kek_id, bytes(wrapped), bytes(ct)), path, version)
+            rows = tx.conn.execute(f"SELECT {VERSION_COLUMNS}, mac FROM versions").fetchall()
+            for row in rows:
+                self._check_version(row)
+                path, version, created, kek_id, wrapped, ct, deprecated, tag = row
+                if kek_id != active:
+                    new = rewrap(self.keyring, Sealed(kek_id, bytes(wrapped), bytes(ct)), path, version)
+                    kek_id, wrapped = new.kek_id, new.wrapped_dek
+                    count += 1
+                elif str(tag).startswith(active + ":"):
+                    continue
+                fresh = (path, version, created, kek_id, wrapped, ct, deprecated)
                 tx.conn.execute(
-                    "UPDATE versions SET kek_id=?, wrapped_dek=? WHERE path=? AND version=?",
-                    (new.kek_id, new.wrapped_dek, path, version),
+                    "UPDATE versions SET kek_id=?, wrapped_dek=?, mac=? WHERE path=? AND version=?",
+                    (kek_id, wrapped, self.auth.seal("versions", version_mac_fields(fresh)), path, version),
                 )
-                count += 1
+            # Re-MAC every secret under the active key too, so the old KEK can eventually go.
+            for (path,) in tx.conn.execute("SELECT path FROM secrets").fetchall():
+                self._load(tx.conn, path)
+                self._reseal(tx.conn, path)
         return count
+
+    def tampered_rows(self) -> list[str]:
+        """Every secrets/versions row that fails authentication (for ``doctor``); names, never values."""
+        bad: list[str] = []
+        with self.db.read() as conn:
+            for (path,) in conn.execute("SELECT path FROM secrets").fetchall():
+                try:
+                    self._load(conn, path)
+                except (RowTamperedError, RowKeyNotLoadedError):
+                    bad.append(f"secrets {path}")
+            for row in conn.execute(f"SELECT {VERSION_COLUMNS}, mac FROM versions").fetchall():
+                try:
+                    self._check_version(row)
+                except (RowTamperedError, RowKeyNotLoadedError):
+                    bad.append(f"versions {row[0]} v{row[1]}")
+        return bad
+
+    # -- authenticated rows -----------------------------------------------------
+
+    def _load(self, conn: Any, path: str) -> tuple[tuple[Any, ...], dict[Stage, int]] | None:
+        """A secret's row and stage labels, authenticated; None if there is no row."""
+        row = conn.execute(f"SELECT {SECRET_COLUMNS}, mac FROM secrets WHERE path=?", (path,)).fetchone()
+        if row is None:
+            return None
+        stages = conn.execute("SELECT stage, version FROM stages WHERE path=?", (path,)).fetchall()
+        self.auth.check("secrets", path, secret_mac_fields(row[:-1], stages), row[-1])
+        try:
+            labels = {Stage(st): int(v) for st, v in stages}
+        except ValueError:  # unreachable with a valid MAC; kept so a bad label is never half-read
+            raise InvalidValueError(f"secret {path} has an unknown stage label") from None
+        return tuple(row[:-1]), labels
+
+    def _reseal(self, conn: Any, path: str) -> None:
+        """Recompute a secret's MAC after its row or its stage labels changed (same transaction)."""
+        row = conn.execute(f"SELECT {SECRET_COLUMNS} FROM secrets WHERE path=?", (path,)).fetchone()
+        stages = conn.execute("SELECT stage, version FROM stages WHERE path=?", (path,)).fetchall()
+        conn.execute("UPDATE secrets SET mac=? WHERE path=?",
+                     (self.auth.seal("secrets", secret_mac_fields(row, stages)), path))
+
+    def _check_version(self, row: tuple[Any, ...]) -> None:
+        """``row`` is VERSION_COLUMNS then mac."""
+        self.auth.check("versions", f"{row[0]} v{row[1]}", version_mac_fields(tuple(row[:7])), row[7])
+
+    def _live_row(self, conn: Any, path: SecretPath) -> Any:
+        """``(last_version, deleted_at, metadata, stages)`` of a live, authenticated secret."""
+        loaded = self._load(conn, str(path))
+        if loaded is None or loaded[0][6] is not None:
+            raise SecretNotFoundError(f"secret {path} not found")
+        row, stages = loaded
+        return int(row[7]), row[6], row[8], stages
 
     # -- reads ----------------------------------------------------------------
 
-    def _live_row(self, conn: Any, path: SecretPath) -> Any:
-        row = conn.execute("SELECT last_version, deleted_at, metadata FROM secrets WHERE path=?", (str(path),)).fetchone()
-        if row is None or row[1] is not None:
-            raise SecretNotFoundError(f"secret {path} not found")
-        return row
-
     def resolve(self, path: SecretPath, stage: Stage = Stage.CURRENT) -> Resolved:
-        row = self.db.connection().execute(
-            "SELECT s.deleted_at, s.metadata, st.version FROM secrets s "
-            "LEFT JOIN stages st ON st.path = s.path AND st.stage = ? WHERE s.path = ?",
-            (stage.value, str(path)),
-        ).fetchone()
-        if row is None or row[0] is not None:
-            raise SecretNotFoundError(f"secret {path} not found")
-        if row[2] is None:
+        with self.db.read() as conn:
+            last, _deleted, metadata, stages = self._live_row(conn, path)
+        if stage not in stages:
             raise SecretNotFoundError(f"secret {path} has no {stage.value} version")
-        return Resolved(version=int(row[2]), metadata=json.loads(row[1]))
-
-    @staticmethod
-    def _resolve(conn: Any, path: SecretPath, stage: Stage) -> int:
-        row = conn.execute("SELECT version FROM stages WHERE path=? AND stage=?", (str(path), stage.value)).fetchone()
-        if row is None:
-            raise SecretNotFoundError(f"secret {path} has no {stage.value} version")
-        return int(row[0])
+        return Resolved(version=stages[stage], metadata=json.loads(metadata))
 
     def get(self, path: SecretPath, *, version: int | None = None, stage: Stage | None = Stage.CURRENT) -> StoredSecret:
         with self.db.read() as conn:
-            meta = self._live_row(conn, path)[2]
+            last, _deleted, meta, stages = self._live_row(conn, path)
             if version is None:
-                version = self._resolve(conn, path, stage or Stage.CURRENT)
+                want = stage or Stage.CURRENT
+                if want not in stages:
+                    raise SecretNotFoundError(f"secret {path} has no {want.value} version")
+                version = stages[want]
             row = conn.execute(
-                "SELECT kek_id, wrapped_dek, ciphertext FROM versions WHERE path=? AND version=?", (str(path), version)
+                f"SELECT {VERSION_COLUMNS}, mac FROM versions WHERE path=? AND version=?", (str(path), version)
             ).fetchone()
         if row is None:
+            if 1 <= version <= last:  # the authenticated secret row vouches that it exists
+                raise RowTamperedError("versions", f"{path} v{version}",
+                                       "is missing although the secret's authenticated row vouches for it")
             raise SecretNotFoundError(f"secret {path} has no version {version}")
-        plaintext = unseal(self.keyring, Sealed(row[0], bytes(row[1]), bytes(row[2])), str(path), version)
+        self._check_version(row)
+        plaintext = unseal(self.keyring, Sealed(row[3], bytes(row[4]), bytes(row[5])), str(path), version)
         return StoredSecret(path=path, version=version, value=json.loads(plaintext), metadata=json.loads(meta))
 
     def info(self, path: SecretPath) -> SecretInfo:
@@ -165,23 +247,23 @@ class LocalStore:
     def list(self, prefix: str = "", *, include_deleted: bool = False, exact: bool = False) -> list[SecretInfo]:
         with self.db.read() as conn:
             if exact:
-                rows = conn.execute("SELECT * FROM secrets WHERE path = ?", (prefix,)).fetchall()
+                paths = [r[0] for r in conn.execute("SELECT path FROM secrets WHERE path = ?", (prefix,))]
             else:
                 like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-                rows = conn.execute(
-                    "SELECT * FROM secrets WHERE path LIKE ? ESCAPE '\\' ORDER BY path", (like,)
-                ).fetchall()
-            stages: dict[str, dict[Stage, int]] = {}
-            for p, st, v in conn.execute("SELECT path, stage, version FROM stages"):
-                stages.setdefault(p, {})[Stage(st)] = v
+                paths = [r[0] for r in conn.execute(
+                    "SELECT path FROM secrets WHERE path LIKE ? ESCAPE '\\' ORDER BY path", (like,))]
+            loaded = [self._load(conn, p) for p in paths]
         out = []
-        for path, _env, _kind, _name, created, updated, deleted, last_version, metadata in rows:
+        for found in loaded:
+            if found is None:
+                continue
+            (path, _env, _kind, _name, created, updated, deleted, last_version, metadata), stages = found
             if deleted and not include_deleted:
                 continue
             out.append(
                 SecretInfo(
                     path=SecretPath.parse(path),
-                    stages=stages.get(path, {}),
+                    stages=stages,
                     versions=last_version,
                     created_at=created,
                     updated_at=updated,
@@ -193,17 +275,21 @@ class LocalStore:
 
     def history(self, path: SecretPath) -> list[SecretVersion]:
         with self.db.read() as conn:
-            if conn.execute("SELECT 1 FROM secrets WHERE path=?", (str(path),)).fetchone() is None:
+            loaded = self._load(conn, str(path))
+            if loaded is None:
                 raise SecretNotFoundError(f"secret {path} not found")
             labels: dict[int, list[Stage]] = {}
-            for st, v in conn.execute("SELECT stage, version FROM stages WHERE path=?", (str(path),)):
-                labels.setdefault(v, []).append(Stage(st))
+            for st, v in loaded[1].items():
+                labels.setdefault(v, []).append(st)
             rows = conn.execute(
-                "SELECT version, created_at, deprecated FROM versions WHERE path=? ORDER BY version", (str(path),)
+                f"SELECT {VERSION_COLUMNS}, mac FROM versions WHERE path=? ORDER BY version", (str(path),)
             ).fetchall()
+        for row in rows:
+            self._check_version(row)
         return [
-            SecretVersion(path=path, version=v, created_at=c, stages=sorted(labels.get(v, [])), deprecated=bool(d))
-            for v, c, d in rows
+            SecretVersion(path=path, version=r[1], created_at=r[2], stages=sorted(labels.get(r[1], [])),
+                          deprecated=bool(r[6]))
+            for r in rows
         ]
 
     # -- writes ---------------------------------------------------------------
@@ -214,13 +300,14 @@ class LocalStore:
         p = str(path)
         with self.db.write() as tx:
             c = tx.conn
-            row = c.execute("SELECT last_version, deleted_at FROM secrets WHERE path=?", (p,)).fetchone()
+            loaded = self._load(c, p)
+            row = (int(loaded[0][7]), loaded[0][6]) if loaded else None
             live = row is not None and row[1] is None
-            current = c.execute("SELECT version FROM stages WHERE path=? AND stage='CURRENT'", (p,)).fetchone()
-            actual = int(current[0]) if (live and current) else 0
+            current = loaded[1].get(Stage.CURRENT) if loaded else None
+            actual = int(current) if (live and current) else 0
             if cas is not None and cas != actual:
                 raise ConflictError(f"check-and-set failed for {p}: expected CURRENT v{cas}, found v{actual}")
-            version = (int(row[0]) if row else 0) + 1
+            version = (row[0] if row else 0) + 1
             sealed = seal(self.keyring, plaintext, p, version)
             self._register_active_key(c)
             if row is None:
@@ -236,13 +323,15 @@ class LocalStore:
                     # Reviving a deleted secret starts afresh: labels from before the
                     # delete must not make its old versions readable again.
                     c.execute("DELETE FROM stages WHERE path=?", (p,))
+            fields = (p, version, now, sealed.kek_id, sealed.wrapped_dek, sealed.ciphertext, 0)
             c.execute(
-                "INSERT INTO versions(path, version, created_at, kek_id, wrapped_dek, ciphertext) VALUES (?,?,?,?,?,?)",
-                (p, version, now, sealed.kek_id, sealed.wrapped_dek, sealed.ciphertext),
+                f"INSERT INTO versions({VERSION_COLUMNS}, mac) VALUES (?,?,?,?,?,?,?,?)",
+                (*fields, self.auth.seal("versions", version_mac_fields(fields))),
             )
             if stage is Stage.CURRENT and actual:
                 self._set_stage(c, p, Stage.PREVIOUS, actual)
             self._set_stage(c, p, stage, version)
+            self._reseal(c, p)
         return version
 
     @staticmethod
@@ -259,20 +348,21 @@ class LocalStore:
     def move_stage(self, path: SecretPath, stage: Stage, version: int | None, *, expected: int | None = None) -> None:
         p = str(path)
         with self.db.write() as tx:
-            last = self._live_row(tx.conn, path)[0]
+            last, _deleted, _meta, stages = self._live_row(tx.conn, path)
             if version is not None and not 1 <= version <= last:
                 raise SecretNotFoundError(f"secret {p} has no version {version}")
-            row = tx.conn.execute("SELECT version FROM stages WHERE path=? AND stage=?", (p, stage.value)).fetchone()
-            holder = int(row[0]) if row else None
+            holder = stages.get(stage)
             if expected is not None and holder != expected:
                 raise ConflictError(f"stage {stage.value} of {p} moved: expected v{expected}, found {holder}")
             self._set_stage(tx.conn, p, stage, version)
             tx.conn.execute("UPDATE secrets SET updated_at=? WHERE path=?", (_ts(utcnow()), p))
+            self._reseal(tx.conn, p)
 
     def delete(self, path: SecretPath) -> None:
         with self.db.write() as tx:
             self._live_row(tx.conn, path)
             tx.conn.execute("UPDATE secrets SET deleted_at=? WHERE path=?", (_ts(utcnow()), str(path)))
+            self._reseal(tx.conn, str(path))
 
     def update_metadata(
         self, path: SecretPath, patch: dict[str, Any], *, expected: dict[str, Any] | None = None
@@ -285,13 +375,18 @@ class LocalStore:
                 raise ConflictError(f"metadata of {path} changed: {', '.join(stale)} no longer as expected")
             meta.update(patch)
             tx.conn.execute("UPDATE secrets SET metadata=? WHERE path=?", (json.dumps(meta, sort_keys=True), str(path)))
+            self._reseal(tx.conn, str(path))
         return meta
 
     def deprecate(self, path: SecretPath, version: int) -> None:
         """Mark a version deprecated (rotation retired it); it stays readable by number for audit."""
         with self.db.write() as tx:
-            changed = tx.conn.execute(
-                "UPDATE versions SET deprecated=1 WHERE path=? AND version=?", (str(path), version)
-            ).rowcount
-            if not changed:
+            row = tx.conn.execute(
+                f"SELECT {VERSION_COLUMNS}, mac FROM versions WHERE path=? AND version=?", (str(path), version)
+            ).fetchone()
+            if row is None:
                 raise SecretNotFoundError(f"secret {path} has no version {version}")
+            self._check_version(row)
+            fresh = (*row[:6], 1)
+            tx.conn.execute("UPDATE versions SET deprecated=1, mac=? WHERE path=? AND version=?",
+                            (self.auth.seal("versions", version_mac_fields(fresh)), str(path), version))

@@ -45,3 +45,23 @@ def test_revoke_run_leases_refuses_an_unsubstituted_run_id(stocked_home: Stocked
         assert rt.ledger.get_lease(run_with_leases["left"]).state is LeaseState.ACTIVE
     finally:
         rt.close()
+
+
+def test_revoke_run_leases_is_scoped_to_its_own_pipeline(stocked_home: StockedHome,
+                                                         run_with_leases: dict[str, str]) -> None:
+    """A run id alone may name another pipeline's run too: the exit task revokes only its pipeline's leases."""
+    from runlease.models import RunIdentity
+
+    rt = stocked_home.runtime()
+    try:
+        elsewhere = rt.broker.lease("dev/connections/warehouse",
+                                    RunIdentity(orchestrator="kfp", pipeline="scoring", run_id="r1", task_id="t"), 600)
+    finally:
+        rt.close()
+    assert revoke_run_leases.python_func(**identity_args("r1", "revoke-run-leases")) == 1
+    rt = stocked_home.runtime()
+    try:
+        assert rt.ledger.get_lease(elsewhere.lease_id).state is LeaseState.ACTIVE
+        assert rt.ledger.get_lease(run_with_leases["left"]).state is LeaseState.REVOKED
+    finally:
+        rt.close()

@@ -1,0 +1,105 @@
+"""Row authentication: an HMAC over every stored row the broker or an issuer acts on.
+
+Why: the database is the easiest thing on a machine to write (a backup tool,
+the ``sqlite3`` shell, a PostgreSQL writer role). Values are sealed with
+AES-GCM, but what *surrounds* them -- which issuer a secret uses and its
+options, where CURRENT points, whether the secret is deleted, what a lease
+row says to revoke -- used to be plain columns. Someone with write access but
+no KEK could switch ``metadata.issuer`` from ``postgres`` to ``static`` and
+be handed the admin connection, move CURRENT back to a retired token, or
+forge a lease whose revocation drops a role of their choosing.
+
+Every such row now carries ``mac = "<kek_id>:<hex HMAC-SHA256>"`` under a key
+derived from that KEK (:meth:`Keyring.row_key`); the message is the table,
+the *scope* (the store or ledger id, so a row cannot be transplanted between
+two stores that share a KEK) and every field the row holds. Naming the KEK
+keeps ``runlease key rotate`` working: rows MAC'd under an older key verify
+while it stays in the keyring, and the store re-MACs its rows when it
+re-wraps data keys.
+
+What a MAC cannot show: that a row is the *newest* genuine one. Putting back
+an entire earlier copy of a secret's rows (its row and its stage labels
+together, taken from the same moment) is a rollback of that secret; see
+docs/security.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from runlease.crypto import Keyring, mac
+from runlease.errors import IntegrityError, MasterKeyError
+
+ROW_FORMAT = "runlease-row/v1"
+
+
+class RowTamperedError(IntegrityError):
+    """A stored row failed authentication; ``table`` and ``row_id`` name it (never a value)."""
+
+    def __init__(self, table: str, row_id: str,
+                 why: str = "failed authentication (changed outside runlease, without the master key)") -> None:
+        self.table = table
+        self.row_id = row_id
+        super().__init__(f"{table} row {row_id} {why}; refusing to act on it")
+
+
+class RowKeyNotLoadedError(MasterKeyError):
+    """A row is MAC'd under a KEK this process does not hold (after ``key rotate``, or forged).
+
+    A key problem (exit 3) rather than tampering: the row cannot be checked
+    either way, so it is not acted on.
+    """
+
+    def __init__(self, table: str, row_id: str, kek_id: str, loaded: list[str]) -> None:
+        self.table = table
+        self.row_id = row_id
+        super().__init__(f"{table} row {row_id} is authenticated by master key {kek_id}, which is not loaded "
+                         f"(loaded: {', '.join(loaded)}); refusing to act on it")
+
+
+def digest(blob: bytes | None) -> str | None:
+    """A short stand-in for a large blob inside a MAC message (the blob has its own AEAD)."""
+    return None if blob is None else hashlib.sha256(bytes(blob)).hexdigest()
+
+
+class RowAuthenticator:
+    """Computes and checks row MACs for one store or ledger (its ``scope``)."""
+
+    def __init__(self, keyring: Keyring, scope: str, known_kek_ids: set[str] | None = None) -> None:
+        self.keyring = keyring
+        self.scope = scope
+        #: KEK ids the store or ledger was ever sealed with (its key-check entries): a MAC naming
+        #: any other id was not written by runlease, so it is tampering, not a missing key.
+        self.known_kek_ids = known_kek_ids
+
+    def _message(self, table: str, fields: Sequence[Any]) -> bytes:
+        return json.dumps([ROW_FORMAT, self.scope, table, *fields], separators=(",", ":"), default=str,
+                          ensure_ascii=True).encode()
+
+    def seal(self, table: str, fields: Sequence[Any]) -> str:
+        """The ``mac`` column for a row holding ``fields``, under the active KEK."""
+        kid = self.keyring.active_id
+        return f"{kid}:{mac(self.keyring.row_key(kid), self._message(table, fields)).hex()}"
+
+    def valid(self, table: str, fields: Sequence[Any], tag: Any) -> bool:
+        """True if ``tag`` authenticates ``fields``; a missing tag or an unloaded KEK is not valid."""
+        if not isinstance(tag, str) or ":" not in tag:
+            return False
+        kid, _, hex_mac = tag.partition(":")
+        if kid not in self.keyring:
+            return False
+        expected = mac(self.keyring.row_key(kid), self._message(table, fields)).hex()
+        return hmac.compare_digest(expected, hex_mac)
+
+    def check(self, table: str, row_id: str, fields: Sequence[Any], tag: Any) -> None:
+        """Raise :class:`RowTamperedError` unless ``tag`` authenticates ``fields``."""
+        if not self.valid(table, fields, tag):
+            kid = tag.partition(":")[0] if isinstance(tag, str) and ":" in tag else ""
+            known = self.known_kek_ids is None or kid in self.known_kek_ids
+            if kid.startswith("kek-") and kid not in self.keyring and known:
+                raise RowKeyNotLoadedError(table, row_id, kid[:40], self.keyring.ids)
+            raise RowTamperedError(table, row_id)
