@@ -38,8 +38,10 @@ import json
 import os
 import platform
 import random
+import re
 import resource
 import shutil
+import string
 import subprocess
 import sys
 import time
@@ -48,6 +50,7 @@ from pathlib import Path
 import benchdoc  # benchmarks/ is on sys.path when a script here runs
 
 ROOT = Path(__file__).resolve().parents[1]
+ALNUM = string.ascii_letters + string.digits
 START, END = "<!-- bench:scan:start -->", "<!-- bench:scan:end -->"
 
 
@@ -249,17 +252,15 @@ def _true_value(fk, kind: str) -> str:
 
 def _placeholder(fk, filler: str) -> str:
     """A placeholder in the shape of a random vendor's token."""
-    import re as _re
-
     kind = fk.rng.choice([k for k, v in TRUE_KINDS.items() if v[2] == "ml" and v[0] not in ("jwt", "unsigned_jwt",
                                                                                               "gcp_service_account_json")])
     value = _true_value(fk, kind)
     keep = TRUE_KINDS[kind][1]
     if filler == "your":
-        body = _re.sub(r"[A-Za-z0-9]", "x", value[keep:])
+        body = re.sub(r"[A-Za-z0-9]", "x", value[keep:])
         label = "YOUR_API_KEY_HERE_"
         return value[:keep] + (label * 20)[: len(body)]
-    return value[:keep] + _re.sub(r"[A-Za-z0-9]", filler, value[keep:])
+    return value[:keep] + re.sub(r"[A-Za-z0-9]", filler, value[keep:])
 
 
 def _decoy_value(fk, kind: str) -> str:
@@ -296,22 +297,16 @@ def _decoy_value(fk, kind: str) -> str:
         return "-----BEGIN PUBLIC KEY-----\\n" + "\\n".join(body[i:i + 64] for i in range(0, len(body), 64)) + \
             "\\n-----END PUBLIC KEY-----"
     if kind == "stripe-publishable-key":
-        return "pk_live_" + fk.mixed(fk_alnum(), 99)
+        return "pk_live_" + fk.mixed(ALNUM, 99)
     if kind in ("github-bad-checksum", "npm-bad-checksum"):
         prefix = "ghp_" if kind.startswith("github") else "npm_"
-        return prefix + fk.mixed(fk_alnum(), 36)  # 36 random chars: the checksum fails
+        return prefix + fk.mixed(ALNUM, 36)  # 36 random chars: the checksum fails
     if kind == "jwt-placeholder-signature":
         header, payload, _sig = fk.jwt().split(".")
         return f"{header}.{payload}.{'x' * 43}"
     if kind == "url-without-password":
         return f"https://{fk.chars('abcdefghij', 6)}.internal.example/api/v2/{fk.chars('abcdefghij', 8)}?page=2"
     return rnd.choice(["1.27.3", "2024-06-01T00:00:00Z", "v3.3.2-rc1", "0.0.0.0/0", "us-east-1"])
-
-
-def fk_alnum() -> str:
-    import string
-
-    return string.ascii_letters + string.digits
 
 
 def _py_line(value: str) -> str:
@@ -370,7 +365,8 @@ def _timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tupl
 
 
 def _runlease_cmd(jobs: int) -> list[str]:
-    return [sys.executable, "-m", "runlease.scan", "--all-files", "--format", "json", "--jobs", str(jobs), "."]
+    # -P: do not put the scanned folder on sys.path (the Airflow package has a logging/ of its own).
+    return [sys.executable, "-P", "-m", "runlease.scan", "--all-files", "--format", "json", "--jobs", str(jobs), "."]
 
 
 def _detect_secrets_cmd(cores: int | None) -> list[str]:
@@ -491,7 +487,10 @@ def airflow_package() -> Path | None:
 
 def run(args: argparse.Namespace) -> dict:
     work = Path(args.workdir).resolve()
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # No empty PYTHONPATH entry: it would put the scanned folder (the Airflow package,
+    # with a logging/ of its own) on sys.path.
+    pythonpath = [str(ROOT / "src"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath)}
     tools = [t for t in TOOLS if _installed(t)]
     loads: list[float] = []
     result: dict = {"tools": tools, "versions": {}, "value_corpus": {}, "airflow": {}, "tree": {}}
