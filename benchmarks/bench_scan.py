@@ -717,7 +717,7 @@ def to_markdown(r: dict) -> str:
 
 Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']} ({m['platform']}).
 Versions: {versions}.
-Command: `{r['command']}`. Every tool runs as a subprocess from the scanned folder, same files, same run
+Commands: {r['command']}. Every tool runs as a subprocess from the scanned folder, same files, same run
 (wall time includes interpreter start-up, rule compilation and JSON output). betterleaks and Kingfisher run
 through their Python packages (`betterleaks.scan_file`, `kingfisher_sdk.Scanner().scan_file`) with their
 built-in rules; detect-secrets with all default plugins and filters.
