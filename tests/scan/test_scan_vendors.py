@@ -193,6 +193,7 @@ def test_name_rule_decoys_are_not_findings(snippet: str) -> None:
 def test_secret_names_still_fire_with_random_values() -> None:
     assert found(f'signing_key = "{FK.random_key(40)}"\n', "a.py") == {"high-entropy-secret"}
     assert found(f'fernet_key_v2 = "{FK.random_key(44)}"\n', "a.py") == {"high-entropy-secret"}
+    assert found(f'aes_key_hex = "{FK.chars(HEX, 64)}"\n', "a.py") == {"high-entropy-secret"}
     pw = FK.password()
     assert found(f'Connection(conn_id="w", login="etl", password="{pw}")\n', "a.py") == {"airflow-connection-password"}
     assert found(f'URL = "postgresql://etl:{pw.replace("#", "8").replace("%", "9").replace("?", "7")}@db/wh"\n', "a.py") == {

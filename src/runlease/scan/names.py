@@ -80,7 +80,10 @@ def is_keyish_name(name: str) -> bool:
     norm = normalize_name(name)
     if norm in ("key", "keys") or _NOT_A_CREDENTIAL.search(norm) or _DATA_KEY.search(norm):
         return False
-    return bool(re.search(r"(?:^|_)(?:key|salt|signature|sig|cookie)(?:_?v?\d+)?$", norm))
+    # Allowed after the word: a version (key_v2, key2) or an encoding (aes_key_hex, hmac_sig_b64).
+    return bool(
+        re.search(r"(?:^|_)(?:key|salt|signature|sig|cookie)(?:_?v?\d+)?(?:_(?:b64|base64|hex|pem|bytes|raw))?$", norm)
+    )
 
 
 def is_password_name(name: str) -> bool:
