@@ -14,11 +14,24 @@ import base64
 import json
 import random
 import string
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 B32 = string.ascii_uppercase + "234567"
 ALNUM = string.ascii_letters + string.digits
+HEX = "0123456789abcdef"
+URLSAFE = ALNUM + "_-"
+_B62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
+
+
+def crc32_base62(text: str) -> str:
+    """GitHub/npm token checksum: CRC32 of the random part, base62, 6 digits."""
+    number, digits = zlib.crc32(text.encode()), []
+    while number:
+        number, rest = divmod(number, 62)
+        digits.append(_B62[rest])
+    return "".join(reversed(digits)).rjust(6, "0")
 
 
 @dataclass(frozen=True)
@@ -72,10 +85,123 @@ class Fakes:
         return self.mixed(ALNUM + "+/", 40)
 
     def github(self) -> str:
-        return self.rng.choice(["ghp_", "gho_", "ghs_"]) + self.mixed(ALNUM, 36)
+        random_part = self.mixed(ALNUM, 30)
+        return self.rng.choice(["ghp_", "gho_", "ghs_", "ghu_", "ghr_"]) + random_part + crc32_base62(random_part)
+
+    def github_fine_grained(self) -> str:
+        return f"github_pat_{self.mixed(ALNUM, 22)}_{self.mixed(ALNUM, 59)}"
 
     def gitlab(self) -> str:
         return "glpat-" + self.mixed(ALNUM, 20)
+
+    def gitlab_any(self) -> str:
+        """One of GitLab's token kinds, in the classic or the newer routable format."""
+        kind = self.rng.choice(["glpat", "gldt", "glrt", "glcbt", "glft", "glimt", "gloas", "glagent", "glffct", "glsoat"])
+        if self.rng.random() < 0.5:
+            return f"{kind}-{self.mixed(URLSAFE, 20)}"
+        return f"{kind}-{self.mixed(ALNUM, 27)}.01.{self.chars(string.digits + string.ascii_lowercase, 9)}"
+
+    def openai(self) -> str:
+        kind = self.rng.choice(["proj", "svcacct", "admin"])
+        return f"sk-{kind}-{self.mixed(URLSAFE, 58)}T3BlbkFJ{self.mixed(URLSAFE, 58)}"
+
+    def openai_legacy(self) -> str:
+        return f"sk-{self.mixed(ALNUM, 20)}T3BlbkFJ{self.mixed(ALNUM, 20)}"
+
+    def anthropic(self) -> str:
+        return f"sk-ant-api03-{self.mixed(URLSAFE, 93)}AA"
+
+    def huggingface(self) -> str:
+        return "hf_" + self._letters(34)
+
+    def _letters(self, n: int) -> str:
+        while True:
+            value = self.chars(string.ascii_letters, n)
+            if any(c.islower() for c in value) and any(c.isupper() for c in value):
+                return value
+
+    def wandb(self) -> str:
+        return f"wandb_v1_{self.mixed(ALNUM, 27)}_{self.mixed(ALNUM, 50)}"
+
+    def wandb_legacy(self) -> str:
+        return self.chars(HEX, 40)
+
+    def stripe(self) -> str:
+        return self.rng.choice(["sk_live_", "rk_live_", "sk_test_"]) + self.mixed(ALNUM, 99)
+
+    def stripe_webhook(self) -> str:
+        return "whsec_" + self.mixed(ALNUM, 32)
+
+    def azure_client_secret(self) -> str:
+        alphabet = ALNUM + "_~.-"
+        return f"{self.mixed(ALNUM, 3)}{self.rng.randint(0, 9)}Q~{self.mixed(alphabet, 34)}"
+
+    def gcp_api_key(self) -> str:
+        return "AIza" + self.mixed(URLSAFE, 35)
+
+    def databricks(self) -> str:
+        return "dapi" + self.chars(HEX, 32)
+
+    def twilio_api_key(self) -> str:
+        return "SK" + self.chars(HEX, 32)
+
+    def twilio_sid(self) -> str:
+        return "AC" + self.chars(HEX, 32)
+
+    def sendgrid(self) -> str:
+        return f"SG.{self.mixed(URLSAFE, 22)}.{self.mixed(URLSAFE, 43)}"
+
+    def npm(self) -> str:
+        random_part = self.mixed(ALNUM, 30)
+        return "npm_" + random_part + crc32_base62(random_part)
+
+    def pypi(self) -> str:
+        """pypi- + a macaroon v2: version, location pypi.org, identifier, EOS x2, signature."""
+        raw = (
+            b"\x02\x01\x08pypi.org\x02\x20" + self.rng.randbytes(32) + b"\x00"
+            + b"\x02\x40" + json.dumps({"version": 1, "permissions": "user"}).encode()[:64].ljust(64)
+            + b"\x00\x00\x06\x20" + self.rng.randbytes(32)
+        )
+        return "pypi-" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    def notion(self) -> str:
+        if self.rng.random() < 0.5:
+            return "secret_" + self.mixed(ALNUM, 43)
+        return "ntn_" + self.chars(string.digits, 11) + self.mixed(ALNUM, 35)
+
+    def replicate(self) -> str:
+        return "r8_" + self.mixed(ALNUM, 37)
+
+    def groq(self) -> str:
+        return "gsk_" + self.mixed(ALNUM, 52)
+
+    def langsmith(self) -> str:
+        return f"lsv2_{self.rng.choice(['pt', 'sk'])}_{self.chars(HEX, 32)}_{self.chars(HEX, 10)}"
+
+    def slack_config(self) -> str:
+        return f"xoxe.xoxp-1-{self.mixed(ALNUM, 160)}"
+
+    def slack_legacy(self) -> str:
+        digits = string.digits
+        return f"xoxp-{self.chars(digits, 10)}-{self.chars(digits, 10)}-{self.chars(digits, 12)}-{self.chars(HEX, 32)}"
+
+    def unsigned_jwt(self) -> str:
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+        header = b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+        payload = b64(json.dumps({"sub": self.chars(string.digits, 10), "role": "admin"}).encode())
+        return f"{header}.{payload}."
+
+    def gcp_service_account_json(self) -> dict[str, str]:
+        body = "".join(self.chars(ALNUM + "+/", 64) + "\n" for _ in range(8))
+        return {
+            "type": "service_account",
+            "project_id": f"ml-{self.chars(string.ascii_lowercase, 6)}",
+            "private_key_id": self.hex40(),
+            "private_key": f"-----BEGIN PRIVATE KEY-----\n{body}-----END PRIVATE KEY-----\n",
+            "client_email": "trainer@example-project.iam.gserviceaccount.com",
+        }
 
     def slack(self) -> str:
         return f"xoxb-{self.chars(string.digits, 11)}-{self.chars(string.digits, 12)}-{self.mixed(ALNUM, 24)}"
@@ -254,7 +380,48 @@ def _dotenv_template(fk: Fakes, directory: str) -> _File:
     return f
 
 
-GENERATORS = (_dag, _pipeline, _notebook, _yaml, _gcp_json)
+def _ml_clients(fk: Fakes, name: str) -> _File:
+    """Model-API, hub and tracker keys where only the value gives them away."""
+    f = _File(f"ml/{name}.py")
+    f.add('"""Training job clients (planted credentials for scanner tests)."""')
+    f.add("import json\n\nimport requests\nfrom airflow.models import Connection\n")
+    hf = fk.huggingface()
+    f.add(f'HUB_HEADERS = {{"Authorization": "Bearer {hf}"}}', "huggingface-token", hf)
+    oa = fk.openai()
+    f.add(f'client = OpenAI(api_key="{oa}")', "openai-api-key", oa)
+    an = fk.anthropic()
+    f.add(f'CLAUDE = "{an}"', "anthropic-api-key", an)
+    wb = fk.wandb()
+    f.add(f'wandb.login(key="{wb}")', "wandb-api-key", wb)
+    lw = fk.wandb_legacy()
+    f.add(f'wandb.login(anonymous="never", key="{lw}")', "wandb-api-key", lw)
+    for method, rule in (
+        ("stripe", "stripe-secret-key"), ("azure_client_secret", "azure-ad-client-secret"),
+        ("gcp_api_key", "gcp-api-key"), ("databricks", "databricks-token"), ("twilio_api_key", "twilio-api-key"),
+        ("sendgrid", "sendgrid-api-key"), ("npm", "npm-token"), ("pypi", "pypi-token"), ("notion", "notion-token"),
+        ("replicate", "replicate-token"), ("groq", "groq-api-key"), ("langsmith", "langsmith-api-key"),
+        ("github_fine_grained", "github-token"), ("gitlab_any", "gitlab-token"), ("slack_config", "slack-token"),
+        ("unsigned_jwt", "jwt"),
+    ):
+        value = getattr(fk, method)()
+        f.add(f'SETTINGS["{method}"] = "{value}"', rule, value)
+    sid, auth = fk.twilio_sid(), fk.chars(HEX, 32)
+    f.add(f'TWILIO = ("{sid}",\n          "{auth}")', "twilio-api-key", auth, at=1)
+    sa = fk.gcp_service_account_json()
+    escaped = json.dumps(json.dumps({"keyfile_dict": json.dumps(sa)}))[1:-1]  # JSON inside JSON inside Python
+    f.add(f'gcp = Connection(conn_id="gcp", conn_type="google_cloud_platform", extra="{escaped}")',
+          "gcp-service-account", sa["private_key_id"])
+    f.add("")
+    f.add("# decoys: the right shape, but placeholders, hashes, public values")
+    f.add('HF_EXAMPLE = "hf_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"\nAWS_EXAMPLE = "AKIAXXXXXXXXXXXXXXXX"')
+    f.add('GH_EXAMPLE = "ghp_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"\nSLACK_EXAMPLE = "xoxb-xxxxxxxxxxx-xxxxxxxxxxxxx-xxxxxxxxxxxxxxxxxxxxxxxx"')
+    f.add(f'public_key = "{fk.random_key(44)}"\nkey_down_event = "{fk.random_key(24)}"')
+    f.add(f'csrf_token = "{fk.random_key(40)}"\nCOMMIT = "{fk.hex40()}"')
+    f.add(f'STRIPE_PUBLISHABLE = "pk_live_{fk.mixed(ALNUM, 99)}"')
+    return f
+
+
+GENERATORS = (_dag, _pipeline, _notebook, _yaml, _gcp_json, _ml_clients)
 
 
 def generate_corpus(root: Path, *, seed: int = 1234, copies: int = 2) -> list[Planted]:

@@ -169,3 +169,19 @@ def test_pre_commit_hook_definition_and_docs_cover_every_rule() -> None:
     docs = (REPO_ROOT / "docs" / "scanning.md").read_text()
     for rule_id in RULES:
         assert f"| `{rule_id}` |" in docs, f"docs/scanning.md lacks rule {rule_id}"
+
+
+def test_output_into_a_missing_folder_creates_it(git_repo: Path, run_scan) -> None:
+    (git_repo / "dag.py").write_text(_dag_with_secret(FK.password()))
+    proc = run_scan("--format", "sarif", "-o", "reports/ci/runlease.sarif", cwd=git_repo)
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads((git_repo / "reports" / "ci" / "runlease.sarif").read_text())["version"] == "2.1.0"
+
+
+def test_output_that_cannot_be_written_is_a_usage_error_not_a_traceback(git_repo: Path, run_scan) -> None:
+    (git_repo / "dag.py").write_text('x = 1\n')
+    (git_repo / "afile").write_text("a file, not a folder\n")
+    proc = run_scan("--format", "json", "-o", "afile/report.json", cwd=git_repo)
+    assert proc.returncode == 2
+    assert "cannot write the report to afile/report.json" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout

@@ -106,7 +106,10 @@ def scan_command(
         except BaselineError as exc:
             raise _usage_error(str(exc)) from None
 
-    _emit(result, output_format, output)
+    try:
+        _emit(result, output_format, output)
+    except OSError as exc:
+        raise _usage_error(f"cannot write the report to {output}: {exc.strerror or exc.__class__.__name__}") from None
     raise typer.Exit(EXIT_FINDINGS if result.findings else EXIT_CLEAN)
 
 
@@ -118,6 +121,10 @@ def _default_baseline(cwd: Path) -> Path | None:
 
 
 def _emit(result: ScanResult, output_format: OutputFormat, output: Path | None) -> None:
+    """Write the report; ``--output`` into a folder that does not exist yet creates it
+    (CI jobs write ``reports/runlease.sarif`` into a fresh checkout)."""
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
     if output_format is OutputFormat.table:
         if output is not None:
             with output.open("w", encoding="utf-8") as handle:

@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from . import dotenv, patterns, python_ast
+from . import dotenv, patterns, python_ast, vendors
 from .excerpt import fingerprint, redact_line, shorten
 from .files import DEFAULT_MAX_BYTES, ScanTarget, read_text
 from .models import Finding, Hit
@@ -33,6 +33,15 @@ UNQUOTED_VALUE_SUFFIXES = frozenset(
     {".yaml", ".yml", ".ini", ".cfg", ".conf", ".properties", ".toml", ".env", ".sh", ".bash", ".zsh", ".envrc"}
 )
 UNQUOTED_VALUE_NAMES = frozenset({"dockerfile", "containerfile", ".envrc", "makefile"})
+# Translation catalogs map "password" to its word in each language: prose keyed by
+# secret-looking names. Only value formats are checked in them.
+CATALOG_DIRS = frozenset({"locale", "locales", "i18n", "l10n", "translations", "lang", "langs"})
+
+
+def is_translation_catalog(path: str) -> bool:
+    """A non-Python file under a locales/, i18n/, translations/ ... directory."""
+    pure = PurePosixPath(path)
+    return pure.suffix.lower() not in PYTHON_SUFFIXES and any(p.lower() in CATALOG_DIRS for p in pure.parts[:-1])
 
 
 @dataclass
@@ -99,8 +108,10 @@ def detect(text: str, path: str, *, tracked: bool | None = None) -> tuple[list[H
     if env_kind == "env":
         hits.extend(dotenv.detect_dotenv_file(tracked))
     prefiltered = default_prefilter().run(index.lower)
+    # Formats without a keyword (Twilio's SK...) run on every file.
+    hits.extend(vendors.detect_vendor_formats(index, prefiltered))
     if prefiltered.empty and env_kind != "template":
-        return hits, index, False
+        return _dedupe(hits), index, False
 
     hits.extend(patterns.detect_formats(index, prefiltered))
     parsed = False
@@ -116,7 +127,7 @@ def detect(text: str, path: str, *, tracked: bool | None = None) -> tuple[list[H
             else:
                 hits.extend(patterns.detect_text_assignments(index, prefiltered, quoted_only=True))
                 hits.extend(patterns.detect_airflow_conn_text(index, prefiltered))
-    else:
+    elif not is_translation_catalog(path):
         unquoted_ok = (
             env_kind is not None
             or PurePosixPath(path).suffix.lower() in UNQUOTED_VALUE_SUFFIXES

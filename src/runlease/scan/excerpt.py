@@ -14,6 +14,7 @@ import re
 
 from .models import Hit
 from .patterns import PRIVATE_KEY_HEADER, SCRUB_PATTERNS, URI_CREDENTIALS
+from .vendors import SCRUB_PATTERNS as VENDOR_SCRUB_PATTERNS
 
 MAX_EXCERPT = 160
 
@@ -42,7 +43,7 @@ def redact_line(line: str, hits: list[Hit]) -> str:
 
 def scrub(text: str) -> str:
     """Blank anything that still matches a known credential format."""
-    for pattern in SCRUB_PATTERNS:
+    for pattern in (*SCRUB_PATTERNS, *VENDOR_SCRUB_PATTERNS):
         text = pattern.sub(marker("scrubbed"), text)
     text = URI_CREDENTIALS.sub(_scrub_uri, text)
     header = PRIVATE_KEY_HEADER.search(text)

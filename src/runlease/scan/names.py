@@ -33,6 +33,16 @@ _REFERENCE_SUFFIX = re.compile(
     r"mask|masked|redacted|policy_document)$"
 )
 
+# Words that make a secret-looking name public or not a credential at all:
+# public keys, CSRF/XSRF anti-forgery tokens (per session, issued to every visitor).
+_NOT_A_CREDENTIAL = re.compile(r"(?:^|_)(?:public|publishable|pub|csrf|xsrf)(?:_|$)")
+# "<qualifier>_key" names that are data-structure keys, not cryptographic keys.
+_DATA_KEY = re.compile(
+    r"(?:^|_)(?:primary|foreign|cache|sort|partition|row|dict|lookup|idempotency|unique|composite|"
+    r"hash|range|object|s3|xcom|redis|map|group|dedup|join|index|shard|routing|message|config|"
+    r"setting|translation|i18n|hotkey|shortcut|keyboard)_key$"
+)
+
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
@@ -47,6 +57,8 @@ def is_secret_name(name: str) -> bool:
     norm = normalize_name(name)
     if not norm or not _SECRET_WORD.search(norm):
         return False
+    if _NOT_A_CREDENTIAL.search(norm):
+        return False
     if _REFERENCE_SUFFIX.search(norm):
         return False
     # "no_auth", "use_token", "is_secret": booleans and flags, not values.
@@ -56,17 +68,22 @@ def is_secret_name(name: str) -> bool:
 
 
 def is_keyish_name(name: str) -> bool:
-    """Looser test for the entropy rule: any ``*key*`` or ``*salt*`` name also counts.
+    """Looser test for the entropy rule: ``*_key``, ``*_salt`` ... names also count.
 
     A random literal in ``fernet_key`` or ``salt`` is as secret as one in ``token``;
     requiring high entropy for these names is what keeps ``primary_key = "id"`` quiet.
+    The word must end the name (``key_down_event`` is an event name, ``key`` alone a
+    dict or object key), and public keys and data-structure keys do not count.
     """
     if is_secret_name(name):
         return True
     norm = normalize_name(name)
-    if _REFERENCE_SUFFIX.search(norm) and not norm.endswith("_key"):
+    if norm in ("key", "keys") or _NOT_A_CREDENTIAL.search(norm) or _DATA_KEY.search(norm):
         return False
-    return bool(re.search(r"(?:^|_)(?:key|salt|signature|sig|cookie)(?:_|$)", norm))
+    # Allowed after the word: a version (key_v2, key2) or an encoding (aes_key_hex, hmac_sig_b64).
+    return bool(
+        re.search(r"(?:^|_)(?:key|salt|signature|sig|cookie)(?:_?v?\d+)?(?:_(?:b64|base64|hex|pem|bytes|raw))?$", norm)
+    )
 
 
 def is_password_name(name: str) -> bool:

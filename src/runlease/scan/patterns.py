@@ -17,12 +17,13 @@ import re
 from collections.abc import Callable, Iterable
 from urllib.parse import unquote
 
+from .checksums import has_crc32_suffix
 from .entropy import looks_random
 from .models import Hit
 from .names import is_keyish_name, is_password_name, is_secret_name
 from .prefilter import PrefilterResult
 from .textindex import TextIndex
-from .values import is_placeholder, looks_like_token
+from .values import is_placeholder, is_placeholder_token, looks_like_token
 
 # --- known formats -----------------------------------------------------------
 
@@ -31,24 +32,35 @@ AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])
 AWS_SECRET_NAME = re.compile(r"aws_?secret|secret_?access_?key", re.IGNORECASE)
 PRIVATE_KEY_HEADER = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY(?: BLOCK)?-----")
 GITHUB_TOKEN = re.compile(
-    r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59})(?![A-Za-z0-9_])"
+    r"(?<![A-Za-z0-9_])(?:(?P<gh_prefix>gh[pousr]_)(?P<gh_body>[A-Za-z0-9]{36})"
+    r"|github_pat_(?P<pat_body>[A-Za-z0-9]{22}_[A-Za-z0-9]{59}))(?![A-Za-z0-9_])"
 )
 GITLAB_TOKEN = re.compile(
-    r"(?<![A-Za-z0-9_-])gl(?:pat|dt|rt|ptt|ft|soat|cbt|imt)-[A-Za-z0-9_-]{20,}(?![A-Za-z0-9_-])"
+    r"(?<![A-Za-z0-9_-])(?:gl(?:pat|dt|rt|rtr|ptt|ft|soat|cbt|imt|oas|agent|ffct|wt)-"
+    r"(?P<gl_body>[A-Za-z0-9_-]{20,}(?:\.[A-Za-z0-9_-]+)*)|GR1348941(?P<gr_body>[A-Za-z0-9_-]{20}))(?![A-Za-z0-9_.-])"
 )
 SLACK_TOKEN = re.compile(
-    r"(?<![A-Za-z0-9-])(?:xox[abposr]-[0-9A-Za-z]{8,}(?:-[0-9A-Za-z]+)+|xapp-\d-[A-Z0-9]+-\d+-[a-z0-9]{32,})"
-    r"|https://hooks\.slack\.com/(?:services|workflows)/T[A-Z0-9]{6,}/[AB][A-Z0-9]{6,}/[A-Za-z0-9]{16,}"
+    r"(?<![A-Za-z0-9-])(?:xoxe\.xox[bp]-\d-(?P<cfg_body>[A-Za-z0-9]{100,})|xoxe-\d-(?P<ref_body>[A-Za-z0-9]{100,})"
+    r"|xox[abposr]-(?P<tok_body>[0-9A-Za-z]{8,}(?:-[0-9A-Za-z]+)+)|xapp-\d-(?P<app_body>[A-Z0-9]+-\d+-[a-z0-9]{32,}))"
+    r"|https?://hooks\.slack\.com/(?:services|workflows|triggers)/"
+    r"(?P<hook_body>T[A-Z0-9]{6,}/[AB][A-Z0-9]{6,}/[A-Za-z0-9]{16,})"
 )
+# Signed (16+ signature chars) or unsigned ("alg": "none", empty signature).
 JWT = re.compile(
-    r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}(?![A-Za-z0-9_-])"
+    r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.(?:[A-Za-z0-9_-]{16,})?(?![A-Za-z0-9_.-])"
 )
-GCP_SA_TYPE = re.compile(r"""["']type["']\s*:\s*["']service_account["']""")
-GCP_KEY_ID = re.compile(r"""["']private_key_id["']\s*:\s*["']([0-9a-f]{40})["']""")
-# scheme://user:password@host — the password group is the secret.
+# Quotes may be JSON-escaped (\\") when the key file sits inside a string literal,
+# e.g. Connection(extra='{"keyfile_dict": "{\\"type\\": \\"service_account\\", ...}"}').
+_Q = r"""\\*["']"""
+GCP_SA_TYPE = re.compile(_Q + "type" + _Q + r"\s*:\s*" + _Q + "service_account" + _Q)
+GCP_KEY_ID = re.compile(_Q + "private_key_id" + _Q + r"\s*:\s*" + _Q + r"([0-9a-f]{40})" + _Q)
+# scheme://user:password@host — the password group is the secret; user, host and
+# database name (captured in a lookahead, so they are not part of the match) let
+# documentation defaults such as postgres://airflow:airflow@localhost/airflow pass.
 URI_CREDENTIALS = re.compile(
     r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{1,30}://"
-    r"[^\s:@/'\"`<>{}()\[\]\\]{0,64}:(?P<pw>[^\s@/'\"`\\]{1,128})@(?=[A-Za-z0-9\[])"
+    r"(?P<user>[^\s:@/'\"`<>{}()\[\]\\]{0,64}):(?P<pw>[^\s@/'\"`\\]{1,128})@"
+    r"(?=(?P<host>[A-Za-z0-9\[][^\s/'\"`?#@]*)(?:/(?P<db>[A-Za-z0-9_.-]+))?)"
 )
 _URI_PLACEHOLDER_PW = re.compile(
     r"^(?:pass(?:word|wd)?|pwd|secret|token|x+|\*+|\.+|changeme|user|username|"
@@ -58,17 +70,38 @@ _URI_PLACEHOLDER_PW = re.compile(
 
 
 def is_placeholder_uri_password(pw: str) -> bool:
-    """``:password@``, ``:${PW}@``, ``:my-password@``, ``:***@`` and friends."""
+    """``:password@``, ``:${PW}@``, ``:my-password@``, ``:my-pa%2Fssword@``, ``:***@`` and friends."""
     low = unquote(pw).lower()
+    letters = re.sub(r"[^a-z0-9]", "", low)
     return bool(_URI_PLACEHOLDER_PW.match(pw)) or any(
-        word in low for word in ("example", "passw", "secret", "changeme", "placeholder", "xxx")
+        word in low or word in letters for word in ("example", "passw", "secret", "changeme", "placeholder", "xxx")
     )
+
+
+def is_default_uri_password(match: re.Match[str]) -> bool:
+    """A password equal to the user, a host label or the database name.
+
+    ``amqp://guest:guest@rabbitmq``, ``mysql://airflow:airflow@localhost/airflow``:
+    the public defaults of Docker images and documentation, which anyone can
+    guess, not a secret someone leaked. (A weak password, but not a finding for a
+    secret scanner.)
+    """
+    pw = unquote(match.group("pw")).lower()
+    names = {unquote(match.group("user") or "").lower()}
+    host = (match.group("host") or "").lower().split(":", 1)[0]
+    names.update(host.split("."))
+    names.add((match.group("db") or "").lower())
+    return pw in names
+
+
+def _is_real_uri_password(match: re.Match[str]) -> bool:
+    return not is_placeholder_uri_password(match.group("pw")) and not is_default_uri_password(match)
 
 
 def uri_password_span(value: str) -> tuple[int, int] | None:
     """(start, end) of a real inline password in ``value``, if there is one."""
     for match in URI_CREDENTIALS.finditer(value):
-        if not is_placeholder_uri_password(match.group("pw")):
+        if _is_real_uri_password(match):
             return match.span("pw")
     return None
 
@@ -87,11 +120,13 @@ def _finditer_hits(index: TextIndex, regex: re.Pattern[str], rule_id: str, group
 
 def detect_aws(index: TextIndex) -> list[Hit]:
     """Access key ids, and 40-char secrets near a key id or named like one."""
-    hits = _finditer_hits(index, AWS_KEY_ID, "aws-access-key-id", accept=lambda m: "EXAMPLE" not in m.group())
+    hits = _finditer_hits(
+        index, AWS_KEY_ID, "aws-access-key-id", accept=lambda m: not is_placeholder_token(m.group()[4:])
+    )
     id_lines = {hit.line for hit in hits}
     for match in AWS_SECRET.finditer(index.text):
         value = match.group()
-        if "EXAMPLE" in value or not (
+        if is_placeholder_token(value) or not (
             any(c.islower() for c in value) and any(c.isupper() for c in value) and any(c.isdigit() for c in value)
         ):
             continue
@@ -125,12 +160,37 @@ def detect_private_keys(index: TextIndex) -> list[Hit]:
 
 
 def _jwt_is_valid(match: re.Match[str]) -> bool:
-    header = match.group().split(".", 1)[0]
+    """The header decodes to a JOSE header; an unsigned token must say ``"alg": "none"``."""
+    header, _payload, signature = match.group().split(".", 2)
     try:
         decoded = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
     except (ValueError, binascii.Error, UnicodeDecodeError):
         return False
-    return isinstance(decoded, dict) and ("alg" in decoded or "typ" in decoded)
+    if not isinstance(decoded, dict) or not ("alg" in decoded or "typ" in decoded):
+        return False
+    if not signature:
+        return str(decoded.get("alg", "")).lower() == "none"
+    return not is_placeholder_token(signature)
+
+
+def _real_body(*groups: str) -> Callable[[re.Match[str]], bool]:
+    """Accept a match when the random part in the first present group is not a placeholder."""
+
+    def accept(match: re.Match[str]) -> bool:
+        for group in groups:
+            body = match.group(group)
+            if body is not None:
+                return not is_placeholder_token(re.sub(r"[-/._]", "", body))
+        return False
+
+    return accept
+
+
+def _github_is_real(match: re.Match[str]) -> bool:
+    """Classic tokens carry a CRC32 checksum; fine-grained ones are judged by randomness."""
+    if match.group("gh_body") is not None:
+        return has_crc32_suffix(match.group("gh_prefix"), match.group("gh_body"))
+    return not is_placeholder_token(match.group("pat_body").replace("_", ""))
 
 
 def detect_gcp_service_account(index: TextIndex) -> list[Hit]:
@@ -148,16 +208,24 @@ def detect_uri_credentials(index: TextIndex) -> list[Hit]:
         URI_CREDENTIALS,
         "connection-uri-credentials",
         group="pw",
-        accept=lambda match: not is_placeholder_uri_password(match.group("pw")),
+        accept=_is_real_uri_password,
     )
 
 
 FORMAT_DETECTORS: tuple[tuple[str, Callable[[TextIndex], list[Hit]]], ...] = (
     ("aws", detect_aws),
     ("private_key", detect_private_keys),
-    ("github", lambda index: _finditer_hits(index, GITHUB_TOKEN, "github-token")),
-    ("gitlab", lambda index: _finditer_hits(index, GITLAB_TOKEN, "gitlab-token")),
-    ("slack", lambda index: _finditer_hits(index, SLACK_TOKEN, "slack-token")),
+    ("github", lambda index: _finditer_hits(index, GITHUB_TOKEN, "github-token", accept=_github_is_real)),
+    (
+        "gitlab",
+        lambda index: _finditer_hits(index, GITLAB_TOKEN, "gitlab-token", accept=_real_body("gl_body", "gr_body")),
+    ),
+    (
+        "slack",
+        lambda index: _finditer_hits(
+            index, SLACK_TOKEN, "slack-token", accept=_real_body("cfg_body", "ref_body", "tok_body", "app_body", "hook_body")
+        ),
+    ),
     ("jwt", lambda index: _finditer_hits(index, JWT, "jwt", accept=_jwt_is_valid)),
     ("gcp", detect_gcp_service_account),
     ("uri", detect_uri_credentials),

@@ -20,8 +20,11 @@ KEYWORD_GROUPS: dict[str, tuple[str, ...]] = {
     "aws": ("akia", "asia", "abia", "acca", "a3t", "aws_secret", "secret_access_key", "secretaccesskey"),
     "private_key": ("-----begin",),
     "github": ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
-    "gitlab": ("glpat-", "gldt-", "glrt-", "glptt-", "glft-", "glsoat-", "glcbt-", "glimt-"),
-    "slack": ("xoxa-", "xoxb-", "xoxp-", "xoxo-", "xoxr-", "xoxs-", "xapp-", "hooks.slack.com"),
+    "gitlab": (
+        "glpat-", "gldt-", "glrt-", "glrtr-", "glptt-", "glft-", "glsoat-", "glcbt-", "glimt-", "gloas-",
+        "glagent-", "glffct-", "glwt-", "gr1348941",
+    ),
+    "slack": ("xoxa-", "xoxb-", "xoxp-", "xoxo-", "xoxr-", "xoxs-", "xoxe", "xapp-", "hooks.slack.com"),
     "jwt": ("eyj",),
     "gcp": ("service_account", "private_key_id"),
     "uri": ("://",),
@@ -108,5 +111,7 @@ def default_prefilter() -> Prefilter:
     """The process-wide automaton over :data:`KEYWORD_GROUPS` (built on first use)."""
     global _DEFAULT
     if _DEFAULT is None:
-        _DEFAULT = Prefilter()
+        from .vendors import keyword_groups  # vendors imports this module
+
+        _DEFAULT = Prefilter({**KEYWORD_GROUPS, **keyword_groups()})
     return _DEFAULT

@@ -213,9 +213,17 @@ class _Checker(ast.NodeVisitor):
     def _connection(self, node: ast.Call) -> set[int]:
         """Connection(...): literal password=, uri= with inline password, extra= JSON."""
         handled: set[int] = set()
+        # Airflow's own default connections use password="airflow" with login="airflow"
+        # or schema="airflow": public defaults, not leaked secrets.
+        others = {
+            (_literal(kw.value) or "").lower() for kw in node.keywords if kw.arg in ("login", "schema", "host", "conn_id")
+        }
         for kw in node.keywords:
             value = _literal(kw.value)
             if value is None:
+                continue
+            if kw.arg == "password" and value.lower() in others:
+                handled.add(id(kw.value))
                 continue
             if kw.arg == "password" and not is_placeholder(value, "password"):
                 self._hit("airflow-connection-password", kw.value)

@@ -156,3 +156,49 @@ def looks_like_token(value: str) -> bool:
 def looks_real(value: str, name: str | None = None) -> bool:
     """Opposite of :func:`is_placeholder`, for readability at call sites."""
     return not is_placeholder(value, name)
+
+
+# --- placeholders in known-format tokens --------------------------------------
+
+# Long words only: a short one ("your", "fake") turns up inside random letters
+# often enough to cost recall; short ones count only at a word boundary.
+_TOKEN_PLACEHOLDER_WORDS = (
+    "xxxx", "****", "....", "example", "replace", "dummy", "sample", "placeholder",
+    "redacted", "insert", "changeme", "notreal",
+)
+_TOKEN_PLACEHOLDER_SHORT = re.compile(r"(?:^|[_\-.])(?:your|fake|test|my|here)(?:[_\-.]|$)", re.IGNORECASE)
+_RUN_OF_SAME = re.compile(r"(.)\1{5,}")
+_ASCENDING = ("0123456789", "abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _has_sequence(body: str, run: int = 6) -> bool:
+    """``123456``, ``abcdef``: typed by a person writing docs, not drawn by an RNG."""
+    for alphabet in _ASCENDING:
+        for start in range(len(alphabet) - run + 1):
+            if alphabet[start: start + run] in body:
+                return True
+    return False
+
+
+def is_placeholder_token(body: str) -> bool:
+    """True when a token's random part (prefix removed) is a placeholder.
+
+    ``ghp_xxxxxxxx...``, ``AKIAXXXXXXXXXXXXXXXX``, ``xoxb-0000000000-...``,
+    ``hf_abcdefghij...``, ``<your-key>``: the shape is right, the randomness is
+    not. Real tokens are drawn from an RNG: many distinct characters, no long runs
+    of one character, no typed sequences, entropy near the alphabet's.
+    """
+    from .entropy import shannon_entropy
+
+    low = body.lower()
+    if any(word in low for word in _TOKEN_PLACEHOLDER_WORDS) or _TOKEN_PLACEHOLDER_SHORT.search(body):
+        return True
+    if any(ch in body for ch in "<>{}$%"):
+        return True
+    if _RUN_OF_SAME.search(body) or _has_sequence(body):
+        return True
+    distinct = len(set(body))
+    if distinct < min(10, max(4, len(body) // 3)):
+        return True
+    # Random base62 has ~5.9 bits/char, hex 4; 16 random hex chars give ~3.4.
+    return len(body) >= 16 and shannon_entropy(body) < 3.0
