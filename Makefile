@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= dev,airflow,kfp,vault,aws,postgres
+EXTRAS ?= dev,airflow,kfp,vault,aws,postgres,server
 comma  := ,
 STAMP   = $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
@@ -29,7 +29,7 @@ demo: venv
 	VENV=$(VENV) bash scripts/demo.sh
 
 bench:
-	$(MAKE) venv EXTRAS=dev,airflow,kfp,vault,aws,postgres,bench
+	$(MAKE) venv EXTRAS=dev,airflow,kfp,vault,aws,postgres,server,bench
 	$(PY) benchmarks/bench_redact.py --markdown docs/benchmarks.md
 	$(PY) benchmarks/bench_lease.py --markdown docs/benchmarks.md
 	$(PY) benchmarks/bench_airflow_backend.py --markdown docs/benchmarks.md
