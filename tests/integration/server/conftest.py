@@ -96,14 +96,14 @@ class ServedHome:
                 assert value not in text, f"a stored secret leaked into {where}"
 
 
-def stock_home(home: Path, master_key: str) -> dict[str, str]:
+def stock_home(home: Path, master_key: str, **settings: object) -> dict[str, str]:
     values = {
         "warehouse": f"WarehousePw-{secrets.token_hex(10)}",
         "registry": f"RegistryPw-{secrets.token_hex(10)}",
         "tracker": f"tracker-{secrets.token_hex(12)}",
         "finance": f"FinancePw-{secrets.token_hex(10)}",
     }
-    rt, _ = init_home(Settings(home=home, master_key=master_key))
+    rt, _ = init_home(Settings(home=home, master_key=master_key, **settings))
     try:
         rt.broker.put("dev/connections/warehouse", parse_connection(
             f"postgres://etl:{values['warehouse']}@warehouse.internal:5432/analytics"), ADMIN)
