@@ -17,7 +17,7 @@ from cryptography.x509.oid import NameOID
 from runlease.models import RunIdentity
 from runlease.runtime import open_runtime
 
-from conftest import ServedHome
+from support.served_home import ServedHome
 
 
 def cli(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:

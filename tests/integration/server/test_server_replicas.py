@@ -18,7 +18,7 @@ from runlease.models import LeaseState, Outcome, RunIdentity
 from runlease.runtime import open_runtime
 from runlease.settings import Settings
 
-from conftest import stock_home
+from support.served_home import stock_home
 from support.oidc_issuer import TestIssuer, sa_subject
 from support.postgres import PostgresServer
 from support.runlease_server import start_server, stop_server

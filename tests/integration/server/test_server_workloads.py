@@ -17,7 +17,7 @@ from runlease.models import LeaseState, Outcome, RunIdentity
 from runlease.remote.http import NotAuthenticatedError
 from runlease.runtime import open_runtime
 
-from conftest import ServedHome
+from support.served_home import ServedHome
 from support.oidc_issuer import AUDIENCE, sa_subject
 
 A = sa_subject("ml", "pipeline-a")
