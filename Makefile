@@ -35,6 +35,7 @@ bench:
 	$(PY) benchmarks/bench_airflow_backend.py --markdown docs/benchmarks.md
 	$(PY) benchmarks/bench_scan.py --markdown docs/benchmarks.md
 	$(PY) benchmarks/bench_rotation.py --markdown docs/benchmarks.md
+	$(PY) benchmarks/bench_server.py --markdown docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -93,6 +93,16 @@ class Authenticator:
         self.budget = budget or DenialBudget()
         self.on_failure = on_failure
 
+    def cached(self, authorization: str | None) -> Caller | None:
+        """The caller behind an already verified workload token, without blocking; None otherwise."""
+        if self.verifier is None or not authorization or authorization[:7].lower() != "bearer ":
+            return None
+        token = authorization[7:].strip()
+        if token.startswith(ADMIN_PREFIX):
+            return None
+        verification = self.verifier.cached(token)
+        return Caller(verification) if verification is not None else None
+
     def authenticate(self, authorization: str | None, route: str) -> Caller:
         """The caller behind an ``Authorization`` header, or :class:`AuthenticationError` (audited)."""
         method = "oidc"

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -88,9 +89,17 @@ def state_of(request: Request) -> ServerState:
     return request.app.state.runlease
 
 
-def authenticated(request: Request) -> Caller:
+async def authenticated(request: Request) -> Caller:
+    """The caller, from the bearer token. A token already verified is looked up on the event loop;
+    anything else (signature check, JWKS fetch, admin-token MAC, audited failure) runs in a worker
+    thread, because it may block."""
+    authenticator = state_of(request).authenticator
+    header = request.headers.get("authorization")
+    caller = authenticator.cached(header)
+    if caller is not None:
+        return caller
     route = getattr(request.scope.get("route"), "path", request.url.path)
-    return state_of(request).authenticator.authenticate(request.headers.get("authorization"), route)
+    return await run_in_threadpool(authenticator.authenticate, header, route)
 
 
 def lease_json(lease: Lease) -> dict[str, Any]:

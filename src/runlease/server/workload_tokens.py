@@ -179,6 +179,17 @@ class WorkloadVerifier:
         self._lock = threading.Lock()
         self._cache: OrderedDict[bytes, tuple[float, Verification]] = OrderedDict()
 
+    def cached(self, token: str) -> Verification | None:
+        """The verification of a token this verifier already accepted and that has not expired, else None.
+
+        Pure CPU (a digest and a dict lookup): the server calls it on the event loop and
+        only sends a cache miss (signature check, maybe a JWKS fetch) to a worker thread.
+        """
+        digest = hashlib.sha256(token.encode()).digest()
+        with self._lock:
+            hit = self._cache.get(digest)
+        return hit[1] if hit is not None and hit[0] > self._clock() else None
+
     def verify(self, token: str) -> Verification:
         digest = hashlib.sha256(token.encode()).digest()
         now = self._clock()
