@@ -37,6 +37,8 @@ def sa_subject(namespace: str, account: str) -> str:
 
 @dataclass
 class TestIssuer:
+    __test__ = False  # a helper, not a test class (pytest collects Test* names)
+
     jwks_file: Path
     issuer: str = ISSUER
     keys: dict[str, Any] = field(default_factory=dict)  # kid -> private key

@@ -30,7 +30,7 @@ POLICY = """
 description  = "pipeline-a's service account leases the warehouse and the tokens"
 workloads    = ["system:serviceaccount:ml:pipeline-a"]
 environments = ["dev"]
-paths        = ["connections/warehouse", "connections/model_registry", "tokens/*"]
+paths        = ["connections/warehouse", "connections/model_registry", "connections/analytics", "tokens/*"]
 capabilities = ["lease", "read"]
 
 [[grant]]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runlease.errors import ConfigError
+from runlease.redact import install_redacting_filter
 from runlease.runtime import open_runtime
 from runlease.server.admin_tokens import AdminTokens
 from runlease.server.auth import Authenticator
@@ -97,11 +98,16 @@ def serve(settings: Settings, options: ServeOptions) -> None:
     try:
         app = create_app(state)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        uvicorn.run(
+        config = uvicorn.Config(
             app, host=options.host, port=options.port,
             ssl_certfile=str(options.tls_cert) if options.tls_cert else None,
             ssl_keyfile=str(options.tls_key) if options.tls_key else None,
             access_log=options.access_log, log_level="info", server_header=False, timeout_graceful_shutdown=10,
         )
+        # uvicorn's handlers exist once its Config is built: mask every value this process has
+        # served in whatever reaches them (a traceback of an unexpected error included).
+        for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access"):
+            install_redacting_filter(state.broker.redactor, logging.getLogger(name))
+        uvicorn.Server(config).run()
     finally:
         state.runtime.close()

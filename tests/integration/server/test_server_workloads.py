@@ -251,3 +251,23 @@ def test_unreachable_server_is_exit_9(tmp_path) -> None:
     with pytest.raises(BackendError) as caught:
         rt.broker.lease("dev/connections/warehouse", KFP_A)
     assert caught.value.exit_code == 9 and isinstance(caught.value, RunleaseError)
+
+
+def test_the_owner_renews_through_the_server_on_a_workload_grant(served: ServedHome, fake_vault) -> None:
+    """Renewing is authorized for the verified owner (the ledger's copy of the identity carries no
+    proof, so a ``workloads`` grant could not match it) and the issuer really extends the credential."""
+    fake_vault.add_role("database", "ro", default_ttl=300, max_ttl=86400)
+    local = served.local()
+    try:
+        local.broker.put("dev/connections/analytics", {"conn_type": "vault", "host": fake_vault.url,
+                                                       "password": fake_vault.token}, RunIdentity(
+            orchestrator="test", pipeline="setup"))
+        local.store.update_metadata("dev/connections/analytics", {"issuer": "vault-database", "role": "ro"})
+    finally:
+        local.close()
+    rt = client(served, served.issuer.token())
+    lease = rt.broker.lease("dev/connections/analytics", KFP_A, 120)
+    renewed = rt.broker.renew(lease.lease_id, 600)
+    assert renewed.expires_at > lease.expires_at
+    renew_events = [e for e in events(served, action="renew") if e.lease_id == lease.lease_id]
+    assert [e.outcome for e in renew_events] == [Outcome.OK] and renew_events[0].principal == A
