@@ -44,6 +44,9 @@ def serve_command(
         False, "--allow-insecure-http", help="allow plain HTTP on a non-loopback address (TLS terminated in front)"),
     sweep_interval: float = typer.Option(60.0, "--sweep-interval", help="seconds between TTL sweeps (0: off)"),
     access_log: bool = typer.Option(False, "--access-log", help="log every request line"),
+    broker_threads: Optional[bool] = typer.Option(
+        None, "--broker-threads/--no-broker-threads",
+        help="run broker calls in worker threads (default: only when the store or ledger is remote)"),
     jwks_refetch_interval: float = typer.Option(
         30.0, "--oidc-jwks-refetch-interval", help="least seconds between JWKS refetches for unknown key ids"),
 ) -> None:
@@ -54,7 +57,8 @@ def serve_command(
     options = ServeOptions(host=host, port=port, oidc_issuer=oidc_issuer, oidc_audience=oidc_audience,
                            oidc_jwks=oidc_jwks, tls_cert=tls_cert, tls_key=tls_key,
                            allow_insecure_http=allow_insecure_http, sweep_interval_s=sweep_interval,
-                           access_log=access_log, jwks_refetch_interval_s=jwks_refetch_interval)
+                           access_log=access_log, jwks_refetch_interval_s=jwks_refetch_interval,
+                           broker_threads=broker_threads)
     serve(Settings(), options)
 
 

@@ -142,12 +142,12 @@ def metrics(request: Request) -> Response:
 
 
 @router.post("/v1/leases")
-def create_lease(body: LeaseRequest, request: Request, caller: Caller = Depends(authenticated)) -> Response:
+async def create_lease(body: LeaseRequest, request: Request, caller: Caller = Depends(authenticated)) -> Response:
     state = state_of(request)
     identity = caller.identity(body.claims.model_dump())
     try:
-        granted = state.broker.lease(body.ref, identity, body.ttl, kind=body.kind, stage=body.stage,
-                                     detail={"via": "runlease-serve"})
+        granted = await state.call(state.broker.lease, body.ref, identity, body.ttl, kind=body.kind,
+                                   stage=body.stage, detail={"via": "runlease-serve"})
     except AccessDeniedError:
         state.metrics.denials.inc()
         raise
@@ -199,13 +199,17 @@ def renew_lease(lease_id: str, body: RenewRequest, request: Request,
 
 
 @router.post("/v1/leases/{lease_id}/revoke")
-def revoke_lease(lease_id: str, body: RevokeRequest, request: Request,
-                 caller: Caller = Depends(authenticated)) -> dict[str, Any]:
+async def revoke_lease(lease_id: str, body: RevokeRequest, request: Request,
+                       caller: Caller = Depends(authenticated)) -> dict[str, Any]:
     state = state_of(request)
+    return await state.call(_revoke_owned, state, caller, lease_id, body.reason)
+
+
+def _revoke_owned(state: ServerState, caller: Caller, lease_id: str, reason: str) -> dict[str, Any]:
     lease = state.broker.ledger.get_lease(lease_id)
     if not _owned(caller, lease):
         _refuse(state, caller, "revoke", lease)
-    done = state.broker.revoke(lease_id, body.reason, caller.identity(_claims_of(lease)))
+    done = state.broker.revoke(lease_id, reason, caller.identity(_claims_of(lease)))
     state.metrics.revocations.inc(int(done))
     return {"revoked": done}
 

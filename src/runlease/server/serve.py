@@ -37,6 +37,9 @@ class ServeOptions:
     sweep_interval_s: float = 60.0
     access_log: bool = False
     jwks_refetch_interval_s: float = 30.0
+    #: Run broker calls in worker threads (True), on the event loop (False), or decide (None):
+    #: on the loop when store and ledger are the embedded SQLite file (writes serialize anyway).
+    broker_threads: bool | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -85,8 +88,13 @@ def build_state(settings: Settings, options: ServeOptions) -> ServerState:
         verifier.source.refresh()  # a wrong --oidc-jwks fails at start, not on the first request
     admin = AdminTokens.of_home(local.home, runtime.keyring)
     authenticator = Authenticator(runtime.ledger, verifier, admin, on_failure=metrics.auth_failed)
+    if options.broker_threads is None:
+        inline = local.ledger == "local" and local.store == "local"
+    else:
+        inline = not options.broker_threads
     return ServerState(runtime=runtime, authenticator=authenticator, metrics=metrics,
-                       oidc_issuer=options.oidc_issuer, sweep_interval_s=options.sweep_interval_s)
+                       oidc_issuer=options.oidc_issuer, sweep_interval_s=options.sweep_interval_s,
+                       inline_broker=inline)
 
 
 def serve(settings: Settings, options: ServeOptions) -> None:
