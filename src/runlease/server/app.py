@@ -32,7 +32,7 @@ from runlease.errors import (
     StoreAccessDeniedError,
     StoreUnavailableError,
 )
-from runlease.server.metrics import MetricsMiddleware
+from runlease.server.metrics import BodyLimitMiddleware, MetricsMiddleware
 from runlease.server.routes import router
 from runlease.server.state import ServerState
 from runlease.server.workload_tokens import AuthenticationError
@@ -100,6 +100,7 @@ def create_app(state: ServerState) -> FastAPI:
         _log.error("unexpected %s on %s", type(err).__name__, request.url.path)
         return JSONResponse(error_body("InternalError", f"unexpected {type(err).__name__}", 1), status_code=500)
 
+    app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app
 

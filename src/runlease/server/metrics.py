@@ -81,3 +81,50 @@ class MetricsMiddleware:
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.requests.labels(scope.get("method", ""), template, str(status["code"])).inc()
             self.metrics.latency.labels(template).observe(time.perf_counter() - started)
+
+
+#: Largest request body accepted: lease requests are a few hundred bytes; a presented key is at most 16 KiB.
+MAX_BODY_BYTES = 64 * 1024
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over :data:`MAX_BODY_BYTES` (413) before they are buffered whole."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await _too_large(send)
+                return
+        seen = 0
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await _too_large(send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Any) -> None:
+    body = b'{"error":{"type":"InvalidRequest","message":"request body too large","exit_code":2}}'
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

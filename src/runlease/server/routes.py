@@ -132,6 +132,19 @@ def health(request: Request) -> dict[str, Any]:
     return {"status": "ok", "version": state.version, "oidc": state.oidc_issuer is not None}
 
 
+@router.get("/readyz")
+def ready(request: Request) -> Response:
+    """Readiness: the ledger answers (one cheap query). A replica whose database is gone leaves the
+    Service's endpoints instead of failing every lease."""
+    state = state_of(request)
+    try:
+        state.broker.ledger.find_leases(state=LeaseState.ACTIVE, limit=1)
+    except Exception as err:  # noqa: BLE001 - any failure means "not ready"; the type says which
+        return Response(content=json.dumps({"status": "unavailable", "error": type(err).__name__}),
+                        status_code=503, media_type="application/json")
+    return Response(content=b'{"status":"ready"}', media_type="application/json")
+
+
 @router.get("/metrics")
 def metrics(request: Request) -> Response:
     body, content_type = state_of(request).metrics.exposition()

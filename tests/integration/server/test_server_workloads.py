@@ -271,3 +271,13 @@ def test_the_owner_renews_through_the_server_on_a_workload_grant(served: ServedH
     assert renewed.expires_at > lease.expires_at
     renew_events = [e for e in events(served, action="renew") if e.lease_id == lease.lease_id]
     assert [e.outcome for e in renew_events] == [Outcome.OK] and renew_events[0].principal == A
+
+
+def test_readiness_and_oversized_bodies(served: ServedHome) -> None:
+    status, body = raw(served, "GET", "/readyz", None)
+    assert status == 200 and json.loads(body)["status"] == "ready"
+    huge = {"ref": "dev/tokens/experiment_tracker", "presented": "x" * 100_000}
+    status, body = raw(served, "POST", "/v1/verify", served.issuer.token(), huge)
+    assert status == 413 and "too large" in body
+    # The server is still fine afterwards.
+    assert raw(served, "GET", "/healthz", None)[0] == 200
