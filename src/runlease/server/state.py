@@ -37,7 +37,8 @@ class ServerState:
     #: concurrency, only two thread wake-ups per request (milliseconds on a busy machine).
     #: Network backends (PostgreSQL ledger, Vault, AWS) keep the thread pool.
     inline_broker: bool = False
-    notes: dict[str, str] = field(default_factory=dict)
+    #: Small per-process memos of the routes (e.g. the last chain verification and when it ran).
+    notes: dict[str, Any] = field(default_factory=dict)
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a (blocking) broker call the way this server is configured to."""
