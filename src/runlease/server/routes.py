@@ -22,12 +22,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
 
 from runlease.errors import AccessDeniedError, RevocationIncompleteError, SecretNotFoundError
 from runlease.ledger.base import AuditQuery
-from runlease.models import AuditEvent, Capability, Lease, LeaseState, Outcome, SecretPath, Stage
+from runlease.models import AuditEvent, Capability, Lease, LeaseState, Outcome, SecretPath
 from runlease.server.auth import Caller
+from runlease.server.requests import LeaseRequest, RenewRequest, RevokeRequest, RevokeRunRequest, VerifyKeyRequest
 from runlease.server.state import ServerState
 
 router = APIRouter()
@@ -37,58 +37,6 @@ MAX_ROWS = 10_000
 WORKLOAD_SCAN_ROWS = 50_000
 #: How long a chain verification result is reused (each KFP run's audit report asks for one).
 VERIFY_CACHE_S = 30.0
-
-
-class RunClaims(BaseModel):
-    """What the caller says about the run it works for: recorded, never trusted for ownership."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    orchestrator: str | None = Field(default=None, max_length=64)
-    pipeline: str | None = Field(default=None, max_length=250)
-    run_id: str | None = Field(default=None, max_length=250)
-    task_id: str | None = Field(default=None, max_length=250)
-    try_number: int | None = Field(default=None, ge=0)
-    map_index: int | None = None
-
-
-class LeaseRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    ref: str = Field(min_length=1, max_length=400)
-    kind: str = Field(default="connections", max_length=32)
-    ttl: float | None = None
-    stage: Stage = Stage.CURRENT
-    claims: RunClaims = Field(default_factory=RunClaims)
-
-
-class RenewRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    ttl: float | None = None
-
-
-class RevokeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    reason: str = Field(default="revoked through runlease serve", max_length=200)
-
-
-class RevokeRunRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    run_id: str = Field(min_length=1, max_length=250)
-    pipeline: str | None = Field(default=None, max_length=250)
-    task_id: str | None = Field(default=None, max_length=250)
-    reason: str = Field(default="run ended", max_length=200)
-
-
-class VerifyKeyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    ref: str = Field(min_length=1, max_length=400)
-    presented: str = Field(max_length=16_384)
-    kind: str = Field(default="tokens", max_length=32)
 
 
 def state_of(request: Request) -> ServerState:
