@@ -121,7 +121,8 @@ async def create_lease(body: LeaseRequest, request: Request, caller: Caller = De
     # Serialized here (pydantic's JSON, then one dumps) rather than by FastAPI's encoder walking the dict:
     # this is the hot path. The value is in this one body only, for the verified owner who just leased it.
     body_bytes = b'{"lease":' + granted.model_dump_json().encode() + b',"value":' + _json_bytes(granted.value) + b"}"
-    return Response(content=body_bytes, media_type="application/json")
+    return Response(content=body_bytes, media_type="application/json",
+                    headers={"Cache-Control": "no-store", "Pragma": "no-cache"})  # no proxy or client cache
 
 
 def _json_bytes(value: Any) -> bytes:

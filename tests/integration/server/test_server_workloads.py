@@ -71,6 +71,16 @@ def test_a_verified_workload_leases_its_grant_and_the_audit_shows_verified_vs_cl
     served.assert_no_leak(*(e.model_dump_json() for e in events(served)), where="the audit trail")
 
 
+def test_the_lease_response_is_not_cacheable(served: ServedHome) -> None:
+    request = urllib.request.Request(served.url + "/v1/leases", method="POST",
+                                     data=json.dumps({"ref": "dev/connections/warehouse"}).encode())
+    request.add_header("Authorization", f"Bearer {served.issuer.token()}")
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.headers["Cache-Control"] == "no-store"
+        assert json.loads(response.read())["value"]["password"] == served.values["warehouse"]
+
+
 def test_a_workload_not_granted_a_path_gets_403_and_the_denial_is_audited(served: ServedHome) -> None:
     rt = client(served, served.issuer.token())
     with pytest.raises(AccessDeniedError) as caught:
