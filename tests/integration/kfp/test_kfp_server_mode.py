@@ -147,3 +147,28 @@ def test_sigterm_revokes_through_the_server_and_output_stays_masked(served: Serv
     text = out.read_text()
     assert "print: ***" in text
     served.assert_no_leak(text, where="the component's output")
+
+
+@pytest.mark.slow
+def test_an_abandoned_block_is_revoked_at_exit_through_the_server(served: ServedHome, tmp_path: Path) -> None:
+    import json
+
+    from test_kfp_lease_process import COMPONENT
+
+    script = tmp_path / "component.py"
+    script.write_text(COMPONENT)
+    executor_input = json.dumps({"inputs": {"parameterValues": {
+        "runlease_run_id": "run-abandon", "runlease_pipeline": "proc-test", "runlease_task": "step"}}})
+    done = subprocess.run([sys.executable, str(script), "abandon", str(tmp_path / "ready"), "--executor_input",
+                           executor_input], env=pod_env(served, tmp_path), cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "leaked? ***" in done.stdout
+    served.assert_no_leak(done.stdout, done.stderr, where="the component's output")
+    rt = served.local()
+    try:
+        [lease] = rt.ledger.find_leases(run_id="run-abandon")
+    finally:
+        rt.close()
+    assert lease.state is LeaseState.REVOKED
+    assert lease.revoke_reason == "kfp component process exited with the lease open"
