@@ -198,6 +198,15 @@ def _http_process(url: str, token: str, clients: list[int], n: int, barrier, que
     queue.put(out)
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 @dataclass
 class Result:
     label: str
@@ -205,6 +214,8 @@ class Result:
     start: float
     end: float
     lat_ns: list[int]
+    #: CPU seconds the server process spent during the scenario (HTTP rows only).
+    server_cpu_s: float | None = None
 
     @property
     def ops(self) -> int:
@@ -322,16 +333,19 @@ def render(args: argparse.Namespace, command: str, machine: dict[str, str], rows
         "(last finish - first start). Both run one after the other in this run, on the same home.",
         "",
         "| clients | scenario | leases | p50 ms | p99 ms | leases/s | p50 ratio HTTP / in-process "
-        "| throughput ratio HTTP / in-process |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| throughput ratio HTTP / in-process | server CPU ms / lease |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for http, local in rows:
         out.append(f"| {local.clients} | {local.label} | {local.ops:,} | {local.pct(50):.3f} | {local.pct(99):.3f} "
-                   f"| {local.per_s:,.0f} | | |")
+                   f"| {local.per_s:,.0f} | | | |")
+        cpu = (f"{1000 * http.server_cpu_s / (http.ops + http.clients * WARMUP):.3f}"
+               if http.server_cpu_s else "n/a")
         out.append(f"| {http.clients} | {http.label} | {http.ops:,} | {http.pct(50):.3f} | {http.pct(99):.3f} "
-                   f"| {http.per_s:,.0f} | {http.pct(50) / local.pct(50):.2f}x | {http.per_s / local.per_s:.2f}x |")
+                   f"| {http.per_s:,.0f} | {http.pct(50) / local.pct(50):.2f}x | {http.per_s / local.per_s:.2f}x "
+                   f"| {cpu} |")
     out.append(f"| 1 | {floor.label} | {floor.ops:,} | {floor.pct(50):.3f} | {floor.pct(99):.3f} "
-               f"| {floor.per_s:,.0f} | | |")
+               f"| {floor.per_s:,.0f} | | | |")
     out += ["", f"Audit chain after the run: {chain}.", ""]
     one = rows[0][0]
     best = max(rows, key=lambda r: r[0].per_s)[0]
@@ -349,6 +363,9 @@ def render(args: argparse.Namespace, command: str, machine: dict[str, str], rows
             f"- The HTTP stack alone (GET /healthz, no auth, no ledger) costs p50 {floor.pct(50):.3f} ms here; "
             "the rest of an HTTP lease is the broker's own work (the in-process row) plus the token check "
             "(a digest lookup once verified), JSON and the client's Lease model.",
+            "- Server CPU ms / lease (user + system CPU of the server process during the scenario, warm-up "
+            "included, divided by its leases) bounds what one server process can do on an idle core: "
+            "1,000 / that figure leases/s. The client processes share the machine's two cores with it here.",
             "- Every lease is one durable SQLite commit on one home, so concurrency raises throughput only until "
             "the writer turn saturates; more clients then add queueing latency (p99).",
             "- The client processes share the machine's cores with the server: on 2 cores, 16 clients measure the "
@@ -385,7 +402,9 @@ def main() -> None:
             floor = http_floor(url, total)
             for clients in CONCURRENCY:
                 print(f"{clients} client(s): {total:,} leases over HTTP, then in-process ...", file=sys.stderr)
+                cpu0 = process_cpu_s(proc.pid)
                 http = http_run(url, token, clients, total)
+                http.server_cpu_s = process_cpu_s(proc.pid) - cpu0  # includes the clients' warm-up leases
                 local = inprocess_run(home, key, clients, total)
                 rows.append((http, local))
         finally:
