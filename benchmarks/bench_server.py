@@ -322,7 +322,8 @@ def render(args: argparse.Namespace, command: str, machine: dict[str, str], rows
     out += [f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by:", "", "```", command, "```", ""]
     out += ["| Machine | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in machine.items()] + [""]
     out += [
-        "One `runlease serve` process (uvicorn, one worker) on 127.0.0.1, plain HTTP, RS256 workload token "
+        "One `runlease serve` process (uvicorn with uvloop/httptools, one worker, broker calls on the event "
+        "loop: the default for the embedded store) on 127.0.0.1, plain HTTP, RS256 workload token "
         "(signature verified once, then cached by digest until it expires), policy with a `workloads` grant; "
         "the embedded store (SQLite WAL, synchronous=FULL: one fsynced transaction per lease, lease row + "
         "hash-chained audit event). HTTP clients use `RemoteBroker.lease` (urllib3 keep-alive, one connection "
