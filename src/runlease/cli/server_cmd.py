@@ -47,6 +47,9 @@ def serve_command(
     broker_threads: Optional[bool] = typer.Option(
         None, "--broker-threads/--no-broker-threads",
         help="run broker calls in worker threads (default: only when the store or ledger is remote)"),
+    jwks_ca: Optional[Path] = typer.Option(None, "--oidc-jwks-ca", help="CA bundle for an https --oidc-jwks URL"),
+    jwks_token_file: Optional[Path] = typer.Option(
+        None, "--oidc-jwks-token-file", help="bearer token file sent when fetching the JWKS URL"),
     jwks_refetch_interval: float = typer.Option(
         30.0, "--oidc-jwks-refetch-interval", help="least seconds between JWKS refetches for unknown key ids"),
 ) -> None:
@@ -58,7 +61,7 @@ def serve_command(
                            oidc_jwks=oidc_jwks, tls_cert=tls_cert, tls_key=tls_key,
                            allow_insecure_http=allow_insecure_http, sweep_interval_s=sweep_interval,
                            access_log=access_log, jwks_refetch_interval_s=jwks_refetch_interval,
-                           broker_threads=broker_threads)
+                           broker_threads=broker_threads, jwks_ca=jwks_ca, jwks_token_file=jwks_token_file)
     serve(Settings(), options)
 
 

@@ -37,6 +37,8 @@ class ServeOptions:
     sweep_interval_s: float = 60.0
     access_log: bool = False
     jwks_refetch_interval_s: float = 30.0
+    jwks_ca: Path | None = None
+    jwks_token_file: Path | None = None
     #: Run broker calls in worker threads (True), on the event loop (False), or decide (None):
     #: on the loop when store and ledger are the embedded SQLite file (writes serialize anyway).
     broker_threads: bool | None = None
@@ -84,7 +86,8 @@ def build_state(settings: Settings, options: ServeOptions) -> ServerState:
     if options.oidc_issuer is not None and options.oidc_jwks is not None:
         oidc = OidcSettings(issuer=options.oidc_issuer, jwks=options.oidc_jwks, audience=options.oidc_audience)
         verifier = WorkloadVerifier(oidc, source=JwksSource(
-            options.oidc_jwks, min_refetch_interval=options.jwks_refetch_interval_s))
+            options.oidc_jwks, min_refetch_interval=options.jwks_refetch_interval_s, ca_file=options.jwks_ca,
+            token_file=options.jwks_token_file))
         verifier.source.refresh()  # a wrong --oidc-jwks fails at start, not on the first request
     admin = AdminTokens.of_home(local.home, runtime.keyring)
     authenticator = Authenticator(runtime.ledger, verifier, admin, on_failure=metrics.auth_failed)

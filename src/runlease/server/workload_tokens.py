@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import ssl
 import threading
 import time
 import urllib.request
@@ -80,8 +81,13 @@ class JwksSource:
     """
 
     def __init__(self, location: str, *, min_refetch_interval: float = MIN_REFETCH_INTERVAL_S,
-                 max_age: float = JWKS_MAX_AGE_S, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_age: float = JWKS_MAX_AGE_S, ca_file: Path | None = None, token_file: Path | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.location = location
+        #: CA bundle for an https JWKS URL (the in-cluster API server's ``ca.crt``).
+        self.ca_file = ca_file
+        #: Bearer token sent when fetching (an API server that does not serve the JWKS anonymously).
+        self.token_file = token_file
         self.min_refetch_interval = min_refetch_interval
         self.max_age = max_age
         self._clock = clock
@@ -92,7 +98,11 @@ class JwksSource:
 
     def _read(self) -> dict[str, Any]:
         if self.location.startswith(("http://", "https://")):
-            with urllib.request.urlopen(self.location, timeout=JWKS_FETCH_TIMEOUT_S) as response:  # noqa: S310
+            request = urllib.request.Request(self.location, headers={"Accept": "application/json"})
+            if self.token_file is not None:
+                request.add_header("Authorization", f"Bearer {self.token_file.read_text().strip()}")
+            context = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else None
+            with urllib.request.urlopen(request, timeout=JWKS_FETCH_TIMEOUT_S, context=context) as response:  # noqa: S310
                 return json.loads(response.read())
         path = Path(self.location.removeprefix("file://"))
         return json.loads(path.read_text())

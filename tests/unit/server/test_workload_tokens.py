@@ -138,3 +138,45 @@ def test_denial_budget_folds_a_flood_into_a_count() -> None:
     assert [budget.take() for _ in range(5)] == [0, 0, 0, None, None]
     now[0] += 1.0
     assert budget.take() == 2  # the next written event says two were folded into it
+
+
+def test_jwks_url_over_tls_with_a_ca_and_a_bearer_token(issuer, tmp_path: Path) -> None:
+    """Like the in-cluster API server: https with a private CA, and a bearer token for the fetch."""
+    import ssl
+
+    from support.tls import self_signed
+
+    cert, key = self_signed(tmp_path)
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(self.headers.get("Authorization", ""))
+            body = issuer.jwks_file.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}/openid/v1/jwks"
+        sa_token = tmp_path / "sa-token"
+        sa_token.write_text("server-sa-token\n")
+        good = WorkloadVerifier(OidcSettings(issuer=issuer.issuer, jwks=url),
+                                source=JwksSource(url, ca_file=cert, token_file=sa_token))
+        assert good.verify(issuer.token()).subject == sa_subject("ml", "pipeline-a")
+        assert seen == ["Bearer server-sa-token"]
+        untrusting = WorkloadVerifier(OidcSettings(issuer=issuer.issuer, jwks=url), source=JwksSource(url))
+        with pytest.raises(AuthenticationError, match="cannot be read"):
+            untrusting.verify(issuer.token())  # no CA: the TLS handshake fails, nothing is trusted
+    finally:
+        server.shutdown()
+        server.server_close()
