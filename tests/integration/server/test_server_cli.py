@@ -10,10 +10,10 @@ from pathlib import Path
 
 
 from runlease.models import RunIdentity
-from support.tls import self_signed
 from runlease.runtime import open_runtime
 
 from support.served_home import ServedHome
+from support.tls import self_signed
 
 
 def cli(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
