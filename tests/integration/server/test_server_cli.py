@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from runlease.models import RunIdentity
 from runlease.runtime import open_runtime
 
