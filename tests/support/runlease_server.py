@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -28,10 +29,12 @@ class ServerProcess:
     proc: subprocess.Popen
     port: int
     log: Path
+    #: CA of the server's certificate when it serves HTTPS (``--tls-cert``), else None.
+    ca_file: Path | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca_file else 'http'}://127.0.0.1:{self.port}"
 
     def log_text(self) -> str:
         try:
@@ -41,8 +44,9 @@ class ServerProcess:
 
 
 def start_server(home: Path, env: dict[str, str], log: Path, *args: str,
-                 port: int | None = None) -> ServerProcess:
-    """Start ``runlease serve`` with ``args`` (after --host/--port) and wait until it answers."""
+                 port: int | None = None, ca_file: Path | None = None) -> ServerProcess:
+    """Start ``runlease serve`` with ``args`` (after --host/--port) and wait until it answers
+    (over HTTPS, trusting ``ca_file``, when given)."""
     port = port or free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLEASE_")}
     full_env.update(env)
@@ -53,13 +57,14 @@ def start_server(home: Path, env: dict[str, str], log: Path, *args: str,
         env=full_env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
     )
     handle.close()
-    server = ServerProcess(proc, port, log)
+    server = ServerProcess(proc, port, log, ca_file)
+    context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"runlease serve exited with {proc.returncode}: {server.log_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(f"{server.url}/healthz", timeout=2) as response:
+            with urllib.request.urlopen(f"{server.url}/healthz", timeout=2, context=context) as response:
                 if response.status == 200:
                     return server
         except OSError:

@@ -129,10 +129,11 @@ def served_factory(tmp_path: Path) -> Iterator[Callable[..., ServedHome]]:
     tokens_dir = tmp_path / "tokens"
     tokens_dir.mkdir()
 
-    def _start(*args: str, env: dict[str, str] | None = None, log_name: str = "server.log") -> ServedHome:
+    def _start(*args: str, env: dict[str, str] | None = None, log_name: str = "server.log",
+               ca_file: Path | None = None) -> ServedHome:
         server = start_server(
             home, {"RUNLEASE_MASTER_KEY": master_key, **(env or {})}, tmp_path / log_name,
-            "--oidc-issuer", issuer.issuer, "--oidc-jwks", str(issuer.jwks_file), *args,
+            "--oidc-issuer", issuer.issuer, "--oidc-jwks", str(issuer.jwks_file), *args, ca_file=ca_file,
         )
         started.append(server)
         return ServedHome(home, master_key, values, issuer, server, tokens_dir)

@@ -101,33 +101,24 @@ def test_plain_http_off_loopback_and_serving_without_a_policy_are_refused(served
 
 
 def test_tls_from_cert_and_key_files(served_factory, tmp_path) -> None:
+    import pytest
+
+    from runlease.errors import BackendError
+    from runlease.settings import Settings
+
     cert, key = self_signed(tmp_path)
-    import support.runlease_server as rs
-
-    original = rs.ServerProcess.url
-    rs.ServerProcess.url = property(lambda self: f"https://127.0.0.1:{self.port}")  # type: ignore[assignment]
-    try:
-        import ssl
-        import urllib.request
-
-        context = ssl.create_default_context(cafile=str(cert))
-        opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
-        urllib.request.install_opener(opener)
-        served = served_factory("--tls-cert", str(cert), "--tls-key", str(key))
-        from runlease.settings import Settings
-
-        settings = Settings(home=tmp_path / "none", server=served.url, server_ca=cert,
-                            token_file=served.token_file(served.issuer.token()))
-        lease = open_runtime(settings).broker.lease("dev/connections/warehouse",
-                                                    RunIdentity(orchestrator="kfp", pipeline="p"), 60)
-        assert lease.value["password"] == served.values["warehouse"]
-        # Without the CA the client refuses the server (no silent downgrade to unverified TLS).
-        from runlease.errors import BackendError
-        import pytest
-
-        with pytest.raises(BackendError):
-            open_runtime(settings.model_copy(update={"server_ca": None})).broker.lease(
-                "dev/connections/warehouse", RunIdentity(orchestrator="kfp", pipeline="p"), 60)
-    finally:
-        rs.ServerProcess.url = original  # type: ignore[assignment]
-        urllib.request.install_opener(urllib.request.build_opener())
+    served = served_factory("--tls-cert", str(cert), "--tls-key", str(key), ca_file=cert)
+    assert served.url.startswith("https://")
+    settings = Settings(home=tmp_path / "none", server=served.url, server_ca=cert,
+                        token_file=served.token_file(served.issuer.token()))
+    who = RunIdentity(orchestrator="kfp", pipeline="p")
+    lease = open_runtime(settings).broker.lease("dev/connections/warehouse", who, 60)
+    assert lease.value["password"] == served.values["warehouse"]
+    # Without the CA the client refuses the server (no silent downgrade to unverified TLS).
+    with pytest.raises(BackendError):
+        open_runtime(settings.model_copy(update={"server_ca": None})).broker.lease(
+            "dev/connections/warehouse", who, 60)
+    # Plain HTTP to the TLS port fails too.
+    with pytest.raises(BackendError):
+        open_runtime(settings.model_copy(update={"server": served.url.replace("https", "http")})).broker.lease(
+            "dev/connections/warehouse", who, 60)
