@@ -293,3 +293,17 @@ def test_readiness_and_oversized_bodies(served: ServedHome) -> None:
     assert status == 413 and "too large" in body
     # The server is still fine afterwards.
     assert raw(served, "GET", "/healthz", None)[0] == 200
+
+
+def test_a_configured_audience_is_the_only_one_accepted(served_factory) -> None:
+    served = served_factory("--oidc-audience", "https://runlease.example.com")
+    ok = raw(served, "POST", "/v1/leases", served.issuer.token(audience="https://runlease.example.com"),
+             {"ref": "dev/connections/warehouse"})
+    assert ok[0] == 200
+    # A token may name several audiences; one of them must be ours.
+    both = raw(served, "POST", "/v1/leases",
+               served.issuer.token(audience=["https://kubernetes.default.svc", "https://runlease.example.com"]),
+               {"ref": "dev/connections/warehouse"})
+    assert both[0] == 200
+    status, body = raw(served, "POST", "/v1/leases", served.issuer.token(), {"ref": "dev/connections/warehouse"})
+    assert status == 401 and "audience" in json.loads(body)["error"]["message"]
