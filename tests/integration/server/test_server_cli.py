@@ -122,3 +122,21 @@ def test_tls_from_cert_and_key_files(served_factory, tmp_path) -> None:
     with pytest.raises(BackendError):
         open_runtime(settings.model_copy(update={"server": served.url.replace("https", "http")})).broker.lease(
             "dev/connections/warehouse", who, 60)
+
+
+def test_without_oidc_flags_only_admin_tokens_are_accepted(served: ServedHome, tmp_path) -> None:
+    from support.runlease_server import start_server, stop_server
+
+    token_file = served.tokens_dir / "ops.token"
+    assert cli("server", "token", "create", "--name", "ops", "-o", str(token_file),
+               env=server_env(served)).returncode == 0
+    server = start_server(served.home, {"RUNLEASE_MASTER_KEY": served.master_key}, tmp_path / "admin-only.log")
+    try:
+        env = client_env(served, token_file)
+        env["RUNLEASE_SERVER"] = server.url
+        assert cli("leases", env=env).returncode == 0
+        env["RUNLEASE_TOKEN_FILE"] = str(served.token_file(served.issuer.token()))
+        refused = cli("leases", env=env)
+        assert refused.returncode == 6 and "accepts no workload tokens" in refused.stderr
+    finally:
+        stop_server(server)
