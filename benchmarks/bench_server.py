@@ -118,14 +118,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(home: Path, key: str, jwks: Path, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(home: Path, key: str, jwks: Path, log: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLEASE_")}
     env.update(RUNLEASE_HOME=str(home), RUNLEASE_MASTER_KEY=key,
                PYTHONPATH=os.pathsep.join([str(_ROOT / "src"), env.get("PYTHONPATH", "")]))
     handle = log.open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "runlease", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--oidc-issuer", ISSUER, "--oidc-jwks", str(jwks), "--sweep-interval", "0"],
+                             "--oidc-issuer", ISSUER, "--oidc-jwks", str(jwks), "--sweep-interval", "0", *extra],
                             env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
     handle.close()
     url = f"http://127.0.0.1:{port}"
@@ -381,6 +381,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="few samples (smoke run)")
     p.add_argument("--markdown", type=Path, help="write/update the server section of this markdown file")
+    p.add_argument("--broker-threads", action="store_true",
+                   help="serve with --broker-threads (broker calls in worker threads, not on the event loop)")
     args = p.parse_args()
     total = 240 if args.quick else 1_600
     command = shlex.join(["python", *sys.argv])
@@ -397,7 +399,8 @@ def main() -> None:
         }
         home = make_home(root, key)
         jwks, token = make_issuer(root)
-        proc, url = start_server(home, key, jwks, root / "server.log")
+        proc, url = start_server(home, key, jwks, root / "server.log",
+                                 ["--broker-threads"] if args.broker_threads else [])
         rows: list[tuple[Result, Result]] = []
         try:
             floor = http_floor(url, total)
