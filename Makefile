@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= dev,airflow,kfp,vault,aws,postgres
+EXTRAS ?= dev,airflow,kfp,vault,aws,postgres,server
 comma  := ,
 STAMP   = $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
@@ -29,7 +29,7 @@ demo: venv
 	VENV=$(VENV) bash scripts/demo.sh
 
 bench:
-	$(MAKE) venv EXTRAS=dev,airflow,kfp,vault,aws,postgres,bench
+	$(MAKE) venv EXTRAS=dev,airflow,kfp,vault,aws,postgres,server,bench
 	$(PY) benchmarks/bench_redact.py --markdown docs/benchmarks.md
 	$(PY) benchmarks/bench_lease.py --markdown docs/benchmarks.md
 	$(PY) benchmarks/bench_airflow_backend.py --markdown docs/benchmarks.md
@@ -37,6 +37,7 @@ bench:
 	$(PY) benchmarks/bench_scan.py --markdown docs/benchmarks.md
 	$(PY) benchmarks/bench_rotation.py --markdown docs/benchmarks.md
 	$(PY) benchmarks/bench_vault.py --markdown docs/benchmarks.md
+	$(PY) benchmarks/bench_server.py --markdown docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -4,7 +4,7 @@ No step receives a credential as a parameter (KFP parameters are public:
 pod spec, UI, ML Metadata). Each one leases its own, for this run, inside
 the component, and gives it back when its ``with`` block ends;
 ``runlease_kfp.leased_run`` adds the exit-handler revocation and the audit
-report and wires the run identity and the store's Kubernetes Secret.
+report and wires the run identity and the server URL and workload token.
 
 Secrets the run leases (put them first, e.g. ``runlease put ... --stdin``):
 
@@ -21,14 +21,18 @@ Usage::
     python dags_examples/kfp_training_pipeline.py compile pipeline.yaml
     python dags_examples/kfp_training_pipeline.py run-local --pipeline-root ./kfp-outputs
 
-``run-local`` runs it with kfp.local (``SubprocessRunner(use_venv=False)``)
-against the store in ``$RUNLEASE_HOME``: the component subprocesses inherit
-this process's environment. On a cluster the same settings come from the
-``runlease-store`` Kubernetes Secret, and ``RUNLEASE_KFP_IMAGE`` names an image
-with ``runlease[kfp]`` installed (docs/kfp.md).
+``run-local`` runs it with kfp.local (``SubprocessRunner(use_venv=False)``):
+the component subprocesses inherit this process's environment, so they use
+``runlease serve`` when ``RUNLEASE_SERVER`` and ``RUNLEASE_TOKEN_FILE`` are set
+(no key or home in their environment), else the store in ``$RUNLEASE_HOME``.
+On a cluster the tasks get the server URL (``RUNLEASE_KFP_SERVER_URL`` at
+compile time) and a projected service-account token, and
+``RUNLEASE_KFP_IMAGE`` names an image with ``runlease[kfp]`` installed
+(docs/kfp.md, docs/server.md).
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -39,7 +43,10 @@ import runlease_kfp
 from runlease_kfp.images import component_image
 
 PIPELINE_NAME = "kfp-training-pipeline"
-STORE_ACCESS = runlease_kfp.StoreAccess(secret_name="runlease-store")
+#: On a cluster the components reach `runlease serve` with their projected service-account
+#: token and hold no key (docs/server.md). RUNLEASE_KFP_SERVER_URL is read at compile time.
+SERVER_URL = os.environ.get("RUNLEASE_KFP_SERVER_URL", "https://runlease.runlease.svc.cluster.local:8443")
+STORE_ACCESS = runlease_kfp.StoreAccess.server(SERVER_URL)
 
 
 @dsl.component(base_image=component_image(), install_kfp_package=False)
@@ -167,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     comp = sub.add_parser("compile", help="compile to YAML")
     comp.add_argument("output")
-    run = sub.add_parser("run-local", help="run with kfp.local against $RUNLEASE_HOME")
+    run = sub.add_parser("run-local", help="run with kfp.local against RUNLEASE_SERVER or $RUNLEASE_HOME")
     run.add_argument("--pipeline-root", default="./kfp-local-outputs")
     run.add_argument("--environment", default="dev")
     args = parser.parse_args(argv)

@@ -5,10 +5,13 @@ In component code (runs in the pod)::
     with runlease_kfp.lease("prod/connections/warehouse") as conn:
         ...
 
-In the pipeline definition (compile time)::
+In the pipeline definition (compile time), on a cluster with ``runlease serve``::
 
-    with runlease_kfp.leased_run(store=runlease_kfp.StoreAccess(secret_name="runlease-store")):
+    with runlease_kfp.leased_run(store=runlease_kfp.StoreAccess.server("https://runlease.runlease.svc:8443")):
         ...
+
+(the pod then holds only its projected service-account token; the Secret
+mode, ``StoreAccess(secret_name=...)``, remains for one-machine setups).
 
 The pipeline-side names (``leased_run``, ``StoreAccess``, ``bind_run_identity``,
 the ready components) import kfp's DSL and kfp-kubernetes; they load on first
@@ -29,6 +32,7 @@ _LAZY: dict[str, str] = {
     "leased_run": "runlease_kfp.pipeline",
     "LeasedRun": "runlease_kfp.pipeline",
     "StoreAccess": "runlease_kfp.store_access",
+    "pod_default_manifest": "runlease_kfp.store_access",
     "bind_run_identity": "runlease_kfp.task_wiring",
     "revoke_run_leases": "runlease_kfp.components.revoke_run_leases",
     "run_audit_report": "runlease_kfp.components.run_audit_report",

@@ -17,9 +17,10 @@ This
   ``ignore_upstream_failure()``, so on a cluster it also reports a failed
   run; kfp.local skips it then, as it skips the exit task);
 * wires the run identity onto every task that can lease
-  (:func:`runlease_kfp.bind_run_identity`) and mounts the store's access
-  credential from a Kubernetes Secret on those tasks only
-  (:class:`runlease_kfp.StoreAccess`), after the body has created them.
+  (:func:`runlease_kfp.bind_run_identity`) and wires the store's access on
+  those tasks only (:class:`runlease_kfp.StoreAccess`: the ``runlease serve``
+  URL and a projected token in server mode, a Kubernetes Secret otherwise),
+  after the body has created them.
 
 The exit and report tasks have caching disabled: a cached exit task would
 revoke nothing in every later run.
@@ -32,6 +33,7 @@ with :func:`runlease_kfp.bind_run_identity` and ``StoreAccess.apply``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +48,14 @@ from runlease_kfp.store_access import StoreAccess
 from runlease_kfp.task_wiring import bind_run_identity, can_lease
 
 EXIT_HANDLER_NAME = "runlease-run"
+#: Compile-time setting: the URL of ``runlease serve`` that pipelines default to.
+SERVER_URL_ENV = "RUNLEASE_KFP_SERVER_URL"
+
+
+def default_store_access() -> StoreAccess:
+    """Server mode when ``RUNLEASE_KFP_SERVER_URL`` is set (read at compile time), else the Secret mode."""
+    url = os.environ.get(SERVER_URL_ENV)
+    return StoreAccess.server(url) if url else StoreAccess()
 
 
 @dataclass
@@ -73,8 +83,10 @@ def leased_run(
 ) -> Iterator[LeasedRun]:
     """Wrap the pipeline body: exit-handler revocation, audit report, identity and Secret wiring.
 
-    ``store`` defaults to ``StoreAccess()`` (Secret ``runlease-store`` with
-    keys ``RUNLEASE_HOME`` and ``RUNLEASE_MASTER_KEY``). ``pipeline_name``
+    ``store`` defaults to server mode, ``StoreAccess.server($RUNLEASE_KFP_SERVER_URL)``,
+    when that variable is set at compile time (the cluster default: pods hold
+    only a projected service-account token), else ``StoreAccess()`` (Secret
+    ``runlease-store`` with keys ``RUNLEASE_HOME`` and ``RUNLEASE_MASTER_KEY``). ``pipeline_name``
     (what leases and policy principals see, ``kfp:<pipeline>:<task>``)
     defaults to the compiled pipeline's name.
     """
@@ -84,7 +96,7 @@ def leased_run(
             "runlease_kfp.leased_run() must wrap the whole pipeline body; tasks "
             f"{', '.join(sorted(pipeline.tasks))} were created before it and would run outside the exit handler"
         )
-    access = store if store is not None else StoreAccess()
+    access = store if store is not None else default_store_access()
     name = pipeline_name or dsl_utils.maybe_rename_for_k8s(pipeline.name)
     exit_task = revoke_run_leases().set_caching_options(False).set_display_name("runlease: revoke run leases")
     run = LeasedRun(pipeline_name=name, exit_task=exit_task)

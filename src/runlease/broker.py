@@ -329,7 +329,10 @@ class Broker:
         renew = getattr(issuer, "renew", None)
         if renew is None:
             raise InvalidValueError(f"issuer {lease.issuer!r} cannot renew a credential; lease a new one instead")
-        self.authorize(lease.identity, lease.path, Capability.LEASE, "renew")
+        # A verified actor (runlease serve's caller, who owns the lease) is checked as itself: the
+        # ledger's copy of the identity carries no proof, so ``workloads`` grants could not match it.
+        verified_actor = identity is not None and identity.verification is not None
+        self.authorize(identity if verified_actor else lease.identity, lease.path, Capability.LEASE, "renew")
         duration = min(self._ttl(ttl), lease.issued_at + self.max_ttl - now)
         if duration <= timedelta(0):
             raise InvalidValueError(f"lease {lease_id} has reached the maximum TTL; lease a new credential")

@@ -10,6 +10,15 @@ that is what an operator attaches to one identity (a Vault role's token
 policies, an IAM role). A grant that lists several principals contributes
 to each of their outputs.
 
+Grants naming verified ``workloads`` (OIDC subjects such as
+``system:serviceaccount:ml:pipeline-a``) render one output per workload
+pattern too (keyed ``workload:<pattern>``), plus the Vault *auth roles* that
+hand exactly that policy to exactly that workload: a JWT auth role bound to
+the token's ``sub`` (``bound_claims_type = "glob"``) and audience, and, when
+the pattern names one namespace and service account, a Kubernetes auth
+role bound to them. Vault's claim globs know only ``*``, so ``?`` and
+character classes are refused, as elsewhere here.
+
 Exactness is the hard part:
 
 * Vault path rules support only ``+`` (one whole segment) and a trailing
@@ -102,7 +111,14 @@ class RenderOptions:
     region: str = "us-east-1"
     account: str = ""
     partition: str = "aws"
+    #: Audience workload tokens carry (``runlease serve --oidc-audience``); Vault roles bind it.
+    audience: str = "runlease"
+    #: Vault token TTL of a workload's login.
+    token_ttl: str = "15m"
 
+
+WORKLOAD_KEY_PREFIX = "workload:"
+_SA_SUBJECT = re.compile(r"system:serviceaccount:([^:]+):([^:]+)")
 
 def policy_name(principal: str) -> str:
     """A Vault/IAM-safe name per principal pattern; the hash keeps two similar patterns apart."""
@@ -116,6 +132,51 @@ def grants_by_principal(policy: Policy) -> dict[str, list[Grant]]:
         for principal in grant.principals:
             out.setdefault(principal, []).append(grant)
     return out
+
+
+def grants_by_workload(policy: Policy) -> dict[str, list[Grant]]:
+    out: dict[str, list[Grant]] = {}
+    for grant in policy.grants:
+        for workload in grant.workloads:
+            out.setdefault(workload, []).append(grant)
+    return out
+
+
+def vault_auth_roles(workload: str, policy: str, opts: RenderOptions) -> dict[str, dict[str, object]]:
+    """Vault auth roles that give ``policy`` to exactly the workload(s) ``workload`` matches.
+
+    ``jwt``: for ``auth/jwt/role/<policy>`` (JWT auth configured with the
+    cluster's issuer and JWKS). ``kubernetes``: for ``auth/kubernetes/role/<policy>``,
+    only when the pattern is ``system:serviceaccount:<ns>:<sa>`` with literal
+    (or whole-``*``) parts, which is what that method can bind.
+    """
+    if "?" in workload or "[" in workload or "]" in workload:
+        raise RenderError(f"workload pattern {workload!r}: Vault claim globs support only '*'; "
+                          "list the workloads explicitly")
+    roles: dict[str, dict[str, object]] = {"jwt": {
+        "role_type": "jwt",
+        "user_claim": "sub",
+        "bound_audiences": [opts.audience],
+        "bound_claims_type": "glob",
+        "bound_claims": {"sub": workload},
+        "token_policies": [policy],
+        "token_ttl": opts.token_ttl,
+        "token_max_ttl": opts.token_ttl,
+    }}
+    match = _SA_SUBJECT.fullmatch(workload)
+    if match is not None:
+        namespace, account = match.groups()
+        literal = all(part == "*" or "*" not in part for part in (namespace, account))
+        if literal and not (namespace == "*" and account == "*"):
+            roles["kubernetes"] = {
+                "bound_service_account_names": [account],
+                "bound_service_account_namespaces": [namespace],
+                "audience": opts.audience,
+                "token_policies": [policy],
+                "token_ttl": opts.token_ttl,
+                "token_max_ttl": opts.token_ttl,
+            }
+    return roles
 
 
 def _split(path_glob: str) -> tuple[str, str]:
@@ -310,6 +371,8 @@ class Rendered:
 
     fmt: str
     documents: dict[str, tuple[str, str]] = field(default_factory=dict)  # principal -> (name, text)
+    #: ``workload:<pattern>`` -> Vault auth method -> role document (vault-hcl only).
+    roles: dict[str, dict[str, dict[str, object]]] = field(default_factory=dict)
 
     @property
     def extension(self) -> str:
@@ -320,12 +383,17 @@ def render(policy: Policy, fmt: str, opts: RenderOptions) -> Rendered:
     if not policy.enforced or not policy.grants:
         raise ConfigError("the policy file has no grants; nothing to render")
     out = Rendered(fmt)
-    for principal, grants in grants_by_principal(policy).items():
+    subjects = [*grants_by_principal(policy).items(),
+                *((WORKLOAD_KEY_PREFIX + w, g) for w, g in grants_by_workload(policy).items())]
+    for principal, grants in subjects:
         if fmt == "vault-hcl":
             text = render_vault_hcl(principal, grants, opts)
         elif fmt == "aws-iam":
             text = json.dumps(render_iam(principal, grants, opts), indent=2) + "\n"
         else:
             raise ConfigError(f"unknown format {fmt!r}: expected vault-hcl or aws-iam")
-        out.documents[principal] = (policy_name(principal), text)
+        name = policy_name(principal)
+        out.documents[principal] = (name, text)
+        if fmt == "vault-hcl" and principal.startswith(WORKLOAD_KEY_PREFIX):
+            out.roles[principal] = vault_auth_roles(principal.removeprefix(WORKLOAD_KEY_PREFIX), name, opts)
     return out

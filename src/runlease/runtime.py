@@ -131,8 +131,17 @@ def remote_store(settings: Settings) -> SecretStore | None:
 
 
 def open_runtime(settings: Settings | None = None, *, create_ledger: bool = False) -> Runtime:
-    """Open an initialized home. Key problems raise before anything is written."""
+    """Open an initialized home. Key problems raise before anything is written.
+
+    With ``RUNLEASE_SERVER`` set, no home is opened: the result is a
+    :class:`runlease.remote.runtime.RemoteRuntime` whose ``broker`` and
+    ``ledger`` talk to ``runlease serve`` (same methods for what a client may do).
+    """
     settings = settings or Settings()
+    if settings.server:
+        from runlease.remote.runtime import open_remote_runtime
+
+        return open_remote_runtime(settings)  # type: ignore[return-value]
     check_settings(settings)
     check_home(settings.home, key_file=None if settings.master_key is not None else settings.key_file,
                store_file=settings.store_file)

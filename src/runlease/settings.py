@@ -21,6 +21,8 @@ KEY_FILE_NAME = "master.key"
 STORE_FILE_NAME = "store.db"
 POLICY_FILE_NAME = "policy.toml"
 ANCHOR_FILE_NAME = "audit.anchor"
+#: Where Kubernetes mounts a pod's service-account token (the default workload token).
+DEFAULT_TOKEN_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
 class Settings(BaseSettings):
@@ -47,6 +49,16 @@ class Settings(BaseSettings):
     ledger_dsn: SecretStr | None = None
     #: PostgreSQL schema that holds the ledger's tables.
     ledger_schema: str = Field(default="runlease", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    #: URL of a ``runlease serve`` instance (``RUNLEASE_SERVER``). When set, clients (the CLI,
+    #: runlease_kfp, ``open_runtime``) talk to it and need no home, key or store credentials.
+    server: str | None = None
+    #: File holding the bearer token sent to the server: a projected service-account token
+    #: (re-read when it changes: kubelet rotates it) or an admin token.
+    token_file: Path = DEFAULT_TOKEN_FILE
+    #: CA bundle that signs the server's TLS certificate (default: the system's trust store).
+    server_ca: Path | None = None
+    #: Seconds a client waits for the server to answer one request.
+    server_timeout: float = Field(default=30.0, gt=0)
 
     #: Largest value ``put`` accepts, in bytes of its stored JSON form (``RUNLEASE_MAX_VALUE_BYTES``):
     #: a 50 MB value once cost 655 MB of RSS to lease; credentials are small.

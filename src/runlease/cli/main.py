@@ -25,6 +25,7 @@ from runlease.cli.doctor import doctor_command
 from runlease.cli.issuer_opts import check_issuer_metadata, parse_issuer_opts
 from runlease.cli.policy_cmd import policy_app
 from runlease.cli.rotation_cmd import register as register_rotation
+from runlease.cli.server_cmd import register as register_server
 from runlease.scan.cli import register as register_scan
 from runlease.connection import connection_to_uri
 from runlease.keyfile import prepend_new_key
@@ -47,6 +48,7 @@ app.add_typer(key_app, name="key")
 app.add_typer(policy_app, name="policy")
 register_scan(app)
 register_rotation(app)
+register_server(app)
 app.command("doctor", help="Check the home, key, store, audit chain and policy; exit 1 if anything is wrong.")(
     cli_errors(doctor_command)
 )

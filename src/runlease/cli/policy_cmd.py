@@ -2,7 +2,9 @@
 
 With ``--output-dir`` each principal's policy is written to its own file
 (``<policy-name>.hcl`` / ``.json``) plus ``index.json`` mapping principal ->
-file, ready for ``vault policy write`` or ``aws iam put-role-policy``. Without
+file (workload grants: key ``workload:<pattern>``, plus
+``<policy-name>.jwt-role.json`` and, for one service account,
+``<policy-name>.kubernetes-role.json`` for ``vault write auth/<method>/role/<name> @file``), ready for ``vault policy write`` or ``aws iam put-role-policy``. Without
 it, the documents go to stdout: HCL separated by a ``# ---`` header line per
 principal, IAM as one JSON object keyed by principal.
 """
@@ -36,12 +38,15 @@ def render_command(
     region: str = typer.Option("us-east-1", "--region", help="AWS region of the secrets"),
     account: str = typer.Option("", "--account", help="12-digit AWS account id (aws-iam)"),
     partition: str = typer.Option("aws", "--partition", help="AWS partition (aws, aws-cn, aws-us-gov)"),
+    audience: str = typer.Option("runlease", "--audience",
+                                 help="audience of workload tokens, bound by the Vault auth roles of workload grants"),
 ) -> None:
     """Turn each principal's grants into exactly the Vault/IAM permissions they map to (docs/policy.md)."""
     if not policy_file.is_file():
         raise ConfigError(f"policy file {policy_file} does not exist")
     rendered = render(Policy.load(policy_file), fmt,
-                      RenderOptions(mount=mount, prefix=prefix, region=region, account=account, partition=partition))
+                      RenderOptions(mount=mount, prefix=prefix, region=region, account=account, partition=partition,
+                                    audience=audience))
     if output_dir is None:
         if fmt == "aws-iam":
             doc = {principal: json.loads(text) for principal, (_, text) in rendered.documents.items()}
@@ -49,6 +54,9 @@ def render_command(
         else:
             for principal, (name, text) in rendered.documents.items():
                 sys.stdout.write(f"# --- policy {name} (principal {json.dumps(principal)})\n{text}\n")
+                for method, role in rendered.roles.get(principal, {}).items():
+                    sys.stdout.write(f"# --- vault write auth/{method}/role/{name} (as JSON):\n")
+                    sys.stdout.write("".join(f"# {line}\n" for line in json.dumps(role, indent=2).splitlines()) + "\n")
         return
     output_dir.mkdir(parents=True, exist_ok=True)
     index: dict[str, str] = {}
@@ -56,5 +64,7 @@ def render_command(
         target = output_dir / f"{name}.{rendered.extension}"
         target.write_text(text)
         index[principal] = target.name
+        for method, role in rendered.roles.get(principal, {}).items():
+            (output_dir / f"{name}.{method}-role.json").write_text(json.dumps(role, indent=2) + "\n")
     (output_dir / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     err_console.print(f"wrote {len(index)} {fmt} policies to {output_dir}")

@@ -1,4 +1,4 @@
-"""Compile the example pipeline to YAML: no secret in it, Secret mounts present, placeholders whole.
+"""Compile the example pipeline to YAML: no secret in it, server mode wired, placeholders whole.
 
 Compiled in a subprocess that has the store's settings (RUNLEASE_HOME and
 RUNLEASE_MASTER_KEY) in its environment, as a developer's shell would: none
@@ -79,15 +79,18 @@ def test_every_leasing_task_gets_the_identity_as_whole_value_placeholders(compil
                 assert value in (RUN_ID, TASK_NAME), f"{name} embeds a placeholder in a larger value: {value!r}"
 
 
-def test_secret_mounts_and_run_id_label_are_in_the_kubernetes_platform_spec(compiled) -> None:
-    _, spec, platform = compiled
+def test_server_mode_wires_url_token_and_label_and_mounts_no_secret(compiled) -> None:
+    """The example is in server mode: no Secret, no key; a URL, a token path and the PodDefault label."""
+    text, spec, platform = compiled
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert set(executors) == {f"exec-{name}" for name in LEASING_TASKS}
+    assert "secretAsEnv" not in text and "secretAsVolume" not in text and "RUNLEASE_MASTER_KEY" not in text
     for name, k8s in executors.items():
-        [secret] = k8s["secretAsEnv"]
-        assert secret["secretName"] == "runlease-store", name
-        assert {m["envVar"] for m in secret["keyToEnv"]} == {"RUNLEASE_HOME", "RUNLEASE_MASTER_KEY"}
+        assert k8s["podMetadata"]["labels"] == {"runlease.dev/workload-token": "projected"}, name
         assert {"name": "RUNLEASE_KFP_RUN_ID", "fieldPath": "metadata.labels['pipeline/runid']"} in k8s["fieldPathAsEnv"]
+        env = {e["name"]: e["value"] for e in spec["deploymentSpec"]["executors"][name]["container"]["env"]}
+        assert env == {"RUNLEASE_SERVER": "https://runlease.runlease.svc.cluster.local:8443",
+                       "RUNLEASE_TOKEN_FILE": "/var/run/secrets/runlease/token"}, name
     # The exit task is the ExitHandler's: it runs after the body whatever happened there.
     exit_task = spec["root"]["dag"]["tasks"]["revoke-run-leases"]
     assert exit_task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
