@@ -265,16 +265,19 @@ def test_unreachable_server_is_exit_9(tmp_path) -> None:
     assert caught.value.exit_code == 9 and isinstance(caught.value, RunleaseError)
 
 
-def test_the_owner_renews_through_the_server_on_a_workload_grant(served: ServedHome, fake_vault) -> None:
+def test_the_owner_renews_through_the_server_on_a_workload_grant(served: ServedHome, openbao, postgres_server,
+                                                                 pg_database) -> None:
     """Renewing is authorized for the verified owner (the ledger's copy of the identity carries no
-    proof, so a ``workloads`` grant could not match it) and the issuer really extends the credential."""
-    fake_vault.add_role("database", "ro", default_ttl=300, max_ttl=86400)
+    proof, so a ``workloads`` grant could not match it) and the issuer really extends the credential
+    (a real OpenBao database engine on the test PostgreSQL)."""
+    mount = openbao.database_engine(postgres_server, pg_database, {"ro": ("300s", "86400s")})
     local = served.local()
     try:
-        local.broker.put("dev/connections/analytics", {"conn_type": "vault", "host": fake_vault.url,
-                                                       "password": fake_vault.token}, RunIdentity(
+        local.broker.put("dev/connections/analytics", {"conn_type": "vault", "host": openbao.url,
+                                                       "password": openbao.issuer_token(mount)}, RunIdentity(
             orchestrator="test", pipeline="setup"))
-        local.store.update_metadata("dev/connections/analytics", {"issuer": "vault-database", "role": "ro"})
+        local.store.update_metadata("dev/connections/analytics",
+                                    {"issuer": "vault-database", "role": "ro", "mount": mount})
     finally:
         local.close()
     rt = client(served, served.issuer.token())
