@@ -94,10 +94,10 @@ def test_leased_audited_and_never_written(openbao: OpenBao, layout: dict[str, An
         assert rt.broker.revoke(lease.lease_id)
         # runlease never writes over (or shadows) a secret it serves from Airflow's layout
         with pytest.raises(ConflictError, match="read-only from Airflow's VaultBackend layout"):
-            rt.broker.put("prod/connections/smtp_default", "smtp://mailer:new@mail.internal:587",
+            rt.broker.put("prod/connections/smtp_default", "smtp://mailer:new@mail.internal:587",  # runlease: allow connection-uri-credentials (test fixture)
                           RunIdentity(orchestrator="cli", pipeline="ops"))
         # other paths are runlease's as usual
-        rt.broker.put("prod/connections/fresh", "smtp://mailer:new@mail.internal:587",
+        rt.broker.put("prod/connections/fresh", "smtp://mailer:new@mail.internal:587",  # runlease: allow connection-uri-credentials (test fixture)
                       RunIdentity(orchestrator="cli", pipeline="ops"))
         assert rt.broker.lease("fresh", RUN, 600).version == 1
     finally:

@@ -55,7 +55,7 @@ def test_server_mode_gives_leasing_tasks_url_token_label_and_ca_and_nothing_else
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"url": "ftp://runlease"}, "http"),
-    ({"url": "https://user:pw@runlease:8443"}, "credentials"),
+    ({"url": "https://user:pw@runlease:8443"}, "credentials"),  # runlease: allow connection-uri-credentials (test fixture)
     ({"url": "https://runlease:8443/?token=x"}, "credentials"),
     ({"url": URL, "token_path": "relative/token"}, "absolute"),
     ({"url": URL, "server_ca_config_map": "Not_A_Name"}, "ConfigMap"),
