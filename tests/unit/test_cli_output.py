@@ -150,7 +150,8 @@ def test_every_option_and_argument_has_help() -> None:
 
 def test_every_listing_takes_format() -> None:
     root: Any = typer.main.get_command(app)
-    listings = [("leases",), ("ls",), ("history",), ("rotation", "status"), ("audit", "show"), ("doctor",)]
+    listings = [("leases",), ("ls",), ("history",), ("rotation", "status"), ("audit", "show"), ("doctor",),
+                ("import",)]
     for names in listings:
         command = root
         for name in names:

@@ -1,4 +1,4 @@
-"""``runlease``: init, put, get, ls, history, delete, lease, leases, revoke, sweep, audit, key, doctor, rotate."""
+"""``runlease``: init, put, get, ls, history, delete, lease, leases, revoke, sweep, audit, key, doctor, rotate, import."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from runlease.cli.common import (
     to_json,
 )
 from runlease.cli.doctor import doctor_command
+from runlease.cli.import_cmd import register as register_import
 from runlease.cli.issuer_opts import check_issuer_metadata, parse_issuer_opts
 from runlease.cli.output import OutputFormat, emit, format_option, print_table, say
 from runlease.cli.policy_cmd import policy_app
@@ -47,6 +48,7 @@ app.add_typer(key_app, name="key")
 app.add_typer(policy_app, name="policy")
 register_scan(app)
 register_rotation(app)
+register_import(app)
 app.command("doctor", help="Check the home, key, store, audit chain and policy; exit 1 if anything is wrong.")(
     cli_errors(doctor_command)
 )
