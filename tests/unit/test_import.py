@@ -208,3 +208,47 @@ def test_policy_applies_to_imports(home: Path) -> None:
     assert code == 1
     assert {r["status"] for r in json.loads(out)} == {"failed"}
     assert all("denied" in r["detail"].lower() for r in json.loads(out))
+
+
+def _run_on(tty: bool, args: list[str], env: dict[str, str]) -> str:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    if not tty:
+        proc = subprocess.run([sys.executable, "-m", "runlease", *args], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout + proc.stderr
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "runlease", *args], env=env, stdin=follower, stdout=follower,
+                            stderr=follower, close_fds=True)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    assert proc.wait(timeout=120) == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_only_on_a_terminal(home: Path, tmp_path: Path) -> None:
+    import os
+
+    many = tmp_path / "variables.json"
+    many.write_text(json.dumps({f"var_{i:03d}": f"{VAR_TOKEN}-{i}" for i in range(40)}))
+    env = {**os.environ, "RUNLEASE_HOME": str(home), "COLUMNS": "120", "TERM": "xterm"}
+    env.pop("NO_COLOR", None)
+    on_tty = _run_on(True, ["import", str(many), "--env", "tty"], env)
+    assert "importing" in on_tty and "40 imported" in on_tty
+    piped = _run_on(False, ["import", str(many), "--env", "pipe"], env)
+    assert "importing" not in piped and "40 imported" in piped
+    for text in (on_tty, piped):
+        assert VAR_TOKEN not in text

@@ -37,7 +37,7 @@ def report_table(outcomes: list[Outcome], env: str, dry_run: bool) -> object:
 @cli_errors
 def import_command(
     source: str = typer.Argument(
-        ..., help="an `airflow connections export` / `airflow variables export` file (.json, .yaml, .env), a .env "
+        ..., metavar="SOURCE", help="an `airflow connections export` / `airflow variables export` file (.json, .yaml, .env), a .env "
                   "file with AIRFLOW_CONN_*/AIRFLOW_VAR_* lines, `env:` (this environment) or `airflow-db:` "
                   "(Airflow's metadata database via the airflow CLI)"),
     env: str = typer.Option(..., "--env", help="the runlease environment to import into, e.g. prod"),
