@@ -1,7 +1,8 @@
 """runlease in the Airflow UI, in a real browser: headless Chromium against a real ``airflow api-server``.
 
 After real DAG runs on the executor path (LocalExecutor, each task its own
-process), a second API server -- with users and a per-DAG auth manager
+process; the DAG that is denied its connection runs with ``dag.test()`` in one
+process, which records the same denial), a second API server -- with users and a per-DAG auth manager
 (``ui_support/dag_scoped_auth_manager.py``) -- serves the Airflow UI and the
 runlease pages. The browser signs in through Airflow's own login form, opens
 the DAG run's "Credentials" tab and the runlease pages, and the tests assert
@@ -41,7 +42,7 @@ from conftest import (
 
 CHROMIUM = Path("/usr/bin/chromium")
 LEASE_ID = re.compile(r"\brl[0-9a-f]{24}\b")
-UI_DAGS = ["training_pipeline", "rl_retry", "untrusted_reporting"]
+EXECUTOR_UI_DAGS = ["training_pipeline", "rl_retry"]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 
@@ -119,7 +120,10 @@ def _stock_rotation(site: AirflowSite) -> list[str]:
 
 @pytest.fixture(scope="module")
 def ui(airflow_site: AirflowSite, api_server: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiSite]:
-    runs = run_dags(airflow_site, UI_DAGS, executor=True)
+    runs = run_dags(airflow_site, EXECUTOR_UI_DAGS, executor=True)
+    # The denied DAG fails at its first lookup; dag.test() in one process records the same denial, faster.
+    denied = run_dags(airflow_site, ["untrusted_reporting"], executor=False)
+    runs.results.update(denied.results)
     rotation_values = _stock_rotation(airflow_site)
     root = tmp_path_factory.mktemp("ui-server")
     passwords = {user: secrets.token_urlsafe(12) for user in ("admin", "operator", "viewer", "outsider")}
@@ -210,11 +214,11 @@ def test_run_page_in_the_browser(ui: UiSite, browser: Any) -> None:
     page.context.close()
 
 
-def runlease_frame(page: Any, path: str) -> Any:
-    """The iframe in which Airflow shows a runlease tab, once its page has loaded."""
+def runlease_frame(page: Any, path: str, selector: str = "#chain") -> Any:
+    """The iframe in which Airflow shows a runlease page, once it has loaded."""
     for _ in range(120):
         for frame in page.frames:
-            if path in frame.url and frame.query_selector("#chain") is not None:
+            if path in frame.url and frame.query_selector(selector) is not None:
                 return frame
         page.wait_for_timeout(500)
     raise AssertionError(f"no frame with {path}: {[f.url for f in page.frames]}")
@@ -239,6 +243,22 @@ def test_credentials_tab_on_the_airflow_dag_run_and_task_pages(ui: UiSite, brows
     frame = runlease_frame(page, "/runlease/task?")
     text = frame.inner_text("body")
     assert "Task flaky" in text and "flaky try 1" in text and "flaky try 2" in text, text
+    assert_no_value(page.content() + frame.content(), ui)
+    page.context.close()
+
+
+def test_navigation_entries_in_the_airflow_ui(ui: UiSite, browser: Any) -> None:
+    page = signed_in(browser, ui, "operator", "/dags")
+    page.get_by_role("button", name="Browse").click()
+    page.get_by_role("menuitem", name="Secret rotation").click()
+    page.wait_for_url("**/plugin/runlease-rotation")
+    frame = runlease_frame(page, "/runlease/rotation", "table.rotation")
+    assert "dev/tokens/ui_report_api" in frame.inner_text("body")
+    page.get_by_role("button", name="Browse").click()
+    page.get_by_role("menuitem", name="runlease", exact=True).click()
+    page.wait_for_url("**/plugin/runlease")
+    frame = runlease_frame(page, "/runlease/", "h1")
+    assert ui.run_id("training_pipeline") in frame.inner_text("body")
     assert_no_value(page.content() + frame.content(), ui)
     page.context.close()
 

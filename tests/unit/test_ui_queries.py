@@ -107,3 +107,15 @@ def test_rotation_rows(rt: Runtime) -> None:
     assert fresh.fraction is not None and fresh.fraction < 0.01 and fresh.owner == "ml"
     assert stale.state == "overdue" and stale.fraction is not None and stale.fraction > 1.25
     assert stale.last_result == "never rotated" and stale.due == "now"
+
+
+def test_plugin_registration_does_not_load_the_web_stack() -> None:
+    """Task processes import the plugin (for the listener); FastAPI and Jinja2 load on the first page request."""
+    import subprocess
+    import sys
+
+    code = ("import sys, runlease_airflow.ui as ui\n"
+            "assert [a['url_prefix'] for a in ui.FASTAPI_APPS] == ['/runlease']\n"
+            "print(','.join(m for m in ('fastapi', 'jinja2', 'runlease_airflow.ui.app') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
