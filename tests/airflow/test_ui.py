@@ -46,7 +46,10 @@ EXECUTOR_UI_DAGS = ["training_pipeline", "rl_retry"]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (uses /usr/bin/chromium)")
+if os.environ.get("CI"):  # CI installs both (.ci/run, the dev extra): a missing one must fail, not skip
+    import playwright.sync_api as playwright_api
+else:
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (uses /usr/bin/chromium)")
 if not CHROMIUM.exists():
     if os.environ.get("CI"):
         raise RuntimeError("CI: /usr/bin/chromium is missing (.ci/run installs Debian's chromium)")
