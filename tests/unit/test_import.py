@@ -88,6 +88,8 @@ def test_existing_secrets_are_skipped_then_overwritten_with_cas(home: Path) -> N
     assert code == 0
     rows = [json.loads(line) for line in out.splitlines()]
     assert {r["status"] for r in rows} == {"skipped"} and all("exists" in r["detail"] for r in rows)
+    code, out = run("import", source, "--env", "prod", "--overwrite", "--dry-run", "--format", "json")
+    assert code == 0 and {(r["status"], r["version"]) for r in json.loads(out)} == {("would overwrite", 1)}
     code, out = run("import", source, "--env", "prod", "--overwrite", "--format", "json")
     assert code == 0 and {r["status"] for r in json.loads(out)} == {"overwritten"}
     assert {r["version"] for r in json.loads(out)} == {2}
