@@ -16,7 +16,7 @@ from runlease.runtime import Runtime
 from runlease_airflow.ui import queries
 
 RUN = "scheduled__2026-01-01T00:00:00+00:00"  # the same run id in two DAGs, as on a shared schedule
-PASSWORD = "Ui-queries-pw-0123456789"  # runlease: allow secret-assignment
+PASSWORD = "Ui-queries-pw-0123456789"  # runlease: allow secret-assignment, high-entropy-secret
 ADMIN = RunIdentity(orchestrator="cli", pipeline="tests", principal="cli:tests")
 
 
