@@ -157,3 +157,20 @@ def test_every_listing_takes_format() -> None:
         for name in names:
             command = command.commands[name]
         assert "--format" in [opt for p in command.params for opt in getattr(p, "opts", [])], names
+
+
+def test_a_reader_that_stops_early_is_not_an_error(home: Path, tmp_path: Path) -> None:
+    """``runlease audit show --format jsonl | head -1``: exit 0, nothing on stderr."""
+    assert run("init")[0] == 0
+    many = tmp_path / "variables.json"
+    many.write_text(json.dumps({f"v{i:04d}": f"value-{i}-0123456789" for i in range(1500)}))
+    assert run("import", str(many), "--env", "dev", "--format", "json")[0] == 0
+    for fmt in ("jsonl", "table"):
+        proc = subprocess.Popen([sys.executable, "-m", "runlease", "audit", "show", "--format", fmt],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()
+        proc.stdout.close()
+        err = proc.stderr.read()
+        assert proc.wait(timeout=120) == 0, err
+        assert first and err == b""

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import enum
 import json
+import os
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -84,7 +86,21 @@ def print_table(tbl: Table) -> None:
 
 
 def emit(fmt: OutputFormat, records: Iterable[dict[str, Any]], tbl: Table | None) -> None:
-    """Print a listing in the chosen format; ``tbl`` is only built for ``table``."""
+    """Print a listing in the chosen format; ``tbl`` is only built for ``table``.
+
+    A reader that stops early (``| head``) is not an error: the rest is dropped quietly.
+    """
+    try:
+        _emit(fmt, records, tbl)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would complain again when it flushes stdout at exit; point stdout at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(0) from None
+
+
+def _emit(fmt: OutputFormat, records: Iterable[dict[str, Any]], tbl: Table | None) -> None:
     if fmt is OutputFormat.json:
         typer.echo(json.dumps(list(records), indent=2, default=str))
     elif fmt is OutputFormat.jsonl:
