@@ -115,8 +115,8 @@ def create_app() -> FastAPI:
         for dag_id in {r.dag_id for r in runs}:
             allowed[dag_id] = access.can_read_dag_runs(user, dag_id)
         visible = [r for r in runs if allowed[r.dag_id]]
-        return _page(request, "index.html", user, title="runs", runs=visible, hidden=len(runs) - len(visible),
-                     chain=queries.chain_status(rt))
+        # Not even a count of the others: that would tell a user that runs of a DAG they cannot read exist.
+        return _page(request, "index.html", user, title="runs", runs=visible, chain=queries.chain_status(rt))
 
     def _run_page(request: Request, user: Any, dag_id: str, run_id: str, task_id: Optional[str],
                   map_index: Optional[str]) -> HTMLResponse:
