@@ -100,7 +100,7 @@ echo "no occurrence of the warehouse password under AIRFLOW_HOME or RUNLEASE_HOM
 # Each step leases its own credential inside the component; the component
 # subprocesses inherit RUNLEASE_HOME / RUNLEASE_MASTER_KEY from this shell
 # (on a cluster they come from the Kubernetes Secret the pipeline mounts).
-step "16. KFP: store what the example pipeline's steps lease (values from stdin)"
+step "13. KFP: store what the example pipeline's steps lease (values from stdin)"
 tracker_token=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')
 printf '%s' "$tracker_token" | "$RL" put dev/tokens/experiment_tracker --stdin
 

@@ -1,4 +1,4 @@
-"""The Airflow plugin that registers :mod:`runlease_airflow.listener`.
+"""The Airflow plugin that registers :mod:`runlease_airflow.listener` and the UI pages (:mod:`runlease_airflow.ui`).
 
 Registered through the ``airflow.plugins`` entry point (pyproject.toml), which
 Airflow loads in every process whatever the provider discovery mode
@@ -16,8 +16,12 @@ except ImportError:  # pragma: no cover - core-only installs
     from airflow.plugins_manager import AirflowPlugin  # type: ignore[no-redef]
 
 from runlease_airflow import listener
+from runlease_airflow.ui import EXTERNAL_VIEWS, FASTAPI_APPS
 
 
 class RunleasePlugin(AirflowPlugin):
     name = "runlease"
     listeners = [listener]
+    # runlease pages in the Airflow UI (runlease_airflow/ui): served by the API server, linked from its pages.
+    fastapi_apps = FASTAPI_APPS
+    external_views = EXTERNAL_VIEWS

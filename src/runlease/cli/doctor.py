@@ -5,9 +5,9 @@ from __future__ import annotations
 import stat
 
 import typer
-from rich.table import Table
+from rich.text import Text
 
-from runlease.cli.common import console
+from runlease.cli.output import OutputFormat, emit, format_option, table, text
 from runlease.errors import RunleaseError
 from runlease.models import LeaseState, utcnow
 from runlease.runtime import Runtime, open_runtime
@@ -92,7 +92,7 @@ def _runtime_checks(rt: Runtime) -> list[Check]:
     return out
 
 
-def doctor_command() -> None:
+def doctor_command(fmt: OutputFormat = format_option()) -> None:
     """Check the home, key, store, audit chain and policy; exit 1 if anything is wrong."""
     settings = Settings()
     checks = _home_checks(settings)
@@ -105,12 +105,10 @@ def doctor_command() -> None:
             checks.extend(_runtime_checks(rt))
         finally:
             rt.close()
-    table = Table(title=f"runlease doctor ({settings.home})")
-    for col in ("check", "result", "detail"):
-        table.add_column(col, overflow="fold")
+    tbl = table(f"runlease doctor ({settings.home})", ("check", "result", "detail"))
     for name, ok, detail in checks:
-        table.add_row(name, "[green]ok[/green]" if ok else "[red]FAIL[/red]", detail)
-    console.print(table)
+        tbl.add_row(text(name), Text("ok", style="green") if ok else Text("FAIL", style="red"), text(detail))
+    emit(fmt, ({"check": name, "ok": ok, "detail": detail} for name, ok, detail in checks), tbl)
     if not all(ok for _, ok, _ in checks):
         raise typer.Exit(1)
 

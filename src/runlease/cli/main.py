@@ -1,4 +1,4 @@
-"""``runlease``: init, put, get, ls, history, delete, lease, leases, revoke, sweep, audit, key, doctor, rotate."""
+"""``runlease``: init, put, get, ls, history, delete, lease, leases, revoke, sweep, audit, key, doctor, rotate, import."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from runlease.cli.common import (
     to_json,
 )
 from runlease.cli.doctor import doctor_command
+from runlease.cli.import_cmd import register as register_import
 from runlease.cli.issuer_opts import check_issuer_metadata, parse_issuer_opts
+from runlease.cli.output import OutputFormat, emit, format_option, print_table, say
 from runlease.cli.policy_cmd import policy_app
 from runlease.cli.rotation_cmd import register as register_rotation
 from runlease.cli.server_cmd import register as register_server
@@ -49,6 +51,7 @@ app.add_typer(policy_app, name="policy")
 register_scan(app)
 register_rotation(app)
 register_server(app)
+register_import(app)
 app.command("doctor", help="Check the home, key, store, audit chain and policy; exit 1 if anything is wrong.")(
     cli_errors(doctor_command)
 )
@@ -162,8 +165,9 @@ def put(
 @cli_errors
 def get(
     path: str = PathArg,
-    version: Optional[int] = typer.Option(None, "--version", "-v"),
-    stage: Stage = typer.Option(Stage.CURRENT, "--stage", case_sensitive=False),
+    version: Optional[int] = typer.Option(None, "--version", "-v", help="read this version instead of a stage"),
+    stage: Stage = typer.Option(Stage.CURRENT, "--stage", case_sensitive=False,
+                                help="read the version this stage label points to"),
     reveal: bool = typer.Option(False, "--reveal", help="print the plaintext value"),
     as_uri: bool = typer.Option(False, "--uri", help="with --reveal: print a connection as an Airflow URI"),
 ) -> None:
@@ -181,8 +185,8 @@ def get(
         else:
             sys.stdout.write(to_json(value) + "\n")
         return
-    console.print(render.value_table(f"{secret_path} v{secret.version} (masked; --reveal to show)",
-                                     render.masked(secret.value)))
+    print_table(render.value_table(f"{secret_path} v{secret.version} (masked; --reveal to show)",
+                                   render.masked(secret.value)))
 
 
 @app.command("ls")
@@ -190,20 +194,22 @@ def get(
 def list_secrets(
     prefix: str = typer.Argument("", help="path prefix, e.g. prod/ or prod/connections/"),
     all_: bool = typer.Option(False, "--all", help="include soft-deleted secrets"),
+    fmt: OutputFormat = format_option(),
 ) -> None:
     """List secrets and where their stages point (metadata only, no values)."""
     with runtime() as rt:
-        rows = rt.store.list(prefix, include_deleted=all_)
-    console.print(render.secrets_table(rows))
+        rows = list(rt.store.list(prefix, include_deleted=all_))
+    emit(fmt, map(render.secret_record, rows), render.secrets_table(rows))
 
 
 @app.command()
 @cli_errors
-def history(path: str = PathArg) -> None:
+def history(path: str = PathArg, fmt: OutputFormat = format_option()) -> None:
     """List a secret's versions and their stage labels."""
     secret_path = SecretPath.parse(path)
     with runtime() as rt:
-        console.print(render.history_table(str(secret_path), rt.store.history(secret_path)))
+        rows = list(rt.store.history(secret_path))
+    emit(fmt, map(render.version_record, rows), render.history_table(str(secret_path), rows))
 
 
 @app.command()
@@ -222,12 +228,13 @@ def delete(path: str = PathArg, yes: bool = typer.Option(False, "--yes", help="d
 @cli_errors
 def lease(
     path: str = PathArg,
-    ttl: int = typer.Option(900, "--ttl", help="seconds"),
-    run_id: Optional[str] = typer.Option(None, "--run-id"),
+    ttl: int = typer.Option(900, "--ttl", help="lease lifetime in seconds (at most RUNLEASE_MAX_TTL)"),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="run id to bind the lease to"),
     pipeline: Optional[str] = typer.Option(None, "--pipeline", help="DAG id / pipeline name to bind the lease to"),
-    task_id: Optional[str] = typer.Option(None, "--task-id"),
-    try_number: Optional[int] = typer.Option(None, "--try-number"),
-    orchestrator: Optional[str] = typer.Option(None, "--orchestrator"),
+    task_id: Optional[str] = typer.Option(None, "--task-id", help="task id to bind the lease to"),
+    try_number: Optional[int] = typer.Option(None, "--try-number", help="task try number to bind the lease to"),
+    orchestrator: Optional[str] = typer.Option(None, "--orchestrator",
+                                               help="orchestrator recorded with the lease (default cli)"),
     reveal: bool = typer.Option(False, "--reveal", help="print the credential as JSON"),
 ) -> None:
     """Lease a credential for a run (masked unless --reveal)."""
@@ -236,24 +243,26 @@ def lease(
                             task_id=task_id, try_number=try_number)
     with runtime() as rt:
         granted = rt.broker.lease(secret_path, identity, ttl, kind=secret_path.kind)
-    console.print(render.leases_table([granted], title="lease granted"))
+    print_table(render.leases_table([granted], title="lease granted"))
     if reveal:
         sys.stdout.write(to_json(granted.value) + "\n")
     else:
-        console.print(render.value_table("credential (masked)", render.masked(granted.value)))
+        print_table(render.value_table("credential (masked)", render.masked(granted.value)))
 
 
 @app.command()
 @cli_errors
 def leases(
-    run_id: Optional[str] = typer.Option(None, "--run-id"),
-    state: Optional[LeaseState] = typer.Option(None, "--state", case_sensitive=False),
-    limit: int = typer.Option(200, "--limit"),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="only the leases of this run"),
+    state: Optional[LeaseState] = typer.Option(None, "--state", case_sensitive=False,
+                                               help="only leases in this state"),
+    limit: int = typer.Option(200, "--limit", help="at most this many leases, newest first"),
+    fmt: OutputFormat = format_option(),
 ) -> None:
     """List leases (no values)."""
     with runtime() as rt:
-        rows = rt.ledger.find_leases(run_id=run_id, state=state, limit=limit)
-    console.print(render.leases_table(rows))
+        rows = list(rt.ledger.find_leases(run_id=run_id, state=state, limit=limit))
+    emit(fmt, map(render.lease_record, rows), render.leases_table(rows))
 
 
 @app.command()
@@ -264,7 +273,7 @@ def revoke(
     pipeline: Optional[str] = typer.Option(
         None, "--pipeline", help="with --run-id: only this DAG / pipeline (Airflow run ids repeat across DAGs)"),
     task_id: Optional[str] = typer.Option(None, "--task-id", help="with --run-id: only this task"),
-    reason: str = typer.Option("revoked by operator", "--reason"),
+    reason: str = typer.Option("revoked by operator", "--reason", help="why, recorded with the lease and in the audit trail"),
 ) -> None:
     """Revoke one lease, or every active lease of a run (of one pipeline, or one task of it)."""
     if (lease_id is None) == (run_id is None):
@@ -275,11 +284,11 @@ def revoke(
         who = cli_identity("revoke")
         if lease_id is not None:
             done = rt.broker.revoke(lease_id, reason, who)
-            console.print(f"revoked {lease_id}" if done else f"{lease_id} was not active; nothing to do")
+            say("revoked {}" if done else "{} was not active; nothing to do", lease_id)
         else:
             assert run_id is not None
             n = rt.broker.revoke_where(reason, who, pipeline=pipeline, run_id=run_id, task_id=task_id)
-            console.print(f"revoked {n} lease(s) of run {run_id}" + (f" of {pipeline}" if pipeline else ""))
+            say("revoked {} lease(s) of run {}" + (" of {}" if pipeline else ""), n, run_id, *([pipeline] if pipeline else []))
 
 
 @app.command()
@@ -291,6 +300,12 @@ def sweep() -> None:
     console.print(f"expired {n} lease(s)")
 
 
+RUN_HELP = "only events of this run id"
+PATH_HELP = "only events about this secret path"
+PRINCIPAL_HELP = "only events by this principal, e.g. cli:alice"
+ACTION_HELP = "only events with this action, e.g. lease, read, write, revoke"
+
+
 def _query(run_id: Optional[str], path: Optional[str], principal: Optional[str], action: Optional[str],
            limit: Optional[int]) -> AuditQuery:
     return AuditQuery(run_id=run_id, path=path, principal=principal, action=action, limit=limit)
@@ -299,17 +314,18 @@ def _query(run_id: Optional[str], path: Optional[str], principal: Optional[str],
 @audit_app.command("show")
 @cli_errors
 def audit_show(
-    run_id: Optional[str] = typer.Option(None, "--run-id"),
-    path: Optional[str] = typer.Option(None, "--path"),
-    principal: Optional[str] = typer.Option(None, "--principal"),
-    action: Optional[str] = typer.Option(None, "--action"),
-    limit: Optional[int] = typer.Option(None, "--limit"),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help=RUN_HELP),
+    path: Optional[str] = typer.Option(None, "--path", help=PATH_HELP),
+    principal: Optional[str] = typer.Option(None, "--principal", help=PRINCIPAL_HELP),
+    action: Optional[str] = typer.Option(None, "--action", help=ACTION_HELP),
+    limit: Optional[int] = typer.Option(None, "--limit", help="at most this many events"),
+    fmt: OutputFormat = format_option(),
 ) -> None:
     """Show audit events (never values), filtered by run, path, principal or action."""
     with runtime() as rt:
         rows = list(rt.ledger.events(_query(run_id, path, principal, action, limit)))
     title = f"audit trail of run {run_id}" if run_id else "audit trail"
-    console.print(render.audit_table(rows, title=title))
+    emit(fmt, map(render.event_record, rows), render.audit_table(rows, title=title))
 
 
 @audit_app.command("verify")
@@ -338,10 +354,10 @@ def audit_verify(
 @cli_errors
 def audit_export(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="write JSON lines here (default stdout)"),
-    run_id: Optional[str] = typer.Option(None, "--run-id"),
-    path: Optional[str] = typer.Option(None, "--path"),
-    principal: Optional[str] = typer.Option(None, "--principal"),
-    action: Optional[str] = typer.Option(None, "--action"),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help=RUN_HELP),
+    path: Optional[str] = typer.Option(None, "--path", help=PATH_HELP),
+    principal: Optional[str] = typer.Option(None, "--principal", help=PRINCIPAL_HELP),
+    action: Optional[str] = typer.Option(None, "--action", help=ACTION_HELP),
 ) -> None:
     """Export events as JSON lines (with seq, key id and chain value, for external archiving)."""
     with runtime() as rt:

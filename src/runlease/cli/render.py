@@ -1,12 +1,14 @@
-"""Rich tables for the CLI; masking lives here so every listing masks the same way."""
+"""Rich tables and JSON records for the CLI; masking lives here so every listing masks the same way."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from rich.table import Table
 
+from runlease.cli.output import table, text
 from runlease.connection import SENSITIVE_EXTRA_WORDS
 from runlease.models import AuditEvent, Lease, SecretInfo, SecretValue, SecretVersion, Stage
 
@@ -34,68 +36,103 @@ def _mask_extra(value: Any, sensitive: bool) -> Any:
 
 
 def value_table(title: str, value: Any) -> Table:
-    table = Table(title=title, show_header=True)
-    table.add_column("field")
-    table.add_column("value", overflow="fold")
+    tbl = table(title, ("field", "value"))
     if isinstance(value, dict):
         for key in ("conn_type", "host", "login", "password", "schema", "port"):
             if value.get(key) is not None:
-                table.add_row(key, str(value[key]))
+                tbl.add_row(key, text(value[key]))
         for key, item in (value.get("extra") or {}).items():
-            table.add_row(f"extra.{key}", str(item))
+            tbl.add_row(text(f"extra.{key}"), text(item))
     else:
-        table.add_row("value", str(value))
-    return table
+        tbl.add_row("value", text(value))
+    return tbl
+
+
+def _ts(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+# -- records: what --format json prints (never a value) -----------------------------
+
+
+def secret_record(info: SecretInfo) -> dict[str, Any]:
+    return {
+        "path": str(info.path),
+        "current": info.stages.get(Stage.CURRENT), "pending": info.stages.get(Stage.PENDING),
+        "previous": info.stages.get(Stage.PREVIOUS),
+        "versions": info.versions, "issuer": info.metadata.get("issuer", "static"),
+        "created_at": _ts(info.created_at), "updated_at": _ts(info.updated_at),
+        "state": "deleted" if info.deleted else "live",
+        "metadata": info.metadata,
+    }
+
+
+def version_record(v: SecretVersion) -> dict[str, Any]:
+    return {"path": str(v.path), "version": v.version, "created_at": _ts(v.created_at),
+            "stages": [s.value for s in v.stages], "deprecated": v.deprecated}
+
+
+def lease_record(lease: Lease) -> dict[str, Any]:
+    """A lease without its credential and without issuer state (which can name the credential)."""
+    i = lease.identity
+    return {
+        "lease_id": lease.lease_id, "path": str(lease.path), "version": lease.version,
+        "stage": lease.stage.value if lease.stage else None, "issuer": lease.issuer, "state": lease.state.value,
+        "orchestrator": i.orchestrator, "pipeline": i.pipeline, "run_id": i.run_id, "task_id": i.task_id,
+        "try_number": i.try_number, "map_index": i.map_index, "principal": i.principal,
+        "issued_at": _ts(lease.issued_at), "expires_at": _ts(lease.expires_at),
+        "revoked_at": _ts(lease.revoked_at), "revoke_reason": lease.revoke_reason,
+    }
+
+
+def event_record(event: AuditEvent) -> dict[str, Any]:
+    return event.model_dump(mode="json")
+
+
+# -- tables -------------------------------------------------------------------------
 
 
 def secrets_table(rows: Iterable[SecretInfo]) -> Table:
-    table = Table(title="secrets")
-    for col in ("path", "CURRENT", "PENDING", "PREVIOUS", "versions", "issuer", "updated", "state"):
-        table.add_column(col)
+    tbl = table("secrets", ("path", "CURRENT", "PENDING", "PREVIOUS", "versions", "issuer", "updated", "state"))
     for info in rows:
-        table.add_row(
-            str(info.path),
-            *(str(info.stages.get(s, "")) for s in (Stage.CURRENT, Stage.PENDING, Stage.PREVIOUS)),
-            str(info.versions),
-            str(info.metadata.get("issuer", "static")),
-            info.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
-            "deleted" if info.deleted else "live",
+        tbl.add_row(
+            text(info.path),
+            *(text(info.stages.get(s, "")) for s in (Stage.CURRENT, Stage.PENDING, Stage.PREVIOUS)),
+            text(info.versions),
+            text(info.metadata.get("issuer", "static")),
+            text(info.updated_at.strftime("%Y-%m-%d %H:%M:%S")),
+            text("deleted" if info.deleted else "live"),
         )
-    return table
+    return tbl
 
 
 def history_table(path: str, rows: Iterable[SecretVersion]) -> Table:
-    table = Table(title=f"history of {path}")
-    for col in ("version", "created", "stages", "deprecated"):
-        table.add_column(col)
+    tbl = table(f"history of {path}", ("version", "created", "stages", "deprecated"))
     for v in rows:
-        table.add_row(str(v.version), v.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                      ", ".join(s.value for s in v.stages), "yes" if v.deprecated else "")
-    return table
+        tbl.add_row(text(v.version), text(v.created_at.strftime("%Y-%m-%d %H:%M:%S")),
+                    text(", ".join(s.value for s in v.stages)), text("yes" if v.deprecated else ""))
+    return tbl
 
 
 def leases_table(rows: Iterable[Lease], title: str = "leases") -> Table:
-    table = Table(title=title)
-    for col in ("lease", "path", "v", "state", "pipeline", "run_id", "task", "try", "issued", "expires", "reason"):
-        table.add_column(col, overflow="fold")
+    tbl = table(title, ("lease", "path", "v", "state", "pipeline", "run_id", "task", "try", "issued", "expires",
+                        "reason"))
     for lease in rows:
         i = lease.identity
-        table.add_row(
-            lease.lease_id, str(lease.path), str(lease.version), lease.state.value, i.pipeline, i.run_id or "",
-            i.task_id or "", "" if i.try_number is None else str(i.try_number),
-            lease.issued_at.strftime("%H:%M:%S"), lease.expires_at.strftime("%H:%M:%S"), lease.revoke_reason or "",
-        )
-    return table
+        tbl.add_row(*map(text, (
+            lease.lease_id, lease.path, lease.version, lease.state.value, i.pipeline, i.run_id,
+            i.task_id, i.try_number, lease.issued_at.strftime("%H:%M:%S"), lease.expires_at.strftime("%H:%M:%S"),
+            lease.revoke_reason,
+        )))
+    return tbl
 
 
 def audit_table(rows: Iterable[AuditEvent], title: str = "audit trail") -> Table:
-    table = Table(title=title)
-    for col in ("seq", "time", "action", "outcome", "path", "v", "lease", "run_id", "task", "try", "principal"):
-        table.add_column(col, overflow="fold")
+    tbl = table(title, ("seq", "time", "action", "outcome", "path", "v", "lease", "run_id", "task", "try",
+                        "principal"))
     for e in rows:
-        table.add_row(
-            str(e.seq), e.ts.strftime("%H:%M:%S.%f")[:-3], e.action, e.outcome.value, e.path or "",
-            "" if e.version is None else str(e.version), e.lease_id or "", e.run_id or "", e.task_id or "",
-            "" if e.try_number is None else str(e.try_number), e.principal or "",
-        )
-    return table
+        tbl.add_row(*map(text, (
+            e.seq, e.ts.strftime("%H:%M:%S.%f")[:-3], e.action, e.outcome.value, e.path, e.version, e.lease_id,
+            e.run_id, e.task_id, e.try_number, e.principal,
+        )))
+    return tbl

@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from runlease.cli.common import cli_errors, cli_identity, console, runtime
+from runlease.cli.output import OutputFormat, emit, format_option, say, table, text
 from runlease.errors import InvalidValueError
 from runlease.models import AuditEvent, Capability, SecretPath, utcnow
 from runlease.rotation.engine import RotationEngine
@@ -72,16 +73,40 @@ def due_text(row: SecretRotation, now: datetime) -> str:
 
 
 def status_table(rows: list[SecretRotation], now: datetime) -> Table:
-    table = Table(title="rotation status")
-    for col in ("secret", "rotator", "owner", "age of CURRENT", "due", "last result"):
-        table.add_column(col, overflow="fold")
+    tbl = table("rotation status", ("secret", "rotator", "owner", "age of CURRENT", "due", "last result"))
     for row in rows:
-        table.add_row(
-            str(row.path), row.policy.rotator if row.policy else "?", row.owner or "-",
+        tbl.add_row(*map(text, (
+            row.path, row.policy.rotator if row.policy else "?", row.owner or "-",
             age(now - row.current_created_at) if row.current_created_at else "-",
             due_text(row, now), row.last_result(),
-        )
-    return table
+        )))
+    return tbl
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def status_record(row: SecretRotation, now: datetime) -> dict[str, Any]:
+    """One secret's rotation status for ``--format json`` (no values)."""
+    state = row.state
+    return {
+        "path": str(row.path),
+        "rotator": row.policy.rotator if row.policy else None,
+        "owner": row.owner or None,
+        "interval_s": row.policy.interval_s if row.policy else None,
+        "grace_s": row.policy.grace_s if row.policy else None,
+        "current_version": row.current_version,
+        "current_created_at": _iso(row.current_created_at),
+        "age_s": int((now - row.current_created_at).total_seconds()) if row.current_created_at else None,
+        "due_at": _iso(row.due_at()),
+        "due": row.is_due(now),
+        "retire_at": _iso(row.retire_at()),
+        "retirable": row.is_retirable(now),
+        "status": state.status.value if state is not None else None,
+        "previous_version": state.previous_version if state is not None else None,
+        "last_result": row.last_result(),
+    }
 
 
 @cli_errors
@@ -95,7 +120,7 @@ def rotate_command(
     with runtime() as rt:
         state = RotationEngine(rt.broker).rotate(secret_path, cli_identity("rotate"), token, force=force)
     if state.status is Status.FAILED:
-        console.print(f"rotation {state.token} of {secret_path} had failed: {state.reason}")
+        say("rotation {} of {} had failed: {}", state.token, secret_path, state.reason)
         raise typer.Exit(10)
     console.print(f"rotated {secret_path}: v{state.pending_version} is CURRENT, v{state.previous_version} is "
                   f"PREVIOUS until retired (token {state.token})")
@@ -131,11 +156,15 @@ def set_policy(
 
 @rotation_app.command("status")
 @cli_errors
-def status(prefix: str = typer.Argument("", help="path prefix, e.g. prod/")) -> None:
+def status(
+    prefix: str = typer.Argument("", help="path prefix, e.g. prod/"),
+    fmt: OutputFormat = format_option(),
+) -> None:
     """Every secret with a rotation policy: owner, age of CURRENT, when due, last result."""
     with runtime() as rt:
         rows = scan(rt.store, prefix)
-    console.print(status_table(rows, utcnow()))
+    now = utcnow()
+    emit(fmt, (status_record(row, now) for row in rows), status_table(rows, now))
 
 
 @rotation_app.command("retire")

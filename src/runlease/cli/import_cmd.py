@@ -1,0 +1,78 @@
+"""``runlease import SOURCE --env ENV``: bring existing Airflow connections and variables in.
+
+See :mod:`runlease.migrate.sources` for what SOURCE may be and
+:mod:`runlease.migrate.importer` for the check-and-set rules. Every value read
+from the source is registered with the redactor before anything is written,
+so no error line can carry one; the report lists paths and outcomes only.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from runlease.cli.common import cli_errors, cli_identity, err_console, runtime
+from runlease.cli.output import OutputFormat, emit, format_option, table, text
+from runlease.migrate.importer import FAILED, Outcome, import_all, summary
+from runlease.migrate.sources import read_source, sensitive_parts
+from runlease.models import SecretPath
+from runlease.redact import default_redactor
+
+#: Imports with at least this many entries show a progress bar (on a terminal only).
+PROGRESS_MIN = 20
+
+
+def report_table(outcomes: list[Outcome], env: str, dry_run: bool) -> object:
+    counts = summary(outcomes)
+    title = (f"import into {env}{' (dry run: nothing written)' if dry_run else ''}: "
+             + (", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "nothing found"))
+    tbl = table(title, ("source", "kind", "id", "path", "status", "version", "detail"))
+    for o in outcomes:
+        tbl.add_row(*map(text, (o.origin, o.kind, o.name, o.path or "-", o.status, o.version, o.detail)))
+    return tbl
+
+
+@cli_errors
+def import_command(
+    source: str = typer.Argument(
+        ..., metavar="SOURCE", help="an `airflow connections export` / `airflow variables export` file (.json, .yaml, .env), a .env "
+                  "file with AIRFLOW_CONN_*/AIRFLOW_VAR_* lines, `env:` (this environment) or `airflow-db:` "
+                  "(Airflow's metadata database via the airflow CLI)"),
+    env: str = typer.Option(..., "--env", help="the runlease environment to import into, e.g. prod"),
+    source_format: Optional[str] = typer.Option(
+        None, "--source-format", help="json | yaml | env: the file's format when its name does not say"),
+    kind: str = typer.Option(
+        "auto", "--kind", help="auto | connections | variables: what the file holds (auto: detected; a plain "
+                               ".env export is read as connections)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="report what would be imported; write nothing"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="write a new version over an existing secret (check-and-set on its CURRENT)"),
+    fmt: OutputFormat = format_option(),
+) -> None:
+    """Import Airflow connections and variables into ENV; existing secrets are skipped unless --overwrite.
+
+    Exit 0 when nothing failed, 1 when an entry failed (the others are still imported).
+    """
+    SecretPath.of(env, "connections", "probe")  # a bad --env is bad input before the source is read
+    candidates = read_source(source, source_format=source_format, kind=kind)
+    default_redactor().add_many(s for s in sensitive_parts(candidates) if s)
+    who = cli_identity("import")
+    show_bar = err_console.is_terminal and len(candidates) >= PROGRESS_MIN and fmt is OutputFormat.table
+    with runtime() as rt:
+        if show_bar:
+            with Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=err_console, transient=True) as bar:
+                task = bar.add_task("import", total=len(candidates))
+                outcomes = import_all(rt.broker, env, candidates, who, overwrite=overwrite, dry_run=dry_run,
+                                      progress=lambda _o: bar.advance(task))
+        else:
+            outcomes = import_all(rt.broker, env, candidates, who, overwrite=overwrite, dry_run=dry_run)
+    emit(fmt, (o.record() for o in outcomes), report_table(outcomes, env, dry_run))  # type: ignore[arg-type]
+    if any(o.status == FAILED for o in outcomes):
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("import")(import_command)

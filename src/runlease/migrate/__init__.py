@@ -1,0 +1,1 @@
+"""Bring existing Airflow secrets into runlease (`runlease import`)."""
