@@ -90,15 +90,19 @@ class RemoteBroker:
             raise ConfigError(f"runlease serve cannot filter a run's revocation by {', '.join(sorted(unsupported))}")
         return int(self.client.request("POST", "/v1/runs/revoke", body)["revoked"])
 
-    def revoke_run(self, run_id: str, reason: str = "run ended", identity: RunIdentity | None = None) -> int:
-        """Every active lease of the run that this caller owns (scoped to the identity's pipeline)."""
-        return self.revoke_where(reason, identity, run_id=run_id,
-                                 pipeline=identity.pipeline if identity is not None else None)
+    def revoke_run(self, run_id: str, reason: str = "run ended", identity: RunIdentity | None = None, *,
+                   pipeline: str | None = None) -> int:
+        """Every active lease of the run that this caller owns, scoped to ``pipeline`` (default: the
+        identity's), as :meth:`Broker.revoke_run` does: run ids repeat across pipelines."""
+        if pipeline is None and identity is not None:
+            pipeline = identity.pipeline
+        return self.revoke_where(reason, identity, run_id=run_id, pipeline=pipeline)
 
     def revoke_task(self, run_id: str, task_id: str, try_number: int | None = None, map_index: int | None = None,
-                    reason: str = "task ended", identity: RunIdentity | None = None) -> int:
+                    reason: str = "task ended", identity: RunIdentity | None = None, *,
+                    pipeline: str | None = None) -> int:
         return self.revoke_where(reason, identity, run_id=run_id, task_id=task_id, try_number=try_number,
-                                 map_index=map_index)
+                                 map_index=map_index, pipeline=pipeline)
 
     def sweep_expired(self, now: Any = None) -> int:
         if now is not None:
