@@ -16,8 +16,11 @@ except ImportError:  # pragma: no cover - core-only installs
     from airflow.plugins_manager import AirflowPlugin  # type: ignore[no-redef]
 
 from runlease_airflow import listener
+from runlease_airflow.api_server import ROOT_MIDDLEWARE
 
 
 class RunleasePlugin(AirflowPlugin):
     name = "runlease"
     listeners = [listener]
+    # API-server mode: verified task identity and trusted-side revocation (runlease_airflow.api_server).
+    fastapi_root_middlewares = [ROOT_MIDDLEWARE]

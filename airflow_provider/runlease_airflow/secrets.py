@@ -14,7 +14,11 @@ What a lookup does:
 
 1. Map the Airflow ID to a runlease path (prefix, optional lookup pattern). An
    ID that is not ours returns None at once, so Airflow asks the next backend.
-2. Find out who is asking (:mod:`runlease_airflow.identity`). Inside a task
+2. Find out who is asking. Inside the API server (API-server mode,
+   :mod:`runlease_airflow.api_server`) it is the task instance named by the
+   Execution API token Airflow validated, verified against the metadata DB
+   (:mod:`runlease_airflow.ti_identity`). Elsewhere (in-process mode,
+   :mod:`runlease_airflow.identity`) it is what the process says: inside a task
    try -- template rendering, execute, callbacks -- the value is *leased* to
    that try (reusing a still-valid lease from :mod:`runlease_airflow.lease_cache`);
    at DAG-parse time and outside any task it is an audited *read*.
@@ -24,7 +28,8 @@ What a lookup does:
    database, or an API server's chain resolving it for a task). The cost is
    that a caller can learn whether runlease holds an ID, never its value. For a
    secret runlease holds, a policy denial raises
-   :class:`~runlease_airflow.errors.RunleaseAccessDenied` (no fall through);
+   :class:`~runlease_airflow.errors.RunleaseAccessDenied` (no fall through; a 403
+   from the Execution API in API-server mode);
    other failures propagate, and Airflow logs them and tries the next backend.
 4. Every value handed out is registered with Airflow's masker and runlease's
    redactor before Airflow sees it (:mod:`runlease_airflow.masking`).
@@ -46,8 +51,8 @@ from runlease.connection import parse_connection
 from runlease.errors import AccessDeniedError, ConfigError, RunleaseError, SecretNotFoundError
 from runlease.models import SecretPath, SecretValue
 
+from runlease_airflow.api_server import access_denied, current_api_caller
 from runlease_airflow.config import BACKEND, BackendConfig
-from runlease_airflow.errors import RunleaseAccessDenied
 from runlease_airflow.identity import Caller, current_caller
 from runlease_airflow.masker_bridge import install_sdk_masker_bridge
 from runlease_airflow.masking import connection_extra_text, protect
@@ -138,7 +143,9 @@ class RunleaseBackend(BaseSecretsBackend):
         path = self.config.path_for(secret_type, secret_id)
         if path is None:
             return None
-        caller = current_caller()
+        # Inside the API server (API-server mode) the caller is the task instance named by the
+        # Execution API token Airflow validated; elsewhere, the process's own task context.
+        caller = current_api_caller() or current_caller()
         try:
             if caller.leases:
                 return self._lease(path, caller)
@@ -147,7 +154,7 @@ class RunleaseBackend(BaseSecretsBackend):
         except SecretNotFoundError:
             return None
         except AccessDeniedError as err:
-            raise RunleaseAccessDenied(str(err)) from None
+            raise access_denied(str(err)) from None
         protect(value)
         return value
 
