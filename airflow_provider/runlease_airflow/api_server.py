@@ -22,11 +22,13 @@ middleware on the root app:
   and the backend falls back to :mod:`runlease_airflow.identity`.
 * After the API server answered 2xx to ``PATCH /execution/task-instances/{id}/state``
   -- where the supervisor reports success, failed, up_for_retry, skipped... --
-  it reads that task instance's state back from the metadata database and, if
-  the try has ended, revokes the try's leases there, on the trusted side. The
-  id comes from the validated token (the route requires ``ti:self``, so it
-  equals the path's id). This runs after the response was sent: the task is not
-  kept waiting.
+  it reads that try from the metadata database and, if the try has ended,
+  revokes its leases there, on the trusted side. The id comes from the
+  validated token (the route requires ``ti:self``, so it equals the path's id).
+  This runs after the route committed and *before* the answer is sent: when the
+  supervisor sees its success or retry acknowledged and the task goes on to its
+  callbacks, the try holds no lease any more (a revocation failure is logged
+  and never fails the answer).
 
 A policy denial must reach the task as a denial: :class:`ExecutionApiAccessDenied`
 is both runlease's :class:`~runlease_airflow.errors.RunleaseAccessDenied` (so
@@ -185,15 +187,19 @@ class ExecutionApiMiddleware:
         if not self._checked:
             _refuse_shared_cache()
             self._checked = True
-        method, path = scope.get("method"), scope.get("path", "")
-        watch = method == "PATCH" and STATE_ROUTE.match(path) is not None
-        status: list[int] = []
-        body = bytearray()
+        reset = _request_scope.set(scope)
+        try:
+            if scope.get("method") == "PATCH" and STATE_ROUTE.match(scope.get("path", "")):
+                await self._state_route(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+        finally:
+            _request_scope.reset(reset)
 
-        async def send_status(message: dict[str, Any]) -> None:
-            if message.get("type") == "http.response.start":
-                status.append(int(message.get("status", 0)))
-            await send(message)
+    async def _state_route(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Pass a state update through; once Airflow accepted it (2xx, committed), revoke the try's
+        leases *before* the answer leaves, so a task that sees its end acknowledged holds no lease."""
+        body = bytearray()
 
         async def receive_body() -> dict[str, Any]:
             message = await receive()
@@ -201,18 +207,14 @@ class ExecutionApiMiddleware:
                 body.extend(message.get("body", b"")[: MAX_STATE_BODY - len(body)])
             return message
 
-        reset = _request_scope.set(scope)
-        try:
-            if watch:
-                await self.app(scope, receive_body, send_status)
-            else:
-                await self.app(scope, receive, send)
-        finally:
-            _request_scope.reset(reset)
-        if watch and status and 200 <= status[0] < 300:
-            token = scope.get(TOKEN_SCOPE_KEY)
-            if token is not None and _is_ti_token(token):
-                await self._revoke(token.id, reported_state(bytes(body)))
+        async def send_after_revoking(message: dict[str, Any]) -> None:
+            if message.get("type") == "http.response.start" and 200 <= int(message.get("status", 0)) < 300:
+                token = scope.get(TOKEN_SCOPE_KEY)
+                if token is not None and _is_ti_token(token):
+                    await self._revoke(token.id, reported_state(bytes(body)))
+            await send(message)
+
+        await self.app(scope, receive_body, send_after_revoking)
 
     @staticmethod
     async def _revoke(ti_id: Any, accepted_state: str | None) -> None:

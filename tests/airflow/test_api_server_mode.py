@@ -43,7 +43,7 @@ from runlease.runtime import Runtime, init_home, open_runtime
 from runlease.settings import Settings
 
 from runlease_airflow.api_server import REVOKE_ACTOR
-from runlease_airflow.ti_identity import METHOD
+from runlease_airflow.ti_identity import METHOD, PHASE_ENDED
 
 pytestmark = pytest.mark.slow
 
@@ -223,7 +223,8 @@ def test_the_runs_end_as_designed(api_runs: Runs) -> None:
     assert a["task_states"] == {"use_granted": "success", "forge_context": "success",
                                 "echo_template": "success", "flaky": "success"}
     assert a["task_tries"]["flaky"] == 2
-    assert b["state"] == "failed" and b["task_states"] == {"use_granted_then_fail": "failed"}
+    assert b["state"] == "failed"
+    assert b["task_states"] == {"use_granted_then_fail": "failed", "skip_after_lookup": "skipped"}
 
 
 def test_granted_values_reach_the_task_masked_in_its_log(api_runs: Runs, api_mode: ApiMode) -> None:
@@ -236,6 +237,7 @@ def test_granted_values_reach_the_task_masked_in_its_log(api_runs: Runs, api_mod
     echoed = task_log(api_mode, run, "echo_template")
     assert "dsn=postgres://etl:***@a.internal:5432/analytics" in echoed and "pw=*** note=***" in echoed
     assert "b password=***" in task_log(api_mode, api_runs.results["rl_api_b"], "use_granted_then_fail")
+    assert "callback password=***" in echoed
 
 
 def test_every_lease_is_audited_with_the_verified_task_instance(api_runs: Runs, api_mode: ApiMode,
@@ -280,7 +282,19 @@ def test_leases_are_revoked_in_the_api_server_when_each_try_ends(api_runs: Runs,
         ("rl_api_a", "use_granted", 1): "task success", ("rl_api_a", "echo_template", 1): "task success",
         ("rl_api_a", "flaky", 1): "task up_for_retry", ("rl_api_a", "flaky", 2): "task success",
         ("rl_api_b", "use_granted_then_fail", 1): "task failed",
+        ("rl_api_b", "skip_after_lookup", 1): "task skipped",
     }
+
+
+def test_a_callback_after_the_try_ended_gets_a_read_not_a_new_lease(api_runs: Runs, ledger: Runtime) -> None:
+    run = api_runs.results["rl_api_a"]
+    events = [e for e in ledger.ledger.events(AuditQuery(run_id=run["run_id"])) if e.task_id == "echo_template"]
+    after = [e for e in events if e.detail.get("phase") == PHASE_ENDED]
+    assert [(e.action, e.outcome.value, e.path) for e in after] == [("read", "ok", "dev/connections/tenant_a_db")]
+    assert after[0].detail["verified"]["claims"]["ti_state"] == "success"
+    # Its leases had been revoked when the success was recorded, before the callback asked.
+    revoked_at = max(e.seq for e in events if e.action == "revoke")
+    assert revoked_at < after[0].seq
 
 
 def test_the_other_dags_secrets_are_denied_in_the_task_and_audited(api_runs: Runs, api_mode: ApiMode,

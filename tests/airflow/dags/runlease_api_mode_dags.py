@@ -16,7 +16,10 @@ the task logs.
 - ``rl_api_a.echo_template`` renders the granted connection and a variable into
   a templated field.
 - ``rl_api_a.flaky`` leases on both tries and fails its first (retry).
-- ``rl_api_b.use_granted_then_fail`` leases B's connection and fails (failure).
+- ``rl_api_a.echo_template``'s success callback asks again after the API server
+  recorded the try's success: an audited read, no new lease.
+- ``rl_api_b.use_granted_then_fail`` leases B's connection and fails (failure);
+  ``rl_api_b.skip_after_lookup`` leases it and skips itself (skipped).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from datetime import datetime, timedelta
 
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, BaseHook, Variable, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
 
 START = datetime(2026, 1, 1)
 #: Where the API server's runlease home is (a path is no secret: an attacker can guess it).
@@ -87,6 +91,11 @@ def home_entries() -> list[str]:
     return os.listdir(API_HOME) if os.path.isdir(API_HOME) else []
 
 
+def use_after_success(context) -> None:
+    """A success callback: runs after the supervisor reported success to the API server."""
+    print(f"callback password={BaseHook.get_connection('tenant_a_db').password}", flush=True)
+
+
 with DAG(dag_id="rl_api_a", schedule=None, start_date=START, catchup=False) as api_a:
 
     @task
@@ -119,6 +128,7 @@ with DAG(dag_id="rl_api_a", schedule=None, start_date=START, catchup=False) as a
              "NOTE": "{{ var.value.tenant_a_note }}"},
         append_env=True,
         do_xcom_push=False,
+        on_success_callback=use_after_success,
     )
 
     @task(retries=1, retry_delay=timedelta(seconds=0))
@@ -139,4 +149,10 @@ with DAG(dag_id="rl_api_b", schedule=None, start_date=START, catchup=False) as a
         attack("other-dag-connection", lambda: BaseHook.get_connection("tenant_a_db"))
         raise RuntimeError("fails on purpose after using its lease")
 
+    @task
+    def skip_after_lookup() -> None:
+        BaseHook.get_connection("tenant_b_db")
+        raise AirflowSkipException("skips on purpose after using its lease")
+
     use_granted_then_fail()
+    skip_after_lookup()
