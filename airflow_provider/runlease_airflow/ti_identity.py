@@ -35,13 +35,11 @@ identity, so nothing outlives the try as an active lease.
 
 from __future__ import annotations
 
-import getpass
-import os
 from typing import Any
 
 from runlease.models import IDENTITY_FIELDS, RunIdentity, Verification
 
-from runlease_airflow.identity import ORCHESTRATOR, Caller
+from runlease_airflow.identity import ORCHESTRATOR, Caller, _unix_user
 
 METHOD = "airflow-execution-api"
 #: Pipeline of a request to the API server that carries no task token (UI, REST API, ...).
@@ -57,13 +55,6 @@ PHASE_TASK = "execution-api"
 PHASE_ENDED = "after-try"
 #: ... by a request without a task token (UI, REST API).
 PHASE_API = "api-server"
-
-
-def _unix_user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry (containers)
-        return f"uid{os.getuid()}"
 
 
 def task_instance_row(ti_id: Any) -> dict[str, Any] | None:

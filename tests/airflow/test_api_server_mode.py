@@ -22,7 +22,6 @@ docs/airflow-deployment.md.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import sqlite3
