@@ -74,14 +74,21 @@ with DAG(dag_id="rl_bench_api", schedule=None, start_date=datetime(2026, 1, 1), 
     def fetch_both() -> None:
         calls = CALLS
         samples = {"bench_rl": [], "bench_stock": []}
-        for conn_id in samples:  # warm-up: first lease, HTTP connection, imports
+        first = {}
+        try:  # warm the path (HTTP connection, imports) with an id nobody holds
+            BaseHook.get_connection("bench_warmup")
+        except Exception:
+            pass
+        for conn_id in samples:  # the first call of the try: runlease leases (a durable audit write)
+            start = time.perf_counter()
             BaseHook.get_connection(conn_id)
+            first[conn_id] = (time.perf_counter() - start) * 1e3
         for _ in range(calls):
             for conn_id in samples:
                 start = time.perf_counter()
                 BaseHook.get_connection(conn_id)
                 samples[conn_id].append((time.perf_counter() - start) * 1e3)
-        print("BENCH " + json.dumps(samples), flush=True)
+        print("BENCH " + json.dumps({"samples": samples, "first": first}), flush=True)
 
     fetch_both()
 '''
@@ -180,8 +187,8 @@ def run(args: argparse.Namespace) -> dict:
         task_log = (root / "airflow" / "logs" / "dag_id=rl_bench_api" / f"run_id={result['run_id']}"
                     / "task_id=fetch_both" / "attempt=1.log").read_text()
         line = next(json.loads(entry)["event"] for entry in task_log.splitlines() if '"BENCH ' in entry)
-        samples = json.loads(line[len("BENCH "):])
-        return {"samples": samples, "calls": args.calls}
+        measured = json.loads(line[len("BENCH "):])
+        return {"samples": measured["samples"], "first": measured["first"], "calls": args.calls}
     finally:
         if proc is not None:
             try:
@@ -206,7 +213,7 @@ def render(r: dict, args: argparse.Namespace, command: str) -> str:
             "| metadata DB | SQLite (one file, the API server and the LocalExecutor share it) |", ""]
     out += [
         "One task, one try, `BaseHook.get_connection` alternating between the two connections "
-        f"({r['calls']} calls each after one warm-up call each), timed inside the task: Task SDK -> supervisor -> "
+        f"({r['calls']} calls each after the first call of each), timed inside the task: Task SDK -> supervisor -> "
         "HTTP -> `airflow api-server` (JWT validation, secrets chain) and back. Worker side without any runlease "
         "setting. Baseline: Airflow's stock metastore connection on the same path, same run.",
         "",
@@ -216,6 +223,10 @@ def render(r: dict, args: argparse.Namespace, command: str) -> str:
         f"{percentile(stock, 0.9):.2f} ms | {percentile(stock, 0.99):.2f} ms |",
         f"| runlease API-server mode (verified TI lookup + policy + the try's lease, revalidated) | {p50_rl:.2f} ms "
         f"| {percentile(rl, 0.9):.2f} ms | {percentile(rl, 0.99):.2f} ms |",
+        "",
+        "The first call of the try, not in the table (one sample each; the runlease one issues the try's lease "
+        f"with a durable, hash-chained audit write): stock {r['first']['bench_stock']:.2f} ms, "
+        f"runlease {r['first']['bench_rl']:.2f} ms.",
         "",
         f"Target: runlease p50 <= {TARGET_RATIO}x the stock path: "
         + ("met" if ratio <= TARGET_RATIO else "**not met**") + f" ({ratio:.2f}x).",
