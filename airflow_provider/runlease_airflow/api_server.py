@@ -40,7 +40,10 @@ raises as ``AirflowSecretsBackendAccessDenied`` in the task), instead of the
 through, so the route's 404 ("not found") lets the worker ask its next backend.
 
 Airflow's ``[secrets] use_cache`` would serve a value cached for one DAG to
-another without asking runlease; the middleware refuses to start with it on.
+another without asking runlease; the middleware refuses to serve with it on.
+With its first request it also starts the backstop sweep of
+:mod:`runlease_airflow.reconcile` (run end, tries failed behind the API
+server's back, TTL).
 """
 
 from __future__ import annotations
@@ -116,7 +119,7 @@ def access_denied(message: str) -> RunleaseAccessDenied:
     return ExecutionApiAccessDenied(message) if in_api_request() else RunleaseAccessDenied(message)
 
 
-def _server_backends() -> list[Any]:
+def server_backends() -> list[Any]:
     """The RunleaseBackend instances in the API server's own secrets chain (none when not configured)."""
     from airflow.configuration import ensure_secrets_loaded
 
@@ -146,7 +149,7 @@ def revoke_ended_try(ti_id: Any, accepted_state: str | None = None) -> int:
     from runlease_airflow.listener import revoke_task_try
     from runlease_airflow.ti_identity import ENDED_STATES, task_instance_row
 
-    backends = _server_backends()
+    backends = server_backends()
     if not backends:
         return 0
     row = task_instance_row(ti_id)
@@ -163,14 +166,21 @@ def revoke_ended_try(ti_id: Any, accepted_state: str | None = None) -> int:
     return count
 
 
-def _refuse_shared_cache() -> None:
+def _first_request() -> None:
+    """Once per process, when runlease is this API server's backend: refuse Airflow's shared secrets
+    cache, and start the backstop sweep (:mod:`runlease_airflow.reconcile`)."""
     from airflow.configuration import conf
 
-    if _server_backends() and conf.getboolean("secrets", "use_cache", fallback=False):
+    if not server_backends():
+        return
+    if conf.getboolean("secrets", "use_cache", fallback=False):
         raise RuntimeError(
             "runlease API-server mode: [secrets] use_cache must be False on the API server; Airflow's "
             "secrets cache would hand a value fetched for one DAG to another without asking runlease"
         )
+    from runlease_airflow.reconcile import start_sweeper
+
+    start_sweeper()
 
 
 class ExecutionApiMiddleware:
@@ -185,7 +195,7 @@ class ExecutionApiMiddleware:
             await self.app(scope, receive, send)
             return
         if not self._checked:
-            _refuse_shared_cache()
+            _first_request()
             self._checked = True
         reset = _request_scope.set(scope)
         try:

@@ -51,7 +51,7 @@ from runlease.connection import parse_connection
 from runlease.errors import AccessDeniedError, ConfigError, RunleaseError, SecretNotFoundError
 from runlease.models import SecretPath, SecretValue
 
-from runlease_airflow.api_server import access_denied, current_api_caller
+from runlease_airflow import api_server
 from runlease_airflow.config import BACKEND, BackendConfig
 from runlease_airflow.identity import Caller, current_caller
 from runlease_airflow.masker_bridge import install_sdk_masker_bridge
@@ -145,7 +145,7 @@ class RunleaseBackend(BaseSecretsBackend):
             return None
         # Inside the API server (API-server mode) the caller is the task instance named by the
         # Execution API token Airflow validated; elsewhere, the process's own task context.
-        caller = current_api_caller() or current_caller()
+        caller = api_server.current_api_caller() or current_caller()
         try:
             if caller.leases:
                 return self._lease(path, caller)
@@ -154,7 +154,7 @@ class RunleaseBackend(BaseSecretsBackend):
         except SecretNotFoundError:
             return None
         except AccessDeniedError as err:
-            raise access_denied(str(err)) from None
+            raise api_server.access_denied(str(err)) from None
         protect(value)
         return value
 

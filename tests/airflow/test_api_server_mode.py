@@ -37,11 +37,12 @@ import pytest
 from conftest import ADMIN, BIN, RUNNER, AirflowSite, _stop_group, _wait_for_health, free_port, leak_forms
 
 from runlease.ledger.base import AuditQuery
-from runlease.models import LeaseState
+from runlease.models import IDENTITY_FIELDS, LeaseState, RunIdentity, Verification
 from runlease.runtime import Runtime, init_home, open_runtime
 from runlease.settings import Settings
 
 from runlease_airflow.api_server import REVOKE_ACTOR
+from runlease_airflow.reconcile import SWEEP_ACTOR
 from runlease_airflow.ti_identity import METHOD, PHASE_ENDED
 
 pytestmark = pytest.mark.slow
@@ -100,6 +101,7 @@ class ApiMode:
     port: int
     values: TenantValues
     log_file: Path
+    env: dict[str, str]
 
     def runtime(self) -> Runtime:
         return open_runtime(Settings(home=self.home))
@@ -149,7 +151,7 @@ def api_mode(airflow_site: AirflowSite) -> Iterator[ApiMode]:
         )
     try:
         _wait_for_health(port, proc, log_file, deadline_s=180)
-        yield ApiMode(airflow_site, home, port, values, log_file)
+        yield ApiMode(airflow_site, home, port, values, log_file, env)
     finally:
         _stop_group(proc)
 
@@ -174,17 +176,24 @@ def api_runs(api_mode: ApiMode) -> Runs:
     """Both DAGs on the executor path, in a mount namespace where the API server's home is an empty tmpfs."""
     hide_home = 'mount -t tmpfs -o size=1m,mode=0755 none "$RL_TEST_API_HOME" && exec "$@"'
     cmd = ["unshare", "-m", "sh", "-c", hide_home, "sh", sys.executable, str(RUNNER), *DAGS, "--executor"]
-    proc = subprocess.run(cmd, env=worker_env(api_mode), capture_output=True, text=True, timeout=420,
-                          cwd=api_mode.site.root)
-    (api_mode.site.root / "worker-output.log").write_text(proc.stdout + proc.stderr)  # inspect with KEEP_SITE
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out_file = api_mode.site.root / "worker-output.log"  # inspect with RUNLEASE_TEST_KEEP_SITE=1
+    with out_file.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=worker_env(api_mode), stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=api_mode.site.root)
+        try:
+            proc.wait(timeout=420)
+        except subprocess.TimeoutExpired:
+            _stop_group(proc)  # the runner and its LocalExecutor workers: one process group, ours
+            raise AssertionError(f"worker side timed out: {out_file.read_text()[-3000:]}") from None
+    output = out_file.read_text()
+    assert proc.returncode == 0, output[-3000:]
     results = {}
-    for line in proc.stdout.splitlines():
+    for line in output.splitlines():
         if line.startswith("RESULT "):
             result = json.loads(line[len("RESULT "):])
             results[result["dag_id"]] = result
-    assert set(results) == set(DAGS), proc.stdout[-3000:] + proc.stderr[-3000:]
-    return Runs(results, proc.stdout + proc.stderr)
+    assert set(results) == set(DAGS), output[-3000:]
+    return Runs(results, output)
 
 
 @pytest.fixture()
@@ -347,3 +356,35 @@ def test_requests_without_a_task_token_get_no_secret(api_mode: ApiMode) -> None:
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(request, timeout=10)
         assert err.value.code in (401, 403)
+
+
+def verified(dag_id: str, run_id: str, task_id: str, try_number: int) -> RunIdentity:
+    """What the API server builds for a task instance (here for leases it never saw end)."""
+    return RunIdentity(orchestrator="airflow", pipeline=dag_id, run_id=run_id, task_id=task_id,
+                       try_number=try_number, verification=Verification(
+                           method=METHOD, subject="00000000-0000-0000-0000-000000000000", fields=IDENTITY_FIELDS))
+
+
+def test_the_api_server_sweep_revokes_what_ended_behind_its_back(api_runs: Runs, api_mode: ApiMode,
+                                                                ledger: Runtime) -> None:
+    """Run end and a try the scheduler failed directly in the DB never reach the state route."""
+    a = api_runs.results["rl_api_a"]
+    # Still active although its run finished: as if its worker died with its supervisor.
+    after_run = ledger.broker.lease("dev/connections/tenant_a_db", verified("rl_api_a", a["run_id"], "flaky", 2), 900)
+    # A run that exists but has not finished (triggered; no scheduler here runs it): its lease stays.
+    trigger = subprocess.run([str(BIN / "airflow"), "dags", "trigger", "rl_api_b", "--run-id", "sweep_probe"],
+                             env=api_mode.env, capture_output=True, text=True, timeout=180)
+    assert trigger.returncode == 0, trigger.stderr[-2000:]
+    open_run = ledger.broker.lease("dev/connections/tenant_b_db",
+                                   verified("rl_api_b", "sweep_probe", "use_granted_then_fail", 1), 900)
+    # One pass of the sweep the API server runs every minute, in a process configured like it.
+    swept = subprocess.run(
+        [sys.executable, "-c", "from runlease_airflow.reconcile import sweep_server_backends as s; print(s())"],
+        env=api_mode.env, capture_output=True, text=True, timeout=180)
+    assert swept.returncode == 0, swept.stderr[-2000:]
+    closed = ledger.ledger.get_lease(after_run.lease_id)
+    assert (closed.state, closed.revoke_reason) == (LeaseState.REVOKED, "dag run success")
+    assert ledger.ledger.get_lease(open_run.lease_id).state is LeaseState.ACTIVE
+    (revoke,) = [e for e in ledger.ledger.events(AuditQuery(run_id=a["run_id"]))
+                 if e.action == "revoke" and e.lease_id == after_run.lease_id]
+    assert revoke.principal == SWEEP_ACTOR

@@ -16,6 +16,7 @@ from runlease.runtime import Runtime
 
 from runlease_airflow.api_server import REVOKE_ACTOR as API_SERVER_ACTOR
 from runlease_airflow.listener import RUN_ACTOR, TASK_ACTOR
+from runlease_airflow.reconcile import SWEEP_ACTOR
 
 pytestmark = pytest.mark.slow
 
@@ -124,6 +125,7 @@ def test_a_killed_task_is_cleaned_up_outside_its_process(
     assert lease.state is LeaseState.REVOKED
     revoke = [e for e in site_runtime.ledger.events(AuditQuery(run_id=run["run_id"])) if e.action == "revoke"]
     # SIGKILL skipped the task's own listener; the supervisor still reported the failure to the API
-    # server (which revokes), and the scheduler-side hooks (task failed / run failed) are the backstop.
-    assert len(revoke) == 1 and revoke[0].principal in {TASK_ACTOR, RUN_ACTOR, API_SERVER_ACTOR}
+    # server (which revokes), and the scheduler-side hooks (task failed / run failed) and the API
+    # server's sweep are the backstops.
+    assert len(revoke) == 1 and revoke[0].principal in {TASK_ACTOR, RUN_ACTOR, API_SERVER_ACTOR, SWEEP_ACTOR}
     assert "runlease: revoked" not in task_log(airflow_site, run, "killed_mid_task")
