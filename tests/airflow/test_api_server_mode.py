@@ -22,11 +22,14 @@ docs/airflow-deployment.md.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -162,6 +165,7 @@ def worker_env(mode: ApiMode) -> dict[str, str]:
            if not k.startswith(("AIRFLOW__SECRETS__", "AIRFLOW__WORKERS__", "RUNLEASE_", "AIRFLOW_CONN_"))}
     env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://127.0.0.1:{mode.port}/execution/"
     env["RL_TEST_API_HOME"] = str(mode.home)
+    env["PYTHONFAULTHANDLER"] = "1"
     return env
 
 
@@ -183,8 +187,11 @@ def api_runs(api_mode: ApiMode) -> Runs:
         try:
             proc.wait(timeout=420)
         except subprocess.TimeoutExpired:
+            # PYTHONFAULTHANDLER: SIGABRT makes every Python process of the group dump its stacks here.
+            os.killpg(proc.pid, signal.SIGABRT)
+            time.sleep(2)
             _stop_group(proc)  # the runner and its LocalExecutor workers: one process group, ours
-            raise AssertionError(f"worker side timed out: {out_file.read_text()[-3000:]}") from None
+            raise AssertionError(f"worker side timed out: {out_file.read_text()[-6000:]}") from None
     output = out_file.read_text()
     assert proc.returncode == 0, output[-3000:]
     results = {}
