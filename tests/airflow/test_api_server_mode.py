@@ -144,6 +144,8 @@ def api_mode(airflow_site: AirflowSite) -> Iterator[ApiMode]:
         # A decoy for B's connection next in the API server's chain: a denial that fell
         # through would hand it out instead of answering 403.
         "AIRFLOW_CONN_TENANT_B_DB": "postgres://decoy:decoy-password@decoy.invalid:5432/decoy",
+        # Not in runlease at all: the API server's chain must fall through to it.
+        "AIRFLOW_CONN_TENANT_SHARED": "postgres://shared@shared.internal:5432/shared",
     })
     log_file = airflow_site.root / "api-server-apimode.log"
     with log_file.open("wb") as out:
@@ -217,7 +219,7 @@ def task_log(mode: ApiMode, run: dict, task_id: str, attempt: int = 1) -> str:
 
 
 def attacks(log: str) -> dict[str, str]:
-    return dict(re.findall(r"ATTACK (\S+) (\w+)", log))
+    return dict(re.findall(r"ATTACK ([\w-]+) ([\w-]+)", log))
 
 
 def ti_ids(mode: ApiMode, run: dict) -> dict[tuple[str, int], str]:
@@ -330,6 +332,12 @@ def test_the_other_dags_secrets_are_denied_in_the_task_and_audited(api_runs: Run
     log = api_mode.log_file.read_text()
     assert re.search(r"method=GET path=/execution/connections/tenant_b_db query= status_code=403", log), log[-2000:]
     assert "decoy-password" not in api_runs.output + task_log(api_mode, a, "use_granted")
+
+
+def test_what_runlease_does_not_hold_falls_through_to_the_next_backend(api_runs: Runs, api_mode: ApiMode) -> None:
+    got = attacks(task_log(api_mode, api_runs.results["rl_api_a"], "use_granted"))
+    assert got["not-held-by-runlease"] == "got-value"  # from the API server's env backend, after runlease
+    assert got["held-nowhere"] == "AirflowNotFoundException"  # a 404, not a denial
 
 
 def test_a_worker_has_nothing_to_attack_with(api_runs: Runs, api_mode: ApiMode, ledger: Runtime) -> None:

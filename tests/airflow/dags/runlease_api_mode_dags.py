@@ -107,6 +107,9 @@ with DAG(dag_id="rl_api_a", schedule=None, start_date=START, catchup=False) as a
         print(f"stderr password={conn.password}", file=sys.stderr)
         attack("other-dag-connection", lambda: BaseHook.get_connection("tenant_b_db"))
         attack("other-dag-variable", lambda: Variable.get("tenant_b_note"))
+        # Not held by runlease: the API server's next backend answers (404 from runlease is a fall-through).
+        attack("not-held-by-runlease", lambda: BaseHook.get_connection("tenant_shared").host == "shared.internal")
+        attack("held-nowhere", lambda: BaseHook.get_connection("tenant_nowhere"))
         attack("open-broker", open_broker_and_lease_b)
         attack("key-in-env", runlease_env_names)
         attack("home-listing", home_entries)
