@@ -34,6 +34,7 @@ bench:
 	$(PY) benchmarks/bench_lease.py --markdown docs/benchmarks.md
 	$(PY) benchmarks/bench_airflow_backend.py --markdown docs/benchmarks.md
 	$(PY) benchmarks/bench_aws.py --markdown docs/benchmarks.md
+	$(PY) benchmarks/bench_airflow_api_server.py --markdown docs/benchmarks.md
 	$(PY) benchmarks/bench_scan.py --markdown docs/benchmarks.md
 	$(PY) benchmarks/bench_rotation.py --markdown docs/benchmarks.md
 	$(PY) benchmarks/bench_vault.py --markdown docs/benchmarks.md

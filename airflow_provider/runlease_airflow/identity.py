@@ -48,7 +48,8 @@ ORCHESTRATOR = "airflow"
 #: Pipeline name used when no DAG is known (matches policy principal "airflow:-").
 NO_PIPELINE = "-"
 
-LEASING_PHASES = frozenset({"render", "execute", "task"})
+#: ``execution-api``: a running try asking through the API server (runlease_airflow.ti_identity).
+LEASING_PHASES = frozenset({"render", "execute", "task", "execution-api"})
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,11 @@ id, because run ids are only unique per DAG (two DAGs on the same schedule
 both have ``scheduled__2026-01-01T00:00:00+00:00``). A deferred task's leases
 were issued in an earlier process; the ledger query finds them too.
 
+In API-server mode (:mod:`runlease_airflow.api_server`) the API server revokes a
+try's leases when it records the try's end; workers have no runlease setting,
+so the hooks here find no backend and do nothing, except ``on_starting``, which
+widens the task's masking (:mod:`runlease_airflow.worker_masking`).
+
 Listener hooks must never break the task: failures are logged (never with a
 value -- none is held here) and swallowed, and TTL remains the backstop.
 """
@@ -38,6 +43,25 @@ hookimpl = pluggy.HookimplMarker("airflow")
 
 TASK_ACTOR = "runlease-airflow:task-listener"
 RUN_ACTOR = "runlease-airflow:dagrun-listener"
+
+
+def _bridge_masking() -> None:
+    """Cover core-configured log handlers with the Task SDK masker in every process that loads the plugin.
+
+    In API-server mode no RunleaseBackend is built on the worker side, which is where
+    :mod:`runlease_airflow.masker_bridge` is otherwise installed; the process that runs the
+    LocalExecutor (scheduler, ``dag.test()``) echoes task output through core's handlers.
+    Airflow loads plugins -- this module -- there before its executor forks the supervisors.
+    """
+    try:
+        from runlease_airflow.masker_bridge import install_sdk_masker_bridge
+
+        install_sdk_masker_bridge()
+    except Exception as err:  # never break the process loading the plugin
+        log.debug("runlease: masker bridge not installed (%s)", type(err).__name__)
+
+
+_bridge_masking()
 
 
 def _states() -> list[Any]:
@@ -61,7 +85,8 @@ def _map_index(value: Any) -> int | None:
 
 
 def revoke_task_try(dag_id: str, run_id: str, task_id: str, try_number: int | None,
-                    map_index: int | None, outcome: str, states: list[Any] | None = None) -> int:
+                    map_index: int | None, outcome: str, states: list[Any] | None = None,
+                    actor: str = TASK_ACTOR) -> int:
     """Revoke every active lease of one task try; returns how many were revoked.
 
     ``states`` defaults to every runtime this process opened (or the configured backend's).
@@ -71,7 +96,7 @@ def revoke_task_try(dag_id: str, run_id: str, task_id: str, try_number: int | No
     from runlease_airflow.lease_cache import task_key
 
     actor = RunIdentity(orchestrator="airflow", pipeline=dag_id, run_id=run_id, task_id=task_id,
-                        try_number=try_number, map_index=map_index, principal=TASK_ACTOR)
+                        try_number=try_number, map_index=map_index, principal=actor)
     revoked = 0
     for state in _states() if states is None else states:
         state.leases.drop_task(task_key(actor))
@@ -120,6 +145,19 @@ def _run_ended(dag_run: Any, outcome: str) -> None:
     except Exception as err:
         log.warning("runlease: could not revoke the leases of run %s (%s: %s); their TTL still applies",
                     getattr(dag_run, "run_id", "?"), type(err).__name__, err)
+
+
+@hookimpl
+def on_starting(component: Any) -> None:
+    """In a task process: full masking of what the Execution API returns (runlease_airflow.worker_masking)."""
+    if type(component).__name__ != "TaskRunnerMarker":
+        return
+    try:
+        from runlease_airflow.worker_masking import install
+
+        install()
+    except Exception as err:  # never break the task; Airflow's own masking still applies
+        log.warning("runlease: could not install worker-side masking (%s: %s)", type(err).__name__, err)
 
 
 @hookimpl

@@ -17,6 +17,7 @@ except ImportError:  # pragma: no cover - core-only installs
 
 from runlease_airflow import listener
 from runlease_airflow.ui import EXTERNAL_VIEWS, FASTAPI_APPS
+from runlease_airflow.api_server import ROOT_MIDDLEWARE
 
 
 class RunleasePlugin(AirflowPlugin):
@@ -25,3 +26,5 @@ class RunleasePlugin(AirflowPlugin):
     # runlease pages in the Airflow UI (runlease_airflow/ui): served by the API server, linked from its pages.
     fastapi_apps = FASTAPI_APPS
     external_views = EXTERNAL_VIEWS
+    # API-server mode: verified task identity and trusted-side revocation (runlease_airflow.api_server).
+    fastapi_root_middlewares = [ROOT_MIDDLEWARE]

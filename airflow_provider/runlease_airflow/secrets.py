@@ -14,7 +14,11 @@ What a lookup does:
 
 1. Map the Airflow ID to a runlease path (prefix, optional lookup pattern). An
    ID that is not ours returns None at once, so Airflow asks the next backend.
-2. Find out who is asking (:mod:`runlease_airflow.identity`). Inside a task
+2. Find out who is asking. Inside the API server (API-server mode,
+   :mod:`runlease_airflow.api_server`) it is the task instance named by the
+   Execution API token Airflow validated, verified against the metadata DB
+   (:mod:`runlease_airflow.ti_identity`). Elsewhere (in-process mode,
+   :mod:`runlease_airflow.identity`) it is what the process says: inside a task
    try -- template rendering, execute, callbacks -- the value is *leased* to
    that try (reusing a still-valid lease from :mod:`runlease_airflow.lease_cache`);
    at DAG-parse time and outside any task it is an audited *read*.
@@ -24,7 +28,8 @@ What a lookup does:
    database, or an API server's chain resolving it for a task). The cost is
    that a caller can learn whether runlease holds an ID, never its value. For a
    secret runlease holds, a policy denial raises
-   :class:`~runlease_airflow.errors.RunleaseAccessDenied` (no fall through),
+   :class:`~runlease_airflow.errors.RunleaseAccessDenied` (no fall through; a 403
+   from the Execution API in API-server mode),
    and so does a row that fails authentication
    (:class:`~runlease_airflow.errors.RunleaseTampered`): whoever edited it must
    not be able to hand the task the next backend's credential instead;
@@ -60,8 +65,9 @@ from runlease.errors import (AccessDeniedError, ConfigError, IntegrityError, Inv
 from runlease.models import SecretPath, SecretValue
 from runlease.rowauth import RowKeyNotLoadedError
 
+from runlease_airflow import api_server
 from runlease_airflow.config import BACKEND, BackendConfig
-from runlease_airflow.errors import RunleaseAccessDenied, RunleaseTampered
+from runlease_airflow.errors import RunleaseTampered
 from runlease_airflow.identity import Caller, current_caller
 from runlease_airflow.masker_bridge import install_sdk_masker_bridge
 from runlease_airflow.masking import connection_extra_text, protect
@@ -160,7 +166,9 @@ class RunleaseBackend(BaseSecretsBackend):
         path = self.config.path_for(secret_type, secret_id)
         if path is None:
             return None
-        caller = current_caller()
+        # Inside the API server (API-server mode) the caller is the task instance named by the
+        # Execution API token Airflow validated; elsewhere, the process's own task context.
+        caller = api_server.current_api_caller() or current_caller()
         # Every store request of this lookup -- the cache's revalidation reads included, which
         # run outside the broker -- carries the caller's X-Correlation-ID (Vault's audit log).
         # A store that offers a read scope (Vault) fetches each state record once per lookup:
@@ -176,7 +184,7 @@ class RunleaseBackend(BaseSecretsBackend):
         except SecretNotFoundError:
             return self._from_airflow_layout(secret_type, secret_id, path, caller)
         except AccessDeniedError as err:
-            raise RunleaseAccessDenied(str(err)) from None
+            raise api_server.access_denied(str(err)) from None
         except (IntegrityError, RowKeyNotLoadedError) as err:
             self.broker.report_tampering(err, "lease" if caller.leases else "read", caller.identity, path=str(path))
             raise RunleaseTampered(str(err)) from None
@@ -216,7 +224,7 @@ class RunleaseBackend(BaseSecretsBackend):
                 return value
             value = broker.read(path, caller.identity, kind=path.kind, detail=detail, fetched=stored).value
         except AccessDeniedError as err:
-            raise RunleaseAccessDenied(str(err)) from None
+            raise api_server.access_denied(str(err)) from None
         protect(value)
         return value
 

@@ -96,6 +96,11 @@ def main() -> int:
         returned = threading.Event()
         if args.executor:
             started_after = datetime.now(timezone.utc)
+            # Run the watchdog's query once here first: its imports (airflow.models loads lazily) and
+            # SQLAlchemy's mapper set-up must not happen in a thread while the LocalExecutor forks its
+            # workers, or a child can inherit a held import lock and hang (seen: a worker stuck in
+            # airflow.models.import_all_models).
+            latest_run_state(dag_id, started_after)
             threading.Thread(target=unstick_executor_shutdown, args=(dag_id, started_after, returned),
                              daemon=True).start()
         try:

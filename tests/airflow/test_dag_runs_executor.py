@@ -14,7 +14,9 @@ from runlease.ledger.base import AuditQuery
 from runlease.models import LeaseState
 from runlease.runtime import Runtime
 
+from runlease_airflow.api_server import REVOKE_ACTOR as API_SERVER_ACTOR
 from runlease_airflow.listener import RUN_ACTOR, TASK_ACTOR
+from runlease_airflow.reconcile import SWEEP_ACTOR
 
 pytestmark = pytest.mark.slow
 
@@ -38,12 +40,17 @@ def test_leases_are_revoked_by_the_listener_inside_each_task_process(
     leases = site_runtime.ledger.find_leases(run_id=run["run_id"])
     assert len(leases) == 4 and {lease.state for lease in leases} == {LeaseState.REVOKED}
     revokes = [e for e in site_runtime.ledger.events(AuditQuery(run_id=run["run_id"])) if e.action == "revoke"]
-    assert {e.principal for e in revokes} == {TASK_ACTOR}
-    # The listener's own log line is in each task's log file: it ran in that task's process.
+    # The API server (runlease is its backend here too) also revokes a try when it records the try's
+    # end; it and the task's own listener race for success, and whichever comes first revokes.
+    assert {e.principal for e in revokes} <= {TASK_ACTOR, API_SERVER_ACTOR}
+    assert {e.detail.get("reason") for e in revokes} == {"task success"}
+    # Where the listener did it, its own log line is in that task's log file: it ran in that process.
     expected = {"extract_features": 2, "train_model": 1, "publish_model": 1}
     for task_id, count in expected.items():
-        assert f"runlease: revoked {count} lease(s) of training_pipeline.{task_id} try 1 (success)" in task_log(
-            airflow_site, run, task_id)
+        by_listener = [e for e in revokes if e.task_id == task_id and e.principal == TASK_ACTOR]
+        if len(by_listener) == count:
+            assert f"runlease: revoked {count} lease(s) of training_pipeline.{task_id} try 1 (success)" in task_log(
+                airflow_site, run, task_id)
 
 
 def test_template_and_execute_phases_on_the_executor_path(executor_runs, site_runtime: Runtime) -> None:
@@ -89,7 +96,13 @@ def test_retry_on_the_executor_path(executor_runs, airflow_site, site_runtime: R
         (2, LeaseState.REVOKED, "task success"),
     ]
     assert "first try fails on purpose" in task_log(airflow_site, run, "flaky", attempt=1)
-    assert "(success)" in task_log(airflow_site, run, "flaky", attempt=2)
+    # Try 2's leases were revoked by its own listener (whose line is then in its log) or by the
+    # API server recording its success, whichever came first.
+    revoke = [e for e in site_runtime.ledger.events(AuditQuery(run_id=run["run_id"]))
+              if e.action == "revoke" and e.try_number == 2]
+    assert len(revoke) == 1 and revoke[0].principal in {TASK_ACTOR, API_SERVER_ACTOR}
+    if revoke[0].principal == TASK_ACTOR:
+        assert "(success)" in task_log(airflow_site, run, "flaky", attempt=2)
 
 
 def test_dag_file_parse_in_the_worker_is_an_audited_read_bound_to_the_dag(
@@ -111,6 +124,8 @@ def test_a_killed_task_is_cleaned_up_outside_its_process(
     (lease,) = site_runtime.ledger.find_leases(run_id=run["run_id"])
     assert lease.state is LeaseState.REVOKED
     revoke = [e for e in site_runtime.ledger.events(AuditQuery(run_id=run["run_id"])) if e.action == "revoke"]
-    # SIGKILL skipped the task's own listener; the scheduler-side hooks (task failed / run failed) did it.
-    assert len(revoke) == 1 and revoke[0].principal in {TASK_ACTOR, RUN_ACTOR}
+    # SIGKILL skipped the task's own listener; the supervisor still reported the failure to the API
+    # server (which revokes), and the scheduler-side hooks (task failed / run failed) and the API
+    # server's sweep are the backstops.
+    assert len(revoke) == 1 and revoke[0].principal in {TASK_ACTOR, RUN_ACTOR, API_SERVER_ACTOR, SWEEP_ACTOR}
     assert "runlease: revoked" not in task_log(airflow_site, run, "killed_mid_task")
