@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scan_corpus import Fakes
 
@@ -119,9 +119,13 @@ _SECRET_ALPHABET = st.characters(min_codepoint=33, max_codepoint=126, exclude_ch
 )
 def test_excerpts_and_fingerprints_never_contain_the_value(value: str, name: str, template: str, path: str) -> None:
     text = template.format(name=name, value=value)
+    # A value that also stands in the line around it (e.g. the key name itself) may show there.
+    assume(value not in template.format(name=name, value="«redacted»"))
     for finding in scan_text(text, path):
-        dumped = finding.model_dump_json()
-        assert value not in dumped
+        # The fields that carry text from the file; a value may well equal a field *name*
+        # ("suppress" in "suppressed_by"), which says nothing about a leak.
+        for field in ("excerpt", "fingerprint"):
+            assert value not in str(getattr(finding, field))
         assert "«redacted:" in finding.excerpt
 
 
