@@ -54,7 +54,7 @@ import re
 from contextvars import ContextVar
 from typing import Any
 
-from runlease_airflow.errors import RunleaseAccessDenied
+from runlease_airflow.errors import RunleaseAccessDenied, RunleaseTampered
 from runlease_airflow.identity import Caller
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,21 @@ class ExecutionApiAccessDenied(RunleaseAccessDenied, _HTTPException):  # type: i
 
     def __init__(self, message: str) -> None:
         RunleaseAccessDenied.__init__(self, message)
+        self.status_code = 403
+        self.detail = {"reason": "permission_denied", "message": message}
+        self.headers = None
+
+    def __str__(self) -> str:
+        return str(self.detail["message"])
+
+
+class ExecutionApiTampered(RunleaseTampered, _HTTPException):  # type: ignore[misc]
+    """A row that failed authentication, met inside the API server: refused like a denial (403,
+    so the task gets ``AirflowSecretsBackendAccessDenied`` and never the next backend's value),
+    not a 500 the worker might treat as a passing failure. Already audited as tampering."""
+
+    def __init__(self, message: str) -> None:
+        RunleaseTampered.__init__(self, message)
         self.status_code = 403
         self.detail = {"reason": "permission_denied", "message": message}
         self.headers = None
@@ -117,6 +132,11 @@ def _is_ti_token(token: Any) -> bool:
 def access_denied(message: str) -> RunleaseAccessDenied:
     """The denial to raise for the current request: a 403 inside the API server, else a plain denial."""
     return ExecutionApiAccessDenied(message) if in_api_request() else RunleaseAccessDenied(message)
+
+
+def tampered(message: str) -> RunleaseTampered:
+    """The integrity refusal to raise for the current request: a 403 inside the API server."""
+    return ExecutionApiTampered(message) if in_api_request() else RunleaseTampered(message)
 
 
 def server_backends() -> list[Any]:

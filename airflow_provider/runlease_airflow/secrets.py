@@ -67,7 +67,6 @@ from runlease.rowauth import RowKeyNotLoadedError
 
 from runlease_airflow import api_server
 from runlease_airflow.config import BACKEND, BackendConfig
-from runlease_airflow.errors import RunleaseTampered
 from runlease_airflow.identity import Caller, current_caller
 from runlease_airflow.masker_bridge import install_sdk_masker_bridge
 from runlease_airflow.masking import connection_extra_text, protect
@@ -187,7 +186,7 @@ class RunleaseBackend(BaseSecretsBackend):
             raise api_server.access_denied(str(err)) from None
         except (IntegrityError, RowKeyNotLoadedError) as err:
             self.broker.report_tampering(err, "lease" if caller.leases else "read", caller.identity, path=str(path))
-            raise RunleaseTampered(str(err)) from None
+            raise api_server.tampered(str(err)) from None
         protect(value)
         return value
 

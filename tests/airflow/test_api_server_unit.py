@@ -96,6 +96,23 @@ def test_a_request_without_a_task_token_is_the_api_server_unverified(home: Path,
     assert "verified" not in read.detail and "verified" not in refused.detail
 
 
+def test_a_tampered_row_met_in_the_api_server_is_a_403_denial_not_a_500(home: Path, in_api_request: object) -> None:
+    """Issue #12 in API-server mode: an edited secret row must reach the task as a denial (403 ->
+    PERMISSION_DENIED -> AirflowSecretsBackendAccessDenied, no fall-through), never as a server error."""
+    import sqlite3
+
+    from runlease_airflow.api_server import ExecutionApiTampered
+
+    with sqlite3.connect(home / "store.db") as db:
+        db.execute("UPDATE secrets SET metadata='{\"issuer\": \"static\"}' WHERE path='dev/connections/ui_visible'")
+    backend = RunleaseBackend(home=str(home))
+    with pytest.raises(ExecutionApiTampered) as refused:
+        backend.get_connection("ui_visible")
+    assert isinstance(refused.value, AirflowSecretsBackendAccessDenied)
+    assert refused.value.status_code == 403 and refused.value.detail["reason"] == "permission_denied"
+    assert "Ui-visible-pw-3371" not in str(refused.value)
+
+
 def test_a_claimed_task_context_outside_the_api_server_never_matches_require_verified(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
