@@ -174,3 +174,22 @@ def test_a_reader_that_stops_early_is_not_an_error(home: Path, tmp_path: Path) -
         err = proc.stderr.read()
         assert proc.wait(timeout=120) == 0, err
         assert first and err == b""
+
+
+def test_audit_show_says_which_identities_were_verified(stocked: Path) -> None:
+    """The audit shows claimed vs verified: CLI leases are claims; a proven identity names its proof."""
+    from runlease.models import RunIdentity, Verification
+    from runlease.runtime import open_runtime
+    from runlease.settings import Settings
+
+    rt = open_runtime(Settings(home=stocked))
+    try:
+        proof = Verification(method="oidc", subject="system:serviceaccount:ml:pipeline-a", issuer="https://k8s")
+        rt.broker.lease("dev/connections/warehouse",
+                        RunIdentity(orchestrator="kfp", pipeline="p", run_id="run-v", verification=proof), 60)
+    finally:
+        rt.close()
+    code, out = run("audit", "show", "--run-id", "run-v")
+    assert code == 0 and "oidc:system:serviceaccount:ml:pipeline-a" in out, out
+    code, out = run("audit", "show", "--run-id", LONG_RUN)
+    assert code == 0 and "claimed" in out, out

@@ -127,12 +127,25 @@ def leases_table(rows: Iterable[Lease], title: str = "leases") -> Table:
     return tbl
 
 
+def identity_label(event: AuditEvent) -> str:
+    """Who vouched for the event's identity: ``claimed`` (what the caller said), or the proof's
+    method and the fields it covers (``airflow-execution-api:pipeline,run_id,...``; ``oidc:<subject>``)."""
+    proof = event.detail.get("verified") if isinstance(event.detail, dict) else None
+    if not isinstance(proof, dict):
+        return "claimed"
+    method = str(proof.get("method", "verified"))
+    if method == "oidc":
+        return f"oidc:{proof.get('subject', '')}"
+    fields = proof.get("fields") or []
+    return f"{method}:{','.join(map(str, fields))}" if fields else method
+
+
 def audit_table(rows: Iterable[AuditEvent], title: str = "audit trail") -> Table:
     tbl = table(title, ("seq", "time", "action", "outcome", "path", "v", "lease", "run_id", "task", "try",
-                        "principal"))
+                        "principal", "identity"))
     for e in rows:
         tbl.add_row(*map(text, (
             e.seq, e.ts.strftime("%H:%M:%S.%f")[:-3], e.action, e.outcome.value, e.path, e.version, e.lease_id,
-            e.run_id, e.task_id, e.try_number, e.principal,
+            e.run_id, e.task_id, e.try_number, e.principal, identity_label(e),
         )))
     return tbl
