@@ -40,7 +40,8 @@ from runlease.keyfile import (
 )
 from runlease.ledger.base import Ledger
 from runlease.ledger.sqlite import SqliteLedger
-from runlease.migrations import upgrade_sqlite
+from runlease.format_record import store_record_path
+from runlease.migrations import record_format, upgrade_sqlite
 from runlease.policy import EXAMPLE_POLICY, Policy
 from runlease.settings import Settings
 from runlease.store.base import SecretStore
@@ -140,8 +141,9 @@ def open_runtime(settings: Settings | None = None, *, create_ledger: bool = Fals
     keyring = load_keyring(settings)
     db = Database(settings.store_file)
     try:
-        upgrade_sqlite(db, keyring, settings.anchor_file)
+        upgrade_sqlite(db, keyring, settings.anchor_file, store_record_path(settings.store_file))
         local = LocalStore(db, keyring)
+        record_format(db, keyring, store_record_path(settings.store_file))
         store = remote_store(settings) or local
         return _assemble(settings, keyring, db, store, local, create_ledger=create_ledger)
     except BaseException:
@@ -221,6 +223,7 @@ def _init_locked(settings: Settings, home: Path, kms: "KmsKeyOptions | None",
     db = Database(settings.store_file, create=True)
     try:
         local = LocalStore.initialize(db, keyring, store_id=store_id)
+        record_format(db, keyring, store_record_path(settings.store_file))
         example = home / "policy.example.toml"
         if not example.exists():
             # 0644 whatever the umask: renamed to policy.toml it must pass the open-time checks.
