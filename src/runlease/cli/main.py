@@ -26,6 +26,7 @@ from runlease.cli.issuer_opts import check_issuer_metadata, parse_issuer_opts
 from runlease.cli.policy_cmd import policy_app
 from runlease.cli.rotation_cmd import register as register_rotation
 from runlease.scan.cli import register as register_scan
+from runlease import listing
 from runlease.connection import connection_to_uri
 from runlease.keyfile import prepend_new_key
 from runlease.ledger.base import AuditQuery
@@ -191,8 +192,9 @@ def list_secrets(
 ) -> None:
     """List secrets and where their stages point (metadata only, no values)."""
     with runtime() as rt:
-        rows = rt.store.list(prefix, include_deleted=all_)
-    console.print(render.secrets_table(rows))
+        found = listing.list_secrets(rt.store, rt.broker, prefix, include_deleted=all_, actor=cli_identity("ls"))
+    console.print(render.secrets_table(found.rows, found.tampered))
+    found.raise_if_tampered()
 
 
 @app.command()
@@ -201,7 +203,9 @@ def history(path: str = PathArg) -> None:
     """List a secret's versions and their stage labels."""
     secret_path = SecretPath.parse(path)
     with runtime() as rt:
-        console.print(render.history_table(str(secret_path), rt.store.history(secret_path)))
+        found = listing.secret_history(rt.store, rt.broker, secret_path, cli_identity("history"))
+    console.print(render.history_table(str(secret_path), found.rows, found.tampered))
+    found.raise_if_tampered()
 
 
 @app.command()
@@ -250,8 +254,10 @@ def leases(
 ) -> None:
     """List leases (no values)."""
     with runtime() as rt:
-        rows = rt.ledger.find_leases(run_id=run_id, state=state, limit=limit)
-    console.print(render.leases_table(rows))
+        found = listing.find_leases(rt.ledger, rt.broker, cli_identity("leases"), run_id=run_id, state=state,
+                                    limit=limit)
+    console.print(render.leases_table(found.rows, tampered=found.tampered))
+    found.raise_if_tampered()
 
 
 @app.command()

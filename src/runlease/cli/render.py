@@ -6,11 +6,19 @@ from collections.abc import Iterable
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from runlease.connection import SENSITIVE_EXTRA_WORDS
 from runlease.models import AuditEvent, Lease, SecretInfo, SecretValue, SecretVersion, Stage
 
 MASK = "***"
+#: How a row that failed authentication is shown in a listing (runlease.listing).
+TAMPERED = "TAMPERED"
+
+
+def _row_id(name: str) -> Text:
+    """The row part of a ``"<table> <row>"`` name, as plain text (a forged id may hold Rich markup)."""
+    return Text(name.partition(" ")[2])
 
 
 def masked(value: SecretValue) -> Any:
@@ -48,7 +56,7 @@ def value_table(title: str, value: Any) -> Table:
     return table
 
 
-def secrets_table(rows: Iterable[SecretInfo]) -> Table:
+def secrets_table(rows: Iterable[SecretInfo], tampered: Iterable[str] = ()) -> Table:
     table = Table(title="secrets")
     for col in ("path", "CURRENT", "PENDING", "PREVIOUS", "versions", "issuer", "updated", "state"):
         table.add_column(col)
@@ -61,20 +69,27 @@ def secrets_table(rows: Iterable[SecretInfo]) -> Table:
             info.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
             "deleted" if info.deleted else "live",
         )
+    for name in tampered:
+        table.add_row(_row_id(name), "", "", "", "", "", "", TAMPERED)
     return table
 
 
-def history_table(path: str, rows: Iterable[SecretVersion]) -> Table:
+def history_table(path: str, rows: Iterable[SecretVersion], tampered: Iterable[str] = ()) -> Table:
     table = Table(title=f"history of {path}")
     for col in ("version", "created", "stages", "deprecated"):
         table.add_column(col)
     for v in rows:
         table.add_row(str(v.version), v.created_at.strftime("%Y-%m-%d %H:%M:%S"),
                       ", ".join(s.value for s in v.stages), "yes" if v.deprecated else "")
+    for name in tampered:
+        if name.startswith("versions "):
+            table.add_row(Text(name.rpartition(" v")[2]), "", TAMPERED, "")
+        else:  # the secret's own row, which holds the stage labels
+            table.add_row("-", "", f"{TAMPERED} (secret row: stage labels unknown)", "")
     return table
 
 
-def leases_table(rows: Iterable[Lease], title: str = "leases") -> Table:
+def leases_table(rows: Iterable[Lease], title: str = "leases", tampered: Iterable[str] = ()) -> Table:
     table = Table(title=title)
     for col in ("lease", "path", "v", "state", "pipeline", "run_id", "task", "try", "issued", "expires", "reason"):
         table.add_column(col, overflow="fold")
@@ -85,6 +100,8 @@ def leases_table(rows: Iterable[Lease], title: str = "leases") -> Table:
             i.task_id or "", "" if i.try_number is None else str(i.try_number),
             lease.issued_at.strftime("%H:%M:%S"), lease.expires_at.strftime("%H:%M:%S"), lease.revoke_reason or "",
         )
+    for name in tampered:
+        table.add_row(_row_id(name), "", "", TAMPERED, "", "", "", "", "", "", "")
     return table
 
 

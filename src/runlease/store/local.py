@@ -244,7 +244,14 @@ class LocalStore:
             raise SecretNotFoundError(f"secret {path} not found")
         return found[0]
 
-    def list(self, prefix: str = "", *, include_deleted: bool = False, exact: bool = False) -> list[SecretInfo]:
+    def list(self, prefix: str = "", *, include_deleted: bool = False, exact: bool = False,
+             tampered: list[RowTamperedError | RowKeyNotLoadedError] | None = None) -> list[SecretInfo]:
+        """Authenticated secrets under ``prefix``.
+
+        With ``tampered`` given (listings), a row that fails authentication goes
+        there and is left out, so one bad row does not hide every good one;
+        without it (every path that acts on a row) the first bad row raises.
+        """
         with self.db.read() as conn:
             if exact:
                 paths = [r[0] for r in conn.execute("SELECT path FROM secrets WHERE path = ?", (prefix,))]
@@ -252,7 +259,14 @@ class LocalStore:
                 like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
                 paths = [r[0] for r in conn.execute(
                     "SELECT path FROM secrets WHERE path LIKE ? ESCAPE '\\' ORDER BY path", (like,))]
-            loaded = [self._load(conn, p) for p in paths]
+            loaded = []
+            for p in paths:
+                try:
+                    loaded.append(self._load(conn, p))
+                except (RowTamperedError, RowKeyNotLoadedError) as err:
+                    if tampered is None:
+                        raise
+                    tampered.append(err)
         out = []
         for found in loaded:
             if found is None:
@@ -273,23 +287,43 @@ class LocalStore:
             )
         return out
 
-    def history(self, path: SecretPath) -> list[SecretVersion]:
+    def history(self, path: SecretPath, *,
+                tampered: list[RowTamperedError | RowKeyNotLoadedError] | None = None) -> list[SecretVersion]:
+        """The secret's authenticated versions and their stage labels.
+
+        With ``tampered`` given (the ``history`` listing), bad rows go there
+        instead of raising: a tampered version row is left out; a tampered
+        secret row leaves every version without stage labels (they live in it).
+        """
+        labels: dict[int, list[Stage]] = {}
         with self.db.read() as conn:
-            loaded = self._load(conn, str(path))
+            try:
+                loaded = self._load(conn, str(path))
+            except (RowTamperedError, RowKeyNotLoadedError) as err:
+                if tampered is None:
+                    raise
+                tampered.append(err)
+                loaded = ((), {})
             if loaded is None:
                 raise SecretNotFoundError(f"secret {path} not found")
-            labels: dict[int, list[Stage]] = {}
             for st, v in loaded[1].items():
                 labels.setdefault(v, []).append(st)
             rows = conn.execute(
                 f"SELECT {VERSION_COLUMNS}, mac FROM versions WHERE path=? ORDER BY version", (str(path),)
             ).fetchall()
+        good = []
         for row in rows:
-            self._check_version(row)
+            try:
+                self._check_version(row)
+                good.append(row)
+            except (RowTamperedError, RowKeyNotLoadedError) as err:
+                if tampered is None:
+                    raise
+                tampered.append(err)
         return [
             SecretVersion(path=path, version=r[1], created_at=r[2], stages=sorted(labels.get(r[1], [])),
                           deprecated=bool(r[6]))
-            for r in rows
+            for r in good
         ]
 
     # -- writes ---------------------------------------------------------------
