@@ -326,16 +326,23 @@ def audit_verify(
     with runtime() as rt:
         if reanchor:
             do = getattr(rt.ledger, "reanchor", None)
-            if do is None:
-                fail("--reanchor applies to the local ledger only (the shared ledger's anchors are per machine)", 2)
-            old, new = do()
-            console.print(f"re-anchored at event {new.seq} (previous anchor: "
-                          f"{'none' if old is None else old.problem or f'event {old.seq}'})")
+            if do is not None:
+                old, new = do()
+                console.print(f"re-anchored at event {new.seq} (previous anchor: "
+                              f"{'none' if old is None else old.problem or f'event {old.seq}'})")
+            # The secret state record, like the anchor: re-recorded from the rows as they are now, audited.
+            before = rt.local.check_secret_state()
+            rt.local.record_secret_state()
+            rt.ledger.append(AuditEvent.for_identity(cli_identity("audit verify --reanchor"), action="secret_state_reset",
+                                                     detail={"previous_problem": before[:200] or None}))
+            console.print("secret state re-recorded from the current rows")
         result = rt.ledger.verify()
-    if result.ok:
-        console.print(result.describe())
-    else:
+        rolled_back = rt.local.check_secret_state() if result.ok else ""
+    if not result.ok:
         fail(result.describe(), 7)
+    if rolled_back:
+        fail(rolled_back, 7)
+    console.print(result.describe())
 
 
 @audit_app.command("export")
