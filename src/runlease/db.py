@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from runlease.errors import StoreUnavailableError
 
@@ -122,6 +123,8 @@ class Transaction:
         self._latest: dict[str, Callable[[], None]] = {}
         #: The audit chain's tip before this transaction's first append (the strict anchor moves from it).
         self.audit_tip_before: int | None = None
+        #: What writers note for their after-commit hooks (e.g. which secret rows changed), by key.
+        self.notes: dict[str, Any] = {}
 
     def on_commit(self, hook: Callable[[], None]) -> None:
         self._after_commit.append(hook)
@@ -173,6 +176,10 @@ class Database:
             raise StoreUnavailableError(f"{self.path} has an unknown schema version; expected {SCHEMA_VERSION}")
         #: The file's schema version; older ones are upgraded by runlease.migrations (needs the key).
         self.schema_version = int(row[0])
+
+    def current_transaction(self) -> Transaction | None:
+        """This thread's open write transaction, if any."""
+        return getattr(self._local, "tx", None)
 
     def connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

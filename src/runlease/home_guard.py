@@ -132,3 +132,5 @@ def check_home(home: Path, *, key_file: Path | None, store_file: Path) -> None:
         check_file(path, "store file")
     for anchor in sorted(home.glob("audit*.anchor")):
         check_file(anchor, "audit anchor")
+    for record in (Path(f"{store_file}.format"), Path(f"{store_file}.state"), *sorted(home.glob("ledger.*.format"))):
+        check_file(record, "format record")

@@ -19,7 +19,9 @@ re-wraps data keys.
 
 What a MAC cannot show: that a row is the *newest* genuine one. Putting back
 an entire earlier copy of a secret's rows (its row and its stage labels
-together, taken from the same moment) is a rollback of that secret; see
+together, taken from the same moment) is a rollback of that secret, which
+reads cannot tell; the signed secret state record outside the database
+(:mod:`runlease.secret_state`) makes ``audit verify`` catch it. See
 docs/security.md.
 """
 

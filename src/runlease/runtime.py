@@ -40,7 +40,9 @@ from runlease.keyfile import (
 )
 from runlease.ledger.base import Ledger
 from runlease.ledger.sqlite import SqliteLedger
-from runlease.migrations import upgrade_sqlite
+from runlease.format_record import store_record_path
+from runlease.secret_state import secret_state_path
+from runlease.migrations import record_format, upgrade_sqlite
 from runlease.policy import EXAMPLE_POLICY, Policy
 from runlease.settings import Settings
 from runlease.store.base import SecretStore
@@ -149,8 +151,13 @@ def open_runtime(settings: Settings | None = None, *, create_ledger: bool = Fals
     keyring = load_keyring(settings)
     db = Database(settings.store_file)
     try:
-        upgrade_sqlite(db, keyring, settings.anchor_file)
-        local = LocalStore(db, keyring)
+        # A home that already had a format record had a secret state record too: if that is gone now,
+        # `audit verify` reports it instead of a fresh one vouching for whatever the rows say.
+        first_open = not store_record_path(settings.store_file).exists()
+        upgrade_sqlite(db, keyring, settings.anchor_file, store_record_path(settings.store_file))
+        local = LocalStore(db, keyring, secret_state_path(settings.store_file))
+        local.ensure_secret_state(initialize=first_open)
+        record_format(db, keyring, store_record_path(settings.store_file))
         store = remote_store(settings) or local
         return _assemble(settings, keyring, db, store, local, create_ledger=create_ledger)
     except BaseException:
@@ -229,7 +236,9 @@ def _init_locked(settings: Settings, home: Path, kms: "KmsKeyOptions | None",
         keyring = load_keyring(settings)
     db = Database(settings.store_file, create=True)
     try:
-        local = LocalStore.initialize(db, keyring, store_id=store_id)
+        local = LocalStore.initialize(db, keyring, store_id=store_id, state_file=secret_state_path(settings.store_file))
+        local.ensure_secret_state(initialize=True)
+        record_format(db, keyring, store_record_path(settings.store_file))
         example = home / "policy.example.toml"
         if not example.exists():
             # 0644 whatever the umask: renamed to policy.toml it must pass the open-time checks.

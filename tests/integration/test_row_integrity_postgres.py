@@ -228,7 +228,11 @@ def test_a_version_1_postgres_ledger_is_upgraded_by_its_owner(postgres_server: P
     s = sql.Identifier(schema)
     postgres_server.execute(sql.SQL("ALTER TABLE {}.leases DROP COLUMN mac").format(s),
                             sql.SQL("UPDATE {}.meta SET value = '1' WHERE key = 'schema_version'").format(s),
+                            # A genuine old ledger has no format record, here or in the machine's home.
+                            sql.SQL("DELETE FROM {}.meta WHERE key = 'format_record'").format(s),
                             dbname=pg_database)
+    for evidence in (*(tmp_path / "home").glob("ledger.*.format"), *(tmp_path / "home").glob("audit.*.anchor")):
+        evidence.unlink()
     writer, writer_pw = f"rl_writer_{secrets.token_hex(3)}", secrets.token_urlsafe(16)
     postgres_server.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(writer),
                                                                                sql.Literal(writer_pw)))
@@ -247,6 +251,7 @@ def test_a_version_1_postgres_ledger_is_upgraded_by_its_owner(postgres_server: P
             assert rt.ledger.get_lease(lease.lease_id).state is LeaseState.ACTIVE
             assert rt.broker.revoke(lease.lease_id) is True
             assert rt.ledger.verify().ok
+            assert rt.ledger.recorder.read(rt.ledger.record_file).schema_version == 2
         finally:
             rt.close()
     finally:
@@ -283,3 +288,56 @@ def test_store_attacks_with_the_postgres_ledger_serve_nothing_and_are_audited_th
         assert rt.ledger.verify().ok
     finally:
         rt.close()
+
+
+@pytest.mark.parametrize("evidence", ["home-record", "home-anchor-only", "meta-row-only"])
+def test_a_downgraded_postgres_ledger_is_refused_not_upgraded(target: Target, tmp_path: Path, evidence: str) -> None:
+    """The owner-level attacker rewrites the ledger into the pre-MAC format and forges a lease naming the victim.
+
+    Before, the next open "upgraded" it and signed the forged row, and the next
+    sweep dropped the victim. Now the open refuses it (exit 7) and audits the refusal.
+    """
+    key = base64.b64encode(secrets.token_bytes(32)).decode()
+    schema = f"rl_{secrets.token_hex(4)}"
+    dsn = target.server.dsn(target.dbname)
+    home = tmp_path / "home"
+    settings = Settings(home=home, master_key=key, ledger="postgres", ledger_dsn=dsn, ledger_schema=schema)
+    rt = make_runtime(home, master_key=key, ledger="postgres", ledger_dsn=dsn, ledger_schema=schema)
+    session = target.victim_session()
+    try:
+        _setup(rt, target)
+        rt.close()
+        s = sql.Identifier(schema)
+        target.server.execute(sql.SQL("ALTER TABLE {}.leases DROP COLUMN mac").format(s),
+                              sql.SQL("UPDATE {}.meta SET value = '1' WHERE key = 'schema_version'").format(s),
+                              dbname=target.dbname)
+        if evidence != "meta-row-only":
+            target.server.execute(sql.SQL("DELETE FROM {}.meta WHERE key = 'format_record'").format(s),
+                                  dbname=target.dbname)
+        if evidence != "home-record":
+            [record] = home.glob("ledger.*.format")
+            record.unlink()
+        if evidence == "meta-row-only":
+            [anchor] = home.glob("audit.*.anchor")
+            anchor.unlink()
+        with psycopg.connect(dsn, autocommit=True) as c:
+            v = _forged_values("rl" + "e" * 24, target.victim)
+            v.update(issuer_state=Jsonb(v["issuer_state"]))
+            c.execute(sql.SQL("INSERT INTO {}.leases ({}) VALUES ({})").format(
+                s, sql.SQL(", ").join(map(sql.Identifier, v)), sql.SQL(", ").join(sql.Placeholder() * len(v))),
+                tuple(v.values()))
+
+        with pytest.raises(IntegrityError, match="pre-MAC format"):
+            open_runtime(settings)
+        with psycopg.connect(dsn, autocommit=True) as c:
+            assert c.execute(sql.SQL("SELECT value FROM {}.meta WHERE key = 'schema_version'").format(s)
+                             ).fetchone() == ("1",)  # never upgraded
+            columns = {r[0] for r in c.execute("SELECT column_name FROM information_schema.columns "
+                                               "WHERE table_schema = %s AND table_name = 'leases'", (schema,))}
+            assert "mac" not in columns  # the forged row was never signed
+            refused = c.execute(sql.SQL("SELECT outcome, detail FROM {}.audit WHERE action = 'ledger_open'").format(s)
+                                ).fetchall()
+        assert refused and refused[-1][0] == "error" and "StoreDowngradedError" in refused[-1][1]
+        _assert_victim_untouched(target, session)
+    finally:
+        session.close()

@@ -19,11 +19,13 @@ from typer.testing import CliRunner
 from runlease.cli.main import app
 from runlease.db import SCHEMA_VERSION
 from runlease.errors import IntegrityError, SecretNotFoundError
+from runlease.format_record import FormatRecorder, store_record_path
 from runlease.issuers.static import StaticIssuer
 from runlease.ledger.base import AuditQuery
 from runlease.models import LeaseState, RunIdentity, SecretPath, Stage, utcnow
 from runlease.runtime import Runtime, open_runtime
 from runlease.settings import Settings
+from runlease.store.local import store_scope
 from support.core import conn
 
 PATH = SecretPath.parse("dev/connections/warehouse")
@@ -279,6 +281,8 @@ def test_a_version_1_store_is_upgraded_in_place_on_open(runtime: Runtime, identi
     tip = list(runtime.ledger.events(AuditQuery()))[-1]
     runtime.close()
     _downgrade_to_v1(settings.store_file)
+    # A genuine old home has no format record (only runlease with row MACs writes one).
+    store_record_path(settings.store_file).unlink()
     # A version-1 anchor: unsigned, with the plain check hash older runlease wrote.
     import hashlib
 
@@ -298,6 +302,8 @@ def test_a_version_1_store_is_upgraded_in_place_on_open(runtime: Runtime, identi
             db.execute("UPDATE stages SET version=1 WHERE stage='CURRENT'")
         with pytest.raises(IntegrityError):  # authenticated from now on
             rt.broker.lease(TOKEN, identity, kind="tokens")
+        assert FormatRecorder(rt.keyring, store_scope(rt.local.store_id)).read(
+            store_record_path(settings.store_file)).schema_version == SCHEMA_VERSION
     finally:
         rt.close()
 
@@ -310,7 +316,10 @@ def test_resetting_the_schema_version_does_not_get_forged_rows_authenticated(run
     with sqlite3.connect(settings.store_file, isolation_level=None) as db:
         db.execute("UPDATE meta SET value=1 WHERE key='schema_version'")
         db.execute("UPDATE secrets SET deleted_at='2020-01-01', mac=NULL")
-    with pytest.raises(IntegrityError, match="downgraded"):
+    # Even with the home's evidence gone (record and anchor deleted), the MAC columns give it away.
+    store_record_path(settings.store_file).unlink()
+    settings.anchor_file.unlink()
+    with pytest.raises(IntegrityError, match="already has row MACs"):
         open_runtime(settings)
 
 
@@ -338,3 +347,80 @@ def test_cli_sweep_reports_a_forged_lease_with_exit_7(runtime: Runtime, monkeypa
     assert "failed authentication" in result.output
     result = CliRunner().invoke(app, ["audit", "show", "--action", "expire"], terminal_width=300)
     assert "error" in result.output
+
+
+def _downgrade_and_forge(settings: Settings) -> None:
+    """The whole-file downgrade attack: old format, then a forged row the upgrade would sign."""
+    _downgrade_to_v1(settings.store_file)
+    with sqlite3.connect(settings.store_file, isolation_level=None) as db:
+        db.execute("UPDATE stages SET version=1 WHERE stage='CURRENT'")  # serve the retired token
+        db.execute("DELETE FROM stages WHERE stage='PREVIOUS'")
+
+
+def _schema_version(store_file: Path) -> int:
+    with sqlite3.connect(store_file) as db:
+        return int(db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+
+
+def test_rewriting_the_file_into_the_pre_mac_format_is_refused_not_upgraded(
+        runtime: Runtime, admin: RunIdentity, monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime.broker.put(TOKEN, "retired-token-1", admin, kind="tokens")
+    runtime.broker.put(TOKEN, "current-token-2", admin, kind="tokens")
+    settings = runtime.settings
+    runtime.close()
+    _downgrade_and_forge(settings)
+
+    with pytest.raises(IntegrityError, match="signed format record says it was migrated"):
+        open_runtime(settings)
+    assert _schema_version(settings.store_file) == 1  # never migrated, forged row never signed
+    with sqlite3.connect(settings.store_file) as db:
+        assert "mac" not in {r[1] for r in db.execute("PRAGMA table_info(secrets)")}
+        refused = db.execute("SELECT outcome, detail FROM audit WHERE action='store_open'").fetchall()
+    assert refused and refused[-1][0] == "error" and "StoreDowngradedError" in refused[-1][1]
+
+    monkeypatch.setenv("RUNLEASE_HOME", str(settings.home))
+    result = CliRunner().invoke(app, ["get", str(TOKEN), "--reveal"])
+    assert result.exit_code == 7, result.output
+    assert "retired-token-1" not in result.output and "current-token-2" not in result.output
+    assert "pre-MAC format" in result.output
+    assert _schema_version(settings.store_file) == 1
+
+
+def test_deleting_the_format_record_too_is_caught_by_the_signed_anchor(runtime: Runtime, admin: RunIdentity) -> None:
+    runtime.broker.put(TOKEN, "retired-token-1", admin, kind="tokens")
+    runtime.broker.put(TOKEN, "current-token-2", admin, kind="tokens")
+    settings = runtime.settings
+    runtime.close()
+    _downgrade_and_forge(settings)
+    store_record_path(settings.store_file).unlink()
+    with pytest.raises(IntegrityError, match="audit anchor is in the signed format"):
+        open_runtime(settings)
+    assert _schema_version(settings.store_file) == 1
+
+
+def test_a_forged_or_foreign_format_record_still_counts_as_evidence(runtime: Runtime, admin: RunIdentity) -> None:
+    runtime.broker.put(TOKEN, "current-token-1", admin, kind="tokens")
+    settings = runtime.settings
+    runtime.close()
+    _downgrade_and_forge(settings)
+    record = store_record_path(settings.store_file)
+    doc = json.loads(record.read_text())
+    record.write_text(json.dumps({**doc, "schema_version": 1}))  # the MAC no longer matches
+    settings.anchor_file.unlink()
+    with pytest.raises(IntegrityError, match="holds a format record"):
+        open_runtime(settings)
+    assert _schema_version(settings.store_file) == 1
+
+
+def test_a_current_store_renews_a_missing_record(runtime: Runtime, admin: RunIdentity) -> None:
+    """Homes set up before records existed get one on their next open; a current store opens as before."""
+    settings = runtime.settings
+    record = store_record_path(settings.store_file)
+    assert record.exists() and record.stat().st_mode & 0o077 == 0
+    runtime.close()
+    record.unlink()
+    rt = open_runtime(settings)
+    try:
+        assert FormatRecorder(rt.keyring, store_scope(rt.local.store_id)).read(record).schema_version == SCHEMA_VERSION
+    finally:
+        rt.close()

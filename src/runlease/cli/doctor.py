@@ -82,6 +82,8 @@ def _runtime_checks(rt: Runtime) -> list[Check]:
                 else f"{len(bad)} row(s) changed without the key (never acted on): {', '.join(bad[:10])}"))
     result = rt.ledger.verify()
     out.append(("audit chain", result.ok, result.describe()))
+    rolled_back = rt.local.check_secret_state()
+    out.append(("secret rollback", not rolled_back, rolled_back or "every secret row is in its newest recorded state"))
     policy = rt.policy
     out.append(("policy", True, f"{len(policy.grants)} grant(s) from {policy.source}, deny by default"
                 if policy.enforced else "no policy.toml: every principal may do everything"))

@@ -29,6 +29,7 @@ from runlease.cli.policy_cmd import policy_app
 from runlease.cli.rotation_cmd import register as register_rotation
 from runlease.cli.server_cmd import register as register_server
 from runlease.scan.cli import register as register_scan
+from runlease import listing
 from runlease.connection import connection_to_uri
 from runlease.keyfile import prepend_new_key
 from runlease.ledger.base import AuditQuery
@@ -198,8 +199,10 @@ def list_secrets(
 ) -> None:
     """List secrets and where their stages point (metadata only, no values)."""
     with runtime() as rt:
-        rows = list(rt.store.list(prefix, include_deleted=all_))
-    emit(fmt, map(render.secret_record, rows), render.secrets_table(rows))
+        found = listing.list_secrets(rt.store, rt.broker, prefix, include_deleted=all_, actor=cli_identity("ls"))
+    emit(fmt, [*map(render.secret_record, found.rows), *map(render.tampered_record, found.tampered)],
+         render.secrets_table(found.rows, found.tampered))
+    found.raise_if_tampered()
 
 
 @app.command()
@@ -208,8 +211,10 @@ def history(path: str = PathArg, fmt: OutputFormat = format_option()) -> None:
     """List a secret's versions and their stage labels."""
     secret_path = SecretPath.parse(path)
     with runtime() as rt:
-        rows = list(rt.store.history(secret_path))
-    emit(fmt, map(render.version_record, rows), render.history_table(str(secret_path), rows))
+        found = listing.secret_history(rt.store, rt.broker, secret_path, cli_identity("history"))
+    emit(fmt, [*map(render.version_record, found.rows), *map(render.tampered_record, found.tampered)],
+         render.history_table(str(secret_path), found.rows, found.tampered))
+    found.raise_if_tampered()
 
 
 @app.command()
@@ -261,8 +266,11 @@ def leases(
 ) -> None:
     """List leases (no values)."""
     with runtime() as rt:
-        rows = list(rt.ledger.find_leases(run_id=run_id, state=state, limit=limit))
-    emit(fmt, map(render.lease_record, rows), render.leases_table(rows))
+        found = listing.find_leases(rt.ledger, rt.broker, cli_identity("leases"), run_id=run_id, state=state,
+                                    limit=limit)
+    emit(fmt, [*map(render.lease_record, found.rows), *map(render.tampered_record, found.tampered)],
+         render.leases_table(found.rows, tampered=found.tampered))
+    found.raise_if_tampered()
 
 
 @app.command()
@@ -338,16 +346,23 @@ def audit_verify(
     with runtime() as rt:
         if reanchor:
             do = getattr(rt.ledger, "reanchor", None)
-            if do is None:
-                fail("--reanchor applies to the local ledger only (the shared ledger's anchors are per machine)", 2)
-            old, new = do()
-            console.print(f"re-anchored at event {new.seq} (previous anchor: "
-                          f"{'none' if old is None else old.problem or f'event {old.seq}'})")
+            if do is not None:
+                old, new = do()
+                console.print(f"re-anchored at event {new.seq} (previous anchor: "
+                              f"{'none' if old is None else old.problem or f'event {old.seq}'})")
+            # The secret state record, like the anchor: re-recorded from the rows as they are now, audited.
+            before = rt.local.check_secret_state()
+            rt.local.record_secret_state()
+            rt.ledger.append(AuditEvent.for_identity(cli_identity("audit verify --reanchor"), action="secret_state_reset",
+                                                     detail={"previous_problem": before[:200] or None}))
+            console.print("secret state re-recorded from the current rows")
         result = rt.ledger.verify()
-    if result.ok:
-        console.print(result.describe())
-    else:
+        rolled_back = rt.local.check_secret_state() if result.ok else ""
+    if not result.ok:
         fail(result.describe(), 7)
+    if rolled_back:
+        fail(rolled_back, 7)
+    console.print(result.describe())
 
 
 @audit_app.command("export")

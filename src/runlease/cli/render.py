@@ -7,12 +7,20 @@ from datetime import datetime
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from runlease.cli.output import table, text
 from runlease.connection import SENSITIVE_EXTRA_WORDS
 from runlease.models import AuditEvent, Lease, SecretInfo, SecretValue, SecretVersion, Stage
 
 MASK = "***"
+#: How a row that failed authentication is shown in a listing (runlease.listing).
+TAMPERED = "TAMPERED"
+
+
+def _row_id(name: str) -> Text:
+    """The row part of a ``"<table> <row>"`` name, as plain text (a forged id may hold Rich markup)."""
+    return Text(name.partition(" ")[2])
 
 
 def masked(value: SecretValue) -> Any:
@@ -92,7 +100,7 @@ def event_record(event: AuditEvent) -> dict[str, Any]:
 # -- tables -------------------------------------------------------------------------
 
 
-def secrets_table(rows: Iterable[SecretInfo]) -> Table:
+def secrets_table(rows: Iterable[SecretInfo], tampered: Iterable[str] = ()) -> Table:
     tbl = table("secrets", ("path", "CURRENT", "PENDING", "PREVIOUS", "versions", "issuer", "updated", "state"))
     for info in rows:
         tbl.add_row(
@@ -103,18 +111,25 @@ def secrets_table(rows: Iterable[SecretInfo]) -> Table:
             text(info.updated_at.strftime("%Y-%m-%d %H:%M:%S")),
             text("deleted" if info.deleted else "live"),
         )
+    for name in tampered:
+        tbl.add_row(_row_id(name), "", "", "", "", "", "", TAMPERED)
     return tbl
 
 
-def history_table(path: str, rows: Iterable[SecretVersion]) -> Table:
+def history_table(path: str, rows: Iterable[SecretVersion], tampered: Iterable[str] = ()) -> Table:
     tbl = table(f"history of {path}", ("version", "created", "stages", "deprecated"))
     for v in rows:
         tbl.add_row(text(v.version), text(v.created_at.strftime("%Y-%m-%d %H:%M:%S")),
                     text(", ".join(s.value for s in v.stages)), text("yes" if v.deprecated else ""))
+    for name in tampered:
+        if name.startswith("versions "):
+            tbl.add_row(Text(name.rpartition(" v")[2]), "", TAMPERED, "")
+        else:  # the secret's own row, which holds the stage labels
+            tbl.add_row("-", "", f"{TAMPERED} (secret row: stage labels unknown)", "")
     return tbl
 
 
-def leases_table(rows: Iterable[Lease], title: str = "leases") -> Table:
+def leases_table(rows: Iterable[Lease], title: str = "leases", tampered: Iterable[str] = ()) -> Table:
     tbl = table(title, ("lease", "path", "v", "state", "pipeline", "run_id", "task", "try", "issued", "expires",
                         "reason"))
     for lease in rows:
@@ -124,7 +139,15 @@ def leases_table(rows: Iterable[Lease], title: str = "leases") -> Table:
             i.task_id, i.try_number, lease.issued_at.strftime("%H:%M:%S"), lease.expires_at.strftime("%H:%M:%S"),
             lease.revoke_reason,
         )))
+    for name in tampered:
+        tbl.add_row(_row_id(name), "", "", TAMPERED, "", "", "", "", "", "", "")
     return tbl
+
+
+def tampered_record(name: str) -> dict[str, Any]:
+    """A ``--format json`` row for a row that failed authentication: which table and row, never a value."""
+    table_name, _, row_id = name.partition(" ")
+    return {"tampered": True, "table": table_name, "row": row_id}
 
 
 def identity_label(event: AuditEvent) -> str:

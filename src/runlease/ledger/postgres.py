@@ -68,7 +68,14 @@ from runlease.ledger.base import (
     ledger_scope,
     seal_lease,
 )
-from runlease.models import AuditEvent, Lease, LeaseState
+from runlease.format_record import (
+    FormatRecord,
+    FormatRecorder,
+    StoreDowngradedError,
+    downgrade_evidence,
+    ledger_record_path,
+)
+from runlease.models import AuditEvent, Lease, LeaseState, Outcome
 from runlease.rowauth import RowAuthenticator
 from runlease.pg import DEFAULT_CONNECT_TIMEOUT, PgTarget, backend_errors, connect, require_psycopg, target_from_dsn
 
@@ -214,12 +221,20 @@ class PostgresLedger:
         self.ledger_id = self._load_ledger_id()
         known = self._check_key()
         self.auth = RowAuthenticator(keyring, ledger_scope(self.ledger_id), known | {keyring.active_id})
-        if self._legacy:
-            self._upgrade()
         #: Per-machine anchor: the newest (seq, chain) *this* machine committed (docs/ledger.md).
         self.anchor_file = anchor_dir / f"audit.{self.ledger_id}.anchor" if anchor_dir is not None else None
         self.anchor_signer = AnchorSigner(keyring, ledger_scope(self.ledger_id))
+        #: This machine's signed record that the ledger's rows are authenticated (runlease.format_record).
+        self.record_file = ledger_record_path(anchor_dir, self.ledger_id) if anchor_dir is not None else None
+        self.recorder = FormatRecorder(keyring, ledger_scope(self.ledger_id))
+        if self._legacy:
+            try:
+                self._upgrade()
+            except StoreDowngradedError as err:
+                self._audit_downgrade(err)
+                raise
         self._sign_legacy_anchor()
+        self._record_format()
 
     # -- opening ----------------------------------------------------------------
 
@@ -309,7 +324,9 @@ class PostgresLedger:
                 version = conn.execute(self._sql("SELECT value FROM {meta} WHERE key = 'schema_version' FOR UPDATE")
                                        ).fetchone()[0]
                 if version == str(SCHEMA_VERSION):
+                    self._legacy = False
                     return
+                self._refuse_downgrade(conn, version)
                 conn.execute(self._sql("ALTER TABLE {leases} ADD COLUMN IF NOT EXISTS mac text"))
                 rows = conn.execute(self._sql(f"SELECT {', '.join(_LEASE_FIELDS)} FROM {{leases}}")).fetchall()
                 for row in rows:
@@ -318,6 +335,9 @@ class PostgresLedger:
                                  (seal_lease(self.auth, lease), lease.lease_id))
                 conn.execute(self._sql("UPDATE {meta} SET value = %s WHERE key = 'schema_version'"),
                              (str(SCHEMA_VERSION),))
+                conn.execute(self._sql("INSERT INTO {meta} (key, value) VALUES ('format_record', %s) "
+                                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value"),
+                             (self.recorder.encode(SCHEMA_VERSION),))
         except BackendError as err:
             if "SQLSTATE 42501" in str(err):  # insufficient_privilege: not the owner
                 raise ConfigError(
@@ -326,6 +346,56 @@ class PostgresLedger:
                 ) from None
             raise
         self._legacy = False
+
+    def _refuse_downgrade(self, conn: Any, version: str) -> None:
+        """A version-1 schema is a downgrade if anything shows it was migrated already.
+
+        Evidence: the ``format_record`` meta row (written at init and at the
+        upgrade; no pre-MAC runlease writes it), this machine's signed format
+        record, or its anchor in the signed format. Runs inside the upgrade
+        transaction, after the version row is locked: a machine that upgraded
+        concurrently has committed version 2 by then, so this is never a false alarm.
+        """
+        row = conn.execute(self._sql("SELECT 1 FROM {meta} WHERE key = 'format_record'")).fetchone()
+        evidence = ("the ledger holds a format record (which no pre-MAC runlease writes)" if row is not None
+                    else downgrade_evidence(self.recorder.read(self.record_file) if self.record_file else
+                                            FormatRecord(present=False), self.anchor_file))
+        if evidence:
+            raise StoreDowngradedError(
+                f"the ledger in schema {self.schema!r} of the {self.target.describe()} is in the pre-MAC format "
+                f"(schema version {version}), but {evidence}: someone downgraded it to have forged lease rows "
+                "authenticated; refusing to open or upgrade it")
+
+    def _audit_downgrade(self, err: StoreDowngradedError) -> None:
+        """Record the refused downgrade in the shared chain, if that still works (best effort)."""
+        try:
+            self.append(AuditEvent(action="ledger_open", outcome=Outcome.ERROR, principal="runlease:upgrade",
+                                   detail={"error": type(err).__name__, "table": "meta", "row": "schema_version"}))
+            err.audited = True  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - the refusal itself must not be masked by a failing audit
+            pass
+
+    def _record_format(self) -> None:
+        """Leave the signed records that this ledger's rows are authenticated: a meta row, and this machine's file.
+
+        The meta row is only inserted if missing (a worker may INSERT into meta,
+        never replace); the file is renewed when missing or stale.
+        """
+        if self._legacy:
+            return
+        conn = self._conn()
+        with backend_errors(self.target, "recording the ledger format"):
+            have = conn.execute(self._sql("SELECT 1 FROM {meta} WHERE key = 'format_record'")).fetchone()
+        if have is None:
+            try:
+                with backend_errors(self.target, "recording the ledger format"):
+                    conn.execute(self._sql("INSERT INTO {meta} (key, value) VALUES ('format_record', %s) "
+                                           "ON CONFLICT (key) DO NOTHING"), (self.recorder.encode(SCHEMA_VERSION),))
+            except BackendError as err:
+                if "SQLSTATE 42501" not in str(err):  # a role without INSERT on meta leaves it to the next one
+                    raise
+        if self.record_file is not None:
+            self.recorder.ensure(self.record_file, SCHEMA_VERSION)
 
     def _check_key(self) -> set[str]:
         """Refuse a KEK that is not the one the ledger's events are chained with.

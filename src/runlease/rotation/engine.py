@@ -40,17 +40,19 @@ stored or raised.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 from runlease.broker import Broker, secret_strings
-from runlease.errors import ConfigError, ConflictError, SecretNotFoundError, scrub
+from runlease.errors import ConfigError, ConflictError, IntegrityError, SecretNotFoundError, scrub
 from runlease.models import AuditEvent, Capability, Outcome, RunIdentity, SecretPath, Stage, utcnow
 from runlease.rotation.errors import RotationBusyError, RotationFailedError, RotationNotReadyError, RotationTestFailed
 from runlease.rotation.policy import RotationPolicy, policy_of
 from runlease.rotation.rotators import RotationContext, Rotator, RotatorRegistry, standard_rotators
 from runlease.rotation.state import STATE_KEY, RotationState, Status, Step, state_of
+from runlease.rowauth import RowKeyNotLoadedError
 from runlease.store.base import StoredSecret
 
 #: Longest failure reason kept in the state record (the audit event has the same text).
@@ -164,7 +166,29 @@ class RotationEngine:
     def _rotator(self, state: RotationState) -> Rotator:
         return self.rotators.get(state.rotator)
 
-    # -- starting ---------------------------------------------------------------
+    # -- tampering ----------------------------------------------------------------
+
+    @contextmanager
+    def _tampering_audited(self, identity: RunIdentity, path: SecretPath, step: str) -> Iterator[None]:
+        """A row that fails authentication during a rotation is audited twice: as tampering
+        (``broker.report_tampering``: table and row) and as this step's rotate error.
+
+        Done here, outside the step's own transaction, so the events are not rolled
+        back with it. Inside a grouped transaction (``rotate``), events appended by an
+        inner step go with the group's rollback; :class:`_Group` then clears the mark
+        and the outer ``rotate`` audits it again, naming the step that hit it.
+        """
+        try:
+            yield
+        except (IntegrityError, RowKeyNotLoadedError) as err:
+            if not getattr(err, "audited", False):
+                step = getattr(err, "rotate_step", step)
+                self.ledger.append(AuditEvent.for_identity(
+                    identity, action="rotate", outcome=Outcome.ERROR, path=str(path),
+                    detail={"step": step, "error": type(err).__name__, "tampered": True}))
+                self.broker.report_tampering(err, "rotate", identity, path=str(path))
+            err.rotate_step = getattr(err, "rotate_step", step)  # type: ignore[union-attr]
+            raise
 
     def start(self, ref: str | SecretPath, identity: RunIdentity, token: str | None = None, *,
               force: bool = False) -> RotationState:
@@ -174,6 +198,34 @@ class RotationEngine:
         RotationNotReadyError while the previous rotation is in its grace
         period (unless ``force``, which retires it now).
         """
+        path = self._path(ref)
+        with self._tampering_audited(identity, path, "start"):
+            return self._start(path, identity, token, force=force)
+
+    def run_step(self, ref: str | SecretPath, identity: RunIdentity, step: Step, token: str) -> RotationState:
+        """Run one step of rotation ``token``; a step that already completed is a no-op."""
+        path = self._path(ref)
+        with self._tampering_audited(identity, path, step.value):
+            return self._run_step(path, identity, step, token)
+
+    def retire(self, ref: str | SecretPath, identity: RunIdentity, *, force: bool = False,
+               token: str | None = None) -> RotationState | None:
+        """Disable PREVIOUS in the target and drop its label once the grace period is over (see ``_retire``)."""
+        path = self._path(ref)
+        with self._tampering_audited(identity, path, Step.RETIRE.value):
+            return self._retire(path, identity, force=force, token=token)
+
+    def rotate(self, ref: str | SecretPath, identity: RunIdentity, token: str | None = None, *,
+               force: bool = False) -> RotationState:
+        """Start (or resume) a rotation and run it through ``finish`` (see ``_rotate``)."""
+        path = self._path(ref)
+        with self._tampering_audited(identity, path, "rotate"):
+            return self._rotate(path, identity, token, force=force)
+
+    # -- starting ---------------------------------------------------------------
+
+    def _start(self, ref: str | SecretPath, identity: RunIdentity, token: str | None = None, *,
+               force: bool = False) -> RotationState:
         path = self._path(ref)
         self._authorize(identity, path)
         for _ in range(3):  # a lost claim race re-reads once or twice, then reports who won
@@ -209,8 +261,7 @@ class RotationEngine:
 
     # -- the steps --------------------------------------------------------------
 
-    def run_step(self, ref: str | SecretPath, identity: RunIdentity, step: Step, token: str) -> RotationState:
-        """Run one step of rotation ``token``; a step that already completed is a no-op."""
+    def _run_step(self, ref: str | SecretPath, identity: RunIdentity, step: Step, token: str) -> RotationState:
         path = self._path(ref)
         if step is Step.RETIRE:
             return self.retire(path, identity, token=token)
@@ -240,8 +291,8 @@ class RotationEngine:
             if now_state is not None and now_state.token == token and now_state.done(step):
                 return now_state
             raise
-        except (RotationTestFailed, RotationFailedError, ConfigError):
-            raise
+        except (RotationTestFailed, RotationFailedError, ConfigError, IntegrityError, RowKeyNotLoadedError):
+            raise  # a verdict, or tampering (audited by run_step's wrapper)
         except Exception as err:
             self.ledger.append(self._event(identity, path, step.value, state, outcome=Outcome.ERROR,
                                            error=type(err).__name__))
@@ -374,8 +425,8 @@ class RotationEngine:
 
     # -- retiring ---------------------------------------------------------------
 
-    def retire(self, ref: str | SecretPath, identity: RunIdentity, *, force: bool = False,
-               token: str | None = None) -> RotationState | None:
+    def _retire(self, ref: str | SecretPath, identity: RunIdentity, *, force: bool = False,
+                token: str | None = None) -> RotationState | None:
         """Disable PREVIOUS in the target and drop its label once the grace period is over.
 
         Idempotent: a secret with nothing in grace is returned as it is.
@@ -430,8 +481,8 @@ class RotationEngine:
 
     # -- the whole thing --------------------------------------------------------
 
-    def rotate(self, ref: str | SecretPath, identity: RunIdentity, token: str | None = None, *,
-               force: bool = False) -> RotationState:
+    def _rotate(self, ref: str | SecretPath, identity: RunIdentity, token: str | None = None, *,
+                force: bool = False) -> RotationState:
         """Start (or resume) a rotation and run it through ``finish``. Retire comes after the grace period.
 
         Consecutive steps whose rotator work never leaves runlease (the
@@ -504,7 +555,11 @@ class _Group:
 
     def __exit__(self, *exc: Any) -> bool | None:
         if self._cm is not None:
-            return self._cm.__exit__(*exc)
+            result = self._cm.__exit__(*exc)
+            if isinstance(exc[1], (IntegrityError, RowKeyNotLoadedError)):
+                # What an inner step audited about it went with the rollback: audit it again outside.
+                exc[1].audited = False  # type: ignore[union-attr]
+            return result
         return None
 
     def run(self, fn: Callable[..., RotationState], *args: Any) -> RotationState:

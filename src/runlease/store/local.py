@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from runlease.crypto import Keyring, Sealed, rewrap, seal, unseal
@@ -19,6 +20,7 @@ from runlease.db import SCHEMA_VERSION, Database
 from runlease.errors import ConflictError, InvalidValueError, MasterKeyError, SecretNotFoundError, StoreUnavailableError
 from runlease.models import SecretInfo, SecretPath, SecretValue, SecretVersion, Stage, utcnow
 from runlease.rowauth import RowAuthenticator, RowKeyNotLoadedError, RowTamperedError, digest
+from runlease.secret_state import SecretStateRecorder
 from runlease.store.base import Resolved, StoredSecret, metadata_conflicts
 
 _KEY_CHECK_PREFIX = "key_check:"
@@ -65,7 +67,7 @@ class LocalStore:
 
     name = "local"
 
-    def __init__(self, db: Database, keyring: Keyring) -> None:
+    def __init__(self, db: Database, keyring: Keyring, state_file: Path | None = None) -> None:
         self.db = db
         self.keyring = keyring
         self._check_key()
@@ -74,11 +76,15 @@ class LocalStore:
                 f"{db.path} has schema version {db.schema_version}; open it with `runlease` (any command) "
                 "to upgrade it in place")
         self.auth = RowAuthenticator(keyring, store_scope(self.store_id), self._known_kek_ids())
+        #: The signed digest of every secret row, outside the database (runlease.secret_state): catches
+        #: a secret put back to an earlier genuine copy of its rows. None: not kept (a bare store in tests).
+        self.state = SecretStateRecorder(keyring, store_scope(self.store_id), state_file) if state_file else None
 
     # -- setup and keys -----------------------------------------------------
 
     @classmethod
-    def initialize(cls, db: Database, keyring: Keyring, store_id: str | None = None) -> "LocalStore":
+    def initialize(cls, db: Database, keyring: Keyring, store_id: str | None = None,
+                   state_file: Path | None = None) -> "LocalStore":
         """Stamp a new database with a store id and a check token for the active KEK.
 
         ``store_id`` is given when something outside the database is already bound
@@ -94,7 +100,7 @@ class LocalStore:
                     "INSERT INTO meta(key, value) VALUES (?, ?)",
                     (_KEY_CHECK_PREFIX + keyring.active_id, keyring.key_check()),
                 )
-        return cls(db, keyring)
+        return cls(db, keyring, state_file)
 
     def _check_key(self) -> None:
         rows = self.db.connection().execute(
@@ -157,7 +163,46 @@ class LocalStore:
             for (path,) in tx.conn.execute("SELECT path FROM secrets").fetchall():
                 self._load(tx.conn, path)
                 self._reseal(tx.conn, path)
+            if self.state is not None:  # and the secret state record under the active key
+                state = self.state.compute(self._secret_macs(tx.conn))
+                tx.on_commit_latest("secret-state", lambda: self.state.write(state))  # type: ignore[union-attr]
         return count
+
+    # -- the secret state record (rollback detection) -------------------------
+
+    @staticmethod
+    def _secret_macs(conn: Any) -> list[tuple[str, str | None]]:
+        return [(str(p), m) for p, m in conn.execute("SELECT path, mac FROM secrets").fetchall()]
+
+    def ensure_secret_state(self, *, initialize: bool) -> None:
+        """Create the record from the rows as they are, if it is missing and ``initialize``.
+
+        ``initialize`` only for a store that never had one (new, or first opened
+        by a runlease that keeps it); otherwise a missing record stays missing
+        for ``audit verify`` to report, rather than vouching for whatever the
+        rows now say.
+        """
+        if self.state is None or not initialize or self.state.read() is not None:
+            return
+        self.record_secret_state()
+
+    def record_secret_state(self) -> None:
+        """(Re)write the record from the current rows (a new store, ``audit verify --reanchor``)."""
+        if self.state is None:
+            return
+        with self.db.write() as tx:
+            state = self.state.compute(self._secret_macs(tx.conn))
+            tx.on_commit_latest("secret-state", lambda: self.state.write(state))  # type: ignore[union-attr]
+
+    def check_secret_state(self) -> str:
+        """"" if every secret row is in the state recorded outside the database, else why not."""
+        if self.state is None:
+            return ""
+        with self.db.read() as conn:
+            with self.db.snapshot_between_writes():  # no writer between its commit and its record update
+                recorded = self.state.read()
+            rows = self._secret_macs(conn)
+        return self.state.check(recorded, rows)
 
     def tampered_rows(self) -> list[str]:
         """Every secrets/versions row that fails authentication (for ``doctor``); names, never values."""
@@ -191,11 +236,18 @@ class LocalStore:
         return tuple(row[:-1]), labels
 
     def _reseal(self, conn: Any, path: str) -> None:
-        """Recompute a secret's MAC after its row or its stage labels changed (same transaction)."""
-        row = conn.execute(f"SELECT {SECRET_COLUMNS} FROM secrets WHERE path=?", (path,)).fetchone()
+        """Recompute a secret's MAC after its row or its stage labels changed (same transaction),
+        and note the change for the secret state record (moved after the commit)."""
+        row = conn.execute(f"SELECT {SECRET_COLUMNS}, mac FROM secrets WHERE path=?", (path,)).fetchone()
         stages = conn.execute("SELECT stage, version FROM stages WHERE path=?", (path,)).fetchall()
-        conn.execute("UPDATE secrets SET mac=? WHERE path=?",
-                     (self.auth.seal("secrets", secret_mac_fields(row, stages)), path))
+        new = self.auth.seal("secrets", secret_mac_fields(row[:-1], stages))
+        conn.execute("UPDATE secrets SET mac=? WHERE path=?", (new, path))
+        tx = self.db.current_transaction()
+        if self.state is not None and tx is not None:
+            changes: dict[str, tuple[str | None, str]] = tx.notes.setdefault("secret-state", {})
+            changes[path] = (changes[path][0] if path in changes else row[-1], new)
+            recorder = self.state
+            tx.on_commit_latest("secret-state", lambda: recorder.move(changes))
 
     def _check_version(self, row: tuple[Any, ...]) -> None:
         """``row`` is VERSION_COLUMNS then mac."""
@@ -244,7 +296,14 @@ class LocalStore:
             raise SecretNotFoundError(f"secret {path} not found")
         return found[0]
 
-    def list(self, prefix: str = "", *, include_deleted: bool = False, exact: bool = False) -> list[SecretInfo]:
+    def list(self, prefix: str = "", *, include_deleted: bool = False, exact: bool = False,
+             tampered: list[RowTamperedError | RowKeyNotLoadedError] | None = None) -> list[SecretInfo]:
+        """Authenticated secrets under ``prefix``.
+
+        With ``tampered`` given (listings), a row that fails authentication goes
+        there and is left out, so one bad row does not hide every good one;
+        without it (every path that acts on a row) the first bad row raises.
+        """
         with self.db.read() as conn:
             if exact:
                 paths = [r[0] for r in conn.execute("SELECT path FROM secrets WHERE path = ?", (prefix,))]
@@ -252,7 +311,14 @@ class LocalStore:
                 like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
                 paths = [r[0] for r in conn.execute(
                     "SELECT path FROM secrets WHERE path LIKE ? ESCAPE '\\' ORDER BY path", (like,))]
-            loaded = [self._load(conn, p) for p in paths]
+            loaded = []
+            for p in paths:
+                try:
+                    loaded.append(self._load(conn, p))
+                except (RowTamperedError, RowKeyNotLoadedError) as err:
+                    if tampered is None:
+                        raise
+                    tampered.append(err)
         out = []
         for found in loaded:
             if found is None:
@@ -273,23 +339,43 @@ class LocalStore:
             )
         return out
 
-    def history(self, path: SecretPath) -> list[SecretVersion]:
+    def history(self, path: SecretPath, *,
+                tampered: list[RowTamperedError | RowKeyNotLoadedError] | None = None) -> list[SecretVersion]:
+        """The secret's authenticated versions and their stage labels.
+
+        With ``tampered`` given (the ``history`` listing), bad rows go there
+        instead of raising: a tampered version row is left out; a tampered
+        secret row leaves every version without stage labels (they live in it).
+        """
+        labels: dict[int, list[Stage]] = {}
         with self.db.read() as conn:
-            loaded = self._load(conn, str(path))
+            try:
+                loaded = self._load(conn, str(path))
+            except (RowTamperedError, RowKeyNotLoadedError) as err:
+                if tampered is None:
+                    raise
+                tampered.append(err)
+                loaded = ((), {})
             if loaded is None:
                 raise SecretNotFoundError(f"secret {path} not found")
-            labels: dict[int, list[Stage]] = {}
             for st, v in loaded[1].items():
                 labels.setdefault(v, []).append(st)
             rows = conn.execute(
                 f"SELECT {VERSION_COLUMNS}, mac FROM versions WHERE path=? ORDER BY version", (str(path),)
             ).fetchall()
+        good = []
         for row in rows:
-            self._check_version(row)
+            try:
+                self._check_version(row)
+                good.append(row)
+            except (RowTamperedError, RowKeyNotLoadedError) as err:
+                if tampered is None:
+                    raise
+                tampered.append(err)
         return [
             SecretVersion(path=path, version=r[1], created_at=r[2], stages=sorted(labels.get(r[1], [])),
                           deprecated=bool(r[6]))
-            for r in rows
+            for r in good
         ]
 
     # -- writes ---------------------------------------------------------------
