@@ -344,6 +344,9 @@ def audit_verify(
 ) -> None:
     """Check the hash chain and the signed anchor; report the first bad sequence number (exit 7)."""
     with runtime() as rt:
+        remote = getattr(rt, "remote", False)  # through runlease serve: it checks its own home's state
+        if reanchor and remote:
+            fail("--reanchor needs the runlease home (run it where the server's home is)", 2)
         if reanchor:
             do = getattr(rt.ledger, "reanchor", None)
             if do is not None:
@@ -357,7 +360,7 @@ def audit_verify(
                                                      detail={"previous_problem": before[:200] or None}))
             console.print("secret state re-recorded from the current rows")
         result = rt.ledger.verify()
-        rolled_back = rt.local.check_secret_state() if result.ok else ""
+        rolled_back = rt.local.check_secret_state() if result.ok and not remote else ""
     if not result.ok:
         fail(result.describe(), 7)
     if rolled_back:
