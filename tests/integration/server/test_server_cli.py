@@ -140,3 +140,40 @@ def test_without_oidc_flags_only_admin_tokens_are_accepted(served: ServedHome, t
         assert refused.returncode == 6 and "accepts no workload tokens" in refused.stderr
     finally:
         stop_server(server)
+
+
+def test_audit_verify_through_the_server_catches_a_secret_rolled_back_in_its_home(served: ServedHome) -> None:
+    """Issue #12 through runlease serve: all of one secret's rows put back to an earlier genuine copy
+    (no key needed) pass every row MAC, but the server's verify compares them with the signed state
+    record in its home and says so; the operator's CLI (no home) exits 7."""
+    import sqlite3
+
+    from runlease.models import RunIdentity as Who
+
+    token_file = served.tokens_dir / "ops.token"
+    assert cli("server", "token", "create", "--name", "ops", "--output", str(token_file),
+               env=server_env(served)).returncode == 0
+    env = client_env(served, token_file)
+    store = served.home / "store.db"
+    path = "dev/tokens/experiment_tracker"
+    with sqlite3.connect(store) as db:
+        saved = {t: db.execute(f"SELECT * FROM {t} WHERE path=?", (path,)).fetchall()
+                 for t in ("secrets", "stages", "versions")}
+    local = served.local()
+    try:
+        local.broker.put(path, "tracker-rotated-value-2", Who(orchestrator="cli", pipeline="ops"), kind="tokens")
+    finally:
+        local.close()
+    assert cli("audit", "verify", env=env).returncode == 0
+    with sqlite3.connect(store, isolation_level=None) as db:
+        for t in ("stages", "versions", "secrets"):
+            db.execute(f"DELETE FROM {t} WHERE path=?", (path,))
+        for t in ("secrets", "versions", "stages"):
+            for row in saved[t]:
+                db.execute(f"INSERT INTO {t} VALUES ({','.join('?' * len(row))})", row)
+    verified = cli("audit", "verify", env=env)
+    assert verified.returncode == 7 and "rollback" in verified.stderr + verified.stdout, verified
+    served.assert_no_leak(verified.stdout, verified.stderr, where="audit verify's output")
+    assert "tracker-rotated-value-2" not in verified.stdout + verified.stderr
+    refused = cli("audit", "verify", "--reanchor", env=env)
+    assert refused.returncode == 2 and "home" in refused.stderr
