@@ -38,8 +38,10 @@ def report_table(outcomes: list[Outcome], env: str, dry_run: bool) -> object:
 def import_command(
     source: str = typer.Argument(
         ..., metavar="SOURCE", help="an `airflow connections export` / `airflow variables export` file (.json, .yaml, .env), a .env "
-                  "file with AIRFLOW_CONN_*/AIRFLOW_VAR_* lines, `env:` (this environment) or `airflow-db:` "
-                  "(Airflow's metadata database via the airflow CLI)"),
+                  "file with AIRFLOW_CONN_*/AIRFLOW_VAR_* lines, `env:` (this environment), `airflow-db:` "
+                  "(Airflow's metadata database via the airflow CLI), `vault:` / `vault:ADDRESS` (Airflow's "
+                  "VaultBackend layout; VAULT_ADDR/BAO_ADDR and VAULT_TOKEN/BAO_TOKEN) or `aws:` (Airflow's "
+                  "SecretsManagerBackend layout; region, credentials and endpoint from the AWS environment)"),
     env: str = typer.Option(..., "--env", help="the runlease environment to import into, e.g. prod"),
     source_format: Optional[str] = typer.Option(
         None, "--source-format", help="json | yaml | env: the file's format when its name does not say"),
@@ -49,6 +51,27 @@ def import_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="report what would be imported; write nothing"),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="write a new version over an existing secret (check-and-set on its CURRENT)"),
+    mount: Optional[str] = typer.Option(
+        None, "--mount", help="vault: the KV mount Airflow's VaultBackend reads (its mount_point; default secret)"),
+    kv_version: Optional[int] = typer.Option(
+        None, "--kv-version", help="vault: 1 or 2, the KV engine version of the mount (kv_engine_version; default 2)"),
+    connections_path: Optional[str] = typer.Option(
+        None, "--connections-path", help="vault: the path under the mount holding connections (default "
+                                         "connections; '' skips connections)"),
+    variables_path: Optional[str] = typer.Option(
+        None, "--variables-path", help="vault: the path under the mount holding variables (default variables; "
+                                       "'' skips variables)"),
+    connections_prefix: Optional[str] = typer.Option(
+        None, "--connections-prefix", help="aws: the name prefix of connection secrets (default airflow/connections)"),
+    variables_prefix: Optional[str] = typer.Option(
+        None, "--variables-prefix", help="aws: the name prefix of variable secrets (default airflow/variables)"),
+    sep: Optional[str] = typer.Option(
+        None, "--sep", help="aws: the separator between prefix and id (SecretsManagerBackend's sep; default /)"),
+    source_options: Optional[str] = typer.Option(
+        None, "--source-options", help="vault:/aws: a JSON object: the Airflow backend's kwargs (mount_point, "
+                                       "extra_conn_words, *_lookup_pattern, ...) and client settings (vault: "
+                                       "address, namespace, auth; aws: region, endpoint_url, role_arn); no "
+                                       "credentials inline (tokens come from the environment or files)"),
     fmt: OutputFormat = format_option(),
 ) -> None:
     """Import Airflow connections and variables into ENV; existing secrets are skipped unless --overwrite.
@@ -56,7 +79,11 @@ def import_command(
     Exit 0 when nothing failed, 1 when an entry failed (the others are still imported).
     """
     SecretPath.of(env, "connections", "probe")  # a bad --env is bad input before the source is read
-    candidates = read_source(source, source_format=source_format, kind=kind)
+    layout = {"mount": mount, "kv_engine_version": kv_version, "connections_path": connections_path,
+              "variables_path": variables_path, "connections_prefix": connections_prefix,
+              "variables_prefix": variables_prefix, "sep": sep}
+    candidates = read_source(source, source_format=source_format, kind=kind, env=env,
+                             source_options=source_options, layout=layout)
     default_redactor().add_many(s for s in sensitive_parts(candidates) if s)
     who = cli_identity("import")
     show_bar = err_console.is_terminal and len(candidates) >= PROGRESS_MIN and fmt is OutputFormat.table

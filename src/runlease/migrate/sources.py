@@ -10,7 +10,9 @@ Sources (``runlease import SOURCE``):
 - ``env:``: the same variables in this process's environment;
 - ``airflow-db:``: Airflow's metadata database, read through ``airflow
   connections export -`` and ``airflow variables export -`` in a subprocess
-  (the Airflow installation and its AIRFLOW_HOME/config decide which database).
+  (the Airflow installation and its AIRFLOW_HOME/config decide which database);
+- ``vault:`` / ``aws:``: Vault or AWS Secrets Manager in the layout of
+  Airflow's own VaultBackend / SecretsManagerBackend (:mod:`runlease.migrate.backends`).
 
 A source is parsed completely before anything is written, so a file that does
 not parse writes nothing. A single entry that does not parse becomes a
@@ -255,18 +257,47 @@ def from_airflow_db(kind: str, timeout: float = 300) -> list[Candidate]:
     return out
 
 
+#: Options that only mean something for one kind of source (``runlease import`` flag names).
+VAULT_OPTIONS = ("mount", "kv_engine_version", "connections_path", "variables_path")
+AWS_OPTIONS = ("connections_prefix", "variables_prefix", "sep")
+
+
+def _refuse_options(source: str, given: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    stray = sorted(k for k, v in given.items() if v is not None and k not in allowed)
+    if stray:
+        flags = ", ".join("--" + k.replace("_", "-").replace("kv-engine-version", "kv-version") for k in stray)
+        raise InvalidValueError(f"{flags}: not an option for the source {source}")
+
+
 def read_source(source: str, *, source_format: str | None = None, kind: str = "auto",
-                environ: Mapping[str, str] | None = None) -> list[Candidate]:
-    """Every candidate in ``source`` (see the module docstring for what SOURCE may be)."""
+                environ: Mapping[str, str] | None = None, env: str = "",
+                source_options: str | None = None, layout: Mapping[str, Any] | None = None) -> list[Candidate]:
+    """Every candidate in ``source`` (see the module docstring for what SOURCE may be).
+
+    ``env`` is the environment imported into, ``source_options`` a JSON object and
+    ``layout`` the per-flag layout settings (both for ``vault:`` / ``aws:`` only).
+    """
     if kind not in KIND_CHOICES:
         raise InvalidValueError(f"--kind {kind!r}: expected one of {', '.join(KIND_CHOICES)}")
+    layout = dict(layout or {})
+    if source.startswith(("vault:", "aws:")):
+        from runlease.migrate import backends
+
+        options = backends.parse_source_options(source_options)
+        if source.startswith("vault:"):
+            _refuse_options(source, layout, VAULT_OPTIONS)
+            return backends.from_vault(source, env, kind, options, layout)
+        _refuse_options(source, layout, AWS_OPTIONS)
+        return backends.from_aws(source, kind, options, layout)
+    _refuse_options(source, {**layout, "source_options": source_options}, ())
     if source == "env:":
         found = from_environ(os.environ if environ is None else environ, "env")
         return [c for c in found if kind == "auto" or c.kind == kind]
     if source == "airflow-db:":
         return from_airflow_db(kind)
-    if source.startswith(("vault:", "aws:", "aws-sm:", "ssm:")):
-        raise InvalidValueError(f"{source.split(':', 1)[0]}: sources are not supported by this version of import")
+    if source.startswith(("aws-sm:", "ssm:")):
+        raise InvalidValueError(f"{source.split(':', 1)[0]}: is not a source; for Secrets Manager give `aws:` "
+                                "(SSM Parameter Store is not supported)")
     return from_file(Path(source), source_format, kind)
 
 
