@@ -161,6 +161,28 @@ def test_vault_source_options_in_vault_backend_names_and_a_token_file(
     assert code == 4 and "secret-does-not-exist" in out
 
 
+def test_vault_defaults_to_the_runlease_stores_own_vault_client(
+        openbao: OpenBao, vault_layout: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With RUNLEASE_STORE=vault, `vault:` talks to the same Vault as the store, with its login."""
+    monkeypatch.delenv("VAULT_ADDR")
+    monkeypatch.delenv("VAULT_TOKEN")
+    token = tmp_path / "token"
+    token.write_text(openbao.root_token)
+    monkeypatch.setenv("RUNLEASE_HOME", str(tmp_path / "vhome"))
+    monkeypatch.delenv("RUNLEASE_MASTER_KEY", raising=False)
+    monkeypatch.setenv("RUNLEASE_STORE", "vault")
+    monkeypatch.setenv("RUNLEASE_STORE_OPTIONS", json.dumps({
+        "address": openbao.url, "prefix": unique("rlimport"), "timeout": 5,
+        "auth": {"method": "token", "token_file": str(token)}}))
+    assert CliRunner().invoke(app, ["init"]).exit_code == 0
+    code, rows, out = report("import", "vault:", "--env", "prod", "--mount", vault_layout["mount"],
+                             "--kv-version", str(vault_layout["kv_version"]), "--kind", "connections")
+    assert code == 0, out
+    assert {k: r["status"] for k, r in rows.items()} == {
+        "connections/smtp_default": "imported", "connections/warehouse": "imported", "connections/team/": "skipped"}
+    assert stored(tmp_path / "vhome", "prod/connections/warehouse")["password"] == FIELD_PASSWORD
+
+
 def test_vault_bad_input_and_an_unreachable_server(home: Path, vault_layout: dict[str, Any],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     code, out = run("import", "vault:", "--env", "prod", "--connections-prefix", "x")

@@ -16,9 +16,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from runlease.cli.common import cli_errors, cli_identity, err_console, runtime
 from runlease.cli.output import OutputFormat, emit, format_option, table, text
 from runlease.migrate.importer import FAILED, Outcome, import_all, summary
+from runlease.migrate.backends import store_defaults
 from runlease.migrate.sources import read_source, sensitive_parts
 from runlease.models import SecretPath
 from runlease.redact import default_redactor
+from runlease.settings import Settings
 
 #: Imports with at least this many entries show a progress bar (on a terminal only).
 PROGRESS_MIN = 20
@@ -79,11 +81,13 @@ def import_command(
     Exit 0 when nothing failed, 1 when an entry failed (the others are still imported).
     """
     SecretPath.of(env, "connections", "probe")  # a bad --env is bad input before the source is read
-    layout = {"mount": mount, "kv_engine_version": kv_version, "connections_path": connections_path,
+    layout = {"mount_point": mount, "kv_engine_version": kv_version, "connections_path": connections_path,
               "variables_path": variables_path, "connections_prefix": connections_prefix,
               "variables_prefix": variables_prefix, "sep": sep}
+    settings = Settings()
     candidates = read_source(source, source_format=source_format, kind=kind, env=env,
-                             source_options=source_options, layout=layout)
+                             source_options=source_options, layout=layout,
+                             defaults=store_defaults(source, settings.store, settings.store_options))
     default_redactor().add_many(s for s in sensitive_parts(candidates) if s)
     who = cli_identity("import")
     show_bar = err_console.is_terminal and len(candidates) >= PROGRESS_MIN and fmt is OutputFormat.table

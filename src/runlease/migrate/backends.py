@@ -63,6 +63,40 @@ def parse_source_options(text: str | None) -> dict[str, Any]:
     return data
 
 
+def store_defaults(source: str, store: str, store_options: dict[str, Any]) -> dict[str, Any]:
+    """Source settings taken from runlease's own store when it is the same kind of system.
+
+    ``vault:`` with ``RUNLEASE_STORE=vault``: the store's address, namespace, TLS,
+    timeout and auth -- not its mount, prefix or ``airflow_layout`` (a store that
+    already serves Airflow's layout reports those IDs as existing). ``aws:`` with
+    ``RUNLEASE_STORE=aws``: the store's AWS client settings (region, endpoint,
+    role, ...), not its prefix. ``--source-options`` and the flags override them.
+    """
+    if source.startswith("vault:") and store == "vault":
+        from runlease.store.vault_auth import VaultClientOptions
+
+        return {k: v for k, v in store_options.items() if k in VaultClientOptions.model_fields}
+    if source == "aws:" and store == "aws":
+        from runlease.awsclient import AwsConnectionOptions
+
+        return {k: v for k, v in store_options.items() if k in AwsConnectionOptions.model_fields}
+    return {}
+
+
+_SAME_SETTING = ({"mount", "mount_point"}, {"kv_version", "kv_engine_version"})
+
+
+def merged(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` over ``defaults``, a setting named by either of its names replacing the default."""
+    out = dict(defaults)
+    for names in _SAME_SETTING:
+        if names & set(given):
+            for name in names:
+                out.pop(name, None)
+    out.update(given)
+    return out
+
+
 def _split(options: dict[str, Any], model: type[BaseModel]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The keys ``model`` knows, and the rest."""
     mine = {k: v for k, v in options.items() if k in model.model_fields}
@@ -82,6 +116,11 @@ def vault_layout_and_client(source: str, env: str, options: dict[str, Any], over
     from runlease.store.vault_auth import VaultClientOptions
 
     client_fields, layout_fields = _split(options, VaultClientOptions)
+    aliases = {"mount_point": "mount", "kv_engine_version": "kv_version"}
+    for alias, name in aliases.items():  # the flags' names win over the same setting in --source-options
+        if alias in overrides and overrides[alias] is not None:
+            layout_fields.pop(name, None)
+            layout_fields.pop(alias, None)
     address = source.split(":", 1)[1]
     if address:
         if not address.startswith(("http://", "https://")):
@@ -91,12 +130,7 @@ def vault_layout_and_client(source: str, env: str, options: dict[str, Any], over
         client = VaultClientOptions.model_validate(client_fields)
     except ValidationError as err:
         raise _errors(err, "--source-options (Vault client)") from None
-    aliases = {"mount": ("mount", "mount_point"), "kv_engine_version": ("kv_engine_version", "kv_version")}
-    for key, value in overrides.items():
-        if value is not None:
-            for alias in aliases.get(key, (key,)):
-                layout_fields.pop(alias, None)  # a flag overrides the same setting in --source-options
-            layout_fields[key] = value
+    layout_fields.update({k: v for k, v in overrides.items() if v is not None})
     layout_fields["config_path"] = None  # Airflow's config secrets are not imported
     try:
         layout = AirflowLayout.from_vault_backend_kwargs(layout_fields, env)

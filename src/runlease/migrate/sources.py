@@ -258,24 +258,27 @@ def from_airflow_db(kind: str, timeout: float = 300) -> list[Candidate]:
 
 
 #: Options that only mean something for one kind of source (``runlease import`` flag names).
-VAULT_OPTIONS = ("mount", "kv_engine_version", "connections_path", "variables_path")
+VAULT_OPTIONS = ("mount_point", "kv_engine_version", "connections_path", "variables_path")
 AWS_OPTIONS = ("connections_prefix", "variables_prefix", "sep")
 
 
 def _refuse_options(source: str, given: Mapping[str, Any], allowed: Iterable[str]) -> None:
     stray = sorted(k for k, v in given.items() if v is not None and k not in allowed)
     if stray:
-        flags = ", ".join("--" + k.replace("_", "-").replace("kv-engine-version", "kv-version") for k in stray)
+        names = {"mount_point": "mount", "kv_engine_version": "kv_version"}
+        flags = ", ".join("--" + names.get(k, k).replace("_", "-") for k in stray)
         raise InvalidValueError(f"{flags}: not an option for the source {source}")
 
 
 def read_source(source: str, *, source_format: str | None = None, kind: str = "auto",
                 environ: Mapping[str, str] | None = None, env: str = "",
-                source_options: str | None = None, layout: Mapping[str, Any] | None = None) -> list[Candidate]:
+                source_options: str | None = None, layout: Mapping[str, Any] | None = None,
+                defaults: Mapping[str, Any] | None = None) -> list[Candidate]:
     """Every candidate in ``source`` (see the module docstring for what SOURCE may be).
 
     ``env`` is the environment imported into, ``source_options`` a JSON object and
-    ``layout`` the per-flag layout settings (both for ``vault:`` / ``aws:`` only).
+    ``layout`` the per-flag layout settings (both for ``vault:`` / ``aws:`` only);
+    ``defaults`` are settings from runlease's own store (``backends.store_defaults``).
     """
     if kind not in KIND_CHOICES:
         raise InvalidValueError(f"--kind {kind!r}: expected one of {', '.join(KIND_CHOICES)}")
@@ -283,7 +286,7 @@ def read_source(source: str, *, source_format: str | None = None, kind: str = "a
     if source.startswith(("vault:", "aws:")):
         from runlease.migrate import backends
 
-        options = backends.parse_source_options(source_options)
+        options = backends.merged(dict(defaults or {}), backends.parse_source_options(source_options))
         if source.startswith("vault:"):
             _refuse_options(source, layout, VAULT_OPTIONS)
             return backends.from_vault(source, env, kind, options, layout)
