@@ -296,3 +296,25 @@ def test_aws_unreachable_endpoint_exits_9(home: Path, aws_layout: dict[str, str]
                     json.dumps({"endpoint_url": f"http://127.0.0.1:{free_port()}", "max_attempts": 1,
                                 "connect_timeout": 1, "read_timeout": 1}))
     assert code == 9 and "127.0.0.1" in out
+
+
+def test_long_remote_imports_show_reading_and_importing_bars_on_a_terminal_only(
+        home: Path, openbao: OpenBao, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from unit.test_import import _run_on
+
+    mount = openbao.enable_engine("kv", path=unique("afmany"), options={"version": "2"})
+    kv = openbao.client().secrets.kv.v2
+    for i in range(25):
+        kv.create_or_update_secret(path=f"variables/var_{i:02d}", secret={"value": f"{VAR_SECRET}-{i}"},
+                                   mount_point=mount)
+    env = {**os.environ, "RUNLEASE_HOME": str(home), "COLUMNS": "120", "TERM": "xterm",
+           "VAULT_ADDR": openbao.url, "VAULT_TOKEN": openbao.root_token}
+    env.pop("NO_COLOR", None)
+    on_tty = _run_on(True, ["import", "vault:", "--mount", mount, "--env", "tty"], env)
+    assert "reading" in on_tty and "importing" in on_tty and "25 imported" in on_tty
+    piped = _run_on(False, ["import", "vault:", "--mount", mount, "--env", "pipe"], env)
+    assert "reading" not in piped and "importing" not in piped and "25 imported" in piped
+    for text in (on_tty, piped):
+        assert VAR_SECRET not in text

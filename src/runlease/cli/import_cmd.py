@@ -26,6 +26,36 @@ from runlease.settings import Settings
 PROGRESS_MIN = 20
 
 
+def _bar(label: str) -> Progress:
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err_console, transient=True)
+
+
+class ReadingBar:
+    """A "reading" bar for sources read entry by entry (vault:, aws:), shown once PROGRESS_MIN are listed."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Progress | None = None
+        self.task: object = None
+
+    def __enter__(self) -> "ReadingBar":
+        return self
+
+    def advance(self, done: int, total: int) -> None:
+        if not self.enabled or total < PROGRESS_MIN:
+            return
+        if self.bar is None:
+            self.bar = _bar("reading")
+            self.bar.start()
+            self.task = self.bar.add_task("read", total=total)
+        self.bar.update(self.task, completed=done)  # type: ignore[arg-type]
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
 def report_table(outcomes: list[Outcome], env: str, dry_run: bool) -> object:
     counts = summary(outcomes)
     title = (f"import into {env}{' (dry run: nothing written)' if dry_run else ''}: "
@@ -85,16 +115,18 @@ def import_command(
               "variables_path": variables_path, "connections_prefix": connections_prefix,
               "variables_prefix": variables_prefix, "sep": sep}
     settings = Settings()
-    candidates = read_source(source, source_format=source_format, kind=kind, env=env,
-                             source_options=source_options, layout=layout,
-                             defaults=store_defaults(source, settings.store, settings.store_options))
+    bar_allowed = err_console.is_terminal and fmt is OutputFormat.table
+    with ReadingBar(enabled=bar_allowed) as reading:
+        candidates = read_source(source, source_format=source_format, kind=kind, env=env,
+                                 source_options=source_options, layout=layout,
+                                 defaults=store_defaults(source, settings.store, settings.store_options),
+                                 progress=reading.advance)
     default_redactor().add_many(s for s in sensitive_parts(candidates) if s)
     who = cli_identity("import")
-    show_bar = err_console.is_terminal and len(candidates) >= PROGRESS_MIN and fmt is OutputFormat.table
+    show_bar = bar_allowed and len(candidates) >= PROGRESS_MIN
     with runtime() as rt:
         if show_bar:
-            with Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=err_console, transient=True) as bar:
+            with _bar("importing") as bar:
                 task = bar.add_task("import", total=len(candidates))
                 outcomes = import_all(rt.broker, env, candidates, who, overwrite=overwrite, dry_run=dry_run,
                                       progress=lambda _o: bar.advance(task))

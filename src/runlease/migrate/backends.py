@@ -32,6 +32,7 @@ name the entry and the field, never a value. Options:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -41,6 +42,8 @@ from runlease.errors import StoreUnavailableError
 from runlease.migrate.sources import Candidate, _candidate
 from runlease.models import SecretPath
 
+#: Called as ``(entries read, entries listed)`` after each entry is read (the CLI's progress bar).
+Progress = Callable[[int, int], None]
 #: The kinds the importer brings in (Airflow's ``config`` secrets are not runlease's to hold).
 KINDS = ("connections", "variables")
 
@@ -161,35 +164,37 @@ def _as_source_error(err: StoreUnavailableError) -> BackendError:
     return BackendError(f"import source unusable: {err}")
 
 
-def from_vault(source: str, env: str, kind: str, options: dict[str, Any], overrides: dict[str, Any]) -> list[Candidate]:
+def from_vault(source: str, env: str, kind: str, options: dict[str, Any], overrides: dict[str, Any],
+               progress: Progress | None = None) -> list[Candidate]:
     """Every connection/variable under the layout's paths, as Airflow's VaultBackend would read it."""
     from runlease.store.vault_auth import VaultSession
 
     layout, client = vault_layout_and_client(source, env, options, overrides)
     session = VaultSession(client.resolved())
     try:
-        return _read_vault(layout, session, kind)
+        return _read_vault(layout, session, kind, progress)
     except StoreUnavailableError as err:
         raise _as_source_error(err) from None
 
 
-def _read_vault(layout: Any, session: Any, kind: str) -> list[Candidate]:
+def _read_vault(layout: Any, session: Any, kind: str, progress: Progress | None) -> list[Candidate]:
     from runlease.store.vault_airflow import read_entry, to_value
 
+    listed = [(secret_type, base, key) for secret_type in _wanted(kind)
+              if (base := getattr(layout, f"{secret_type}_path"))
+              for key in _vault_list(layout, session, base)]
     out: list[Candidate] = []
-    for secret_type in _wanted(kind):
-        base = getattr(layout, f"{secret_type}_path")
-        if not base:
-            continue
-        for key in _vault_list(layout, session, base):
-            origin = f"vault:{layout.mount}/{base}/{key}"
-            if key.endswith("/"):
-                out.append(Candidate(secret_type, key, origin, skip_reason=(
-                    "a folder; Airflow IDs in sub-folders are not imported (give --"
-                    f"{secret_type}-path {base}/{key.rstrip('/')} to import them)")))
-                continue
+    for done, (secret_type, base, key) in enumerate(listed, 1):
+        origin = f"vault:{layout.mount}/{base}/{key}"
+        if key.endswith("/"):
+            out.append(Candidate(secret_type, key, origin, skip_reason=(
+                "a folder; Airflow IDs in sub-folders are not imported (give --"
+                f"{secret_type}-path {base}/{key.rstrip('/')} to import them)")))
+        else:
             out.append(_vault_candidate(layout, session, secret_type, key, f"{base}/{key}", origin,
                                         read_entry, to_value))
+        if progress is not None:
+            progress(done, len(listed))
     return out
 
 
@@ -235,28 +240,32 @@ def aws_reader(source: str, options: dict[str, Any], overrides: dict[str, Any]) 
     return AirflowLayoutSource(layout, AwsService("secretsmanager", client, label="AWS Secrets Manager (import)"))
 
 
-def from_aws(source: str, kind: str, options: dict[str, Any], overrides: dict[str, Any]) -> list[Candidate]:
+def from_aws(source: str, kind: str, options: dict[str, Any], overrides: dict[str, Any],
+             progress: Progress | None = None) -> list[Candidate]:
     """Every connection/variable under the layout's prefixes, as Airflow's SecretsManagerBackend would read it."""
     reader = aws_reader(source, options, overrides)
     try:
-        return _read_aws(reader, kind)
+        return _read_aws(reader, kind, progress)
     except StoreUnavailableError as err:
         raise _as_source_error(err) from None
 
 
-def _read_aws(reader: Any, kind: str) -> list[Candidate]:
+def _read_aws(reader: Any, kind: str, progress: Progress | None) -> list[Candidate]:
+    listed = [(secret_type, secret_id, name) for secret_type in _wanted(kind)
+              for secret_id, name in reader.list_ids(secret_type)]
     out: list[Candidate] = []
-    for secret_type in _wanted(kind):
-        for secret_id, name in reader.list_ids(secret_type):
-            origin = f"aws:{name}"
-            try:
-                found = reader.lookup(secret_type, secret_id)
-            except InvalidValueError as err:
-                out.append(Candidate(secret_type, secret_id, origin, error=str(err)))
-                continue
-            if found is None:
-                out.append(Candidate(secret_type, secret_id, origin,
-                                     skip_reason="gone between listing and reading (deleted?)"))
-                continue
-            out.append(_candidate(secret_type, secret_id, origin, found.value))
+    for done, (secret_type, secret_id, name) in enumerate(listed, 1):
+        out.append(_aws_candidate(reader, secret_type, secret_id, f"aws:{name}"))
+        if progress is not None:
+            progress(done, len(listed))
     return out
+
+
+def _aws_candidate(reader: Any, secret_type: str, secret_id: str, origin: str) -> Candidate:
+    try:
+        found = reader.lookup(secret_type, secret_id)
+    except InvalidValueError as err:
+        return Candidate(secret_type, secret_id, origin, error=str(err))
+    if found is None:
+        return Candidate(secret_type, secret_id, origin, skip_reason="gone between listing and reading (deleted?)")
+    return _candidate(secret_type, secret_id, origin, found.value)

@@ -28,7 +28,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,12 +273,14 @@ def _refuse_options(source: str, given: Mapping[str, Any], allowed: Iterable[str
 def read_source(source: str, *, source_format: str | None = None, kind: str = "auto",
                 environ: Mapping[str, str] | None = None, env: str = "",
                 source_options: str | None = None, layout: Mapping[str, Any] | None = None,
-                defaults: Mapping[str, Any] | None = None) -> list[Candidate]:
+                defaults: Mapping[str, Any] | None = None,
+                progress: Callable[[int, int], None] | None = None) -> list[Candidate]:
     """Every candidate in ``source`` (see the module docstring for what SOURCE may be).
 
     ``env`` is the environment imported into, ``source_options`` a JSON object and
     ``layout`` the per-flag layout settings (both for ``vault:`` / ``aws:`` only);
-    ``defaults`` are settings from runlease's own store (``backends.store_defaults``).
+    ``defaults`` are settings from runlease's own store (``backends.store_defaults``);
+    ``progress(read, listed)`` is called after each entry a ``vault:``/``aws:`` source reads.
     """
     if kind not in KIND_CHOICES:
         raise InvalidValueError(f"--kind {kind!r}: expected one of {', '.join(KIND_CHOICES)}")
@@ -289,9 +291,9 @@ def read_source(source: str, *, source_format: str | None = None, kind: str = "a
         options = backends.merged(dict(defaults or {}), backends.parse_source_options(source_options))
         if source.startswith("vault:"):
             _refuse_options(source, layout, VAULT_OPTIONS)
-            return backends.from_vault(source, env, kind, options, layout)
+            return backends.from_vault(source, env, kind, options, layout, progress)
         _refuse_options(source, layout, AWS_OPTIONS)
-        return backends.from_aws(source, kind, options, layout)
+        return backends.from_aws(source, kind, options, layout, progress)
     _refuse_options(source, {**layout, "source_options": source_options}, ())
     if source == "env:":
         found = from_environ(os.environ if environ is None else environ, "env")
