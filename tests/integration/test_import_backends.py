@@ -100,6 +100,9 @@ def vault_layout(request: pytest.FixtureRequest, openbao: OpenBao, monkeypatch: 
     kv = c.secrets.kv.v2 if version == 2 else c.secrets.kv.v1
     for path, data in secrets.items():
         kv.create_or_update_secret(path=path, secret=data, mount_point=mount)
+    if version == 2:  # soft-deleted: still LISTed by KV v2, but VaultBackend reads nothing there
+        kv.create_or_update_secret(path="connections/retired", secret={"conn_uri": "http://old"}, mount_point=mount)
+        kv.delete_latest_version_of_secret(path="connections/retired", mount_point=mount)
     for name in ("VAULT_ADDR", "VAULT_TOKEN", "BAO_ADDR", "BAO_TOKEN", "VAULT_NAMESPACE", "VAULT_CACERT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("VAULT_ADDR", openbao.url)
@@ -115,9 +118,11 @@ def test_vault_lists_and_imports_what_airflows_vault_backend_reads(
             "--kv-version", str(vault_layout["kv_version"]))
     code, dry, _ = report(*args, "--dry-run")
     assert code == 1  # one entry does not parse
+    retired = {"connections/retired": "skipped"} if vault_layout["kv_version"] == 2 else {}
     assert {k: r["status"] for k, r in dry.items()} == {
         "connections/smtp_default": "would import", "connections/warehouse": "would import",
-        "connections/team/": "skipped", "variables/bucket": "would import", "variables/broken": "failed"}
+        "connections/team/": "skipped", "variables/bucket": "would import", "variables/broken": "failed", **retired}
+    assert theirs_reads_nothing_at(openbao, vault_layout, "retired")
     assert "no 'value' field" in dry["variables/broken"]["detail"]
     assert "--connections-path connections/team" in dry["connections/team/"]["detail"]
     code, out = run("ls", "--env", "prod")
@@ -141,6 +146,35 @@ def test_vault_lists_and_imports_what_airflows_vault_backend_reads(
     assert over["variables/bucket"]["version"] == 2
 
 
+def theirs_reads_nothing_at(openbao: OpenBao, vault_layout: dict[str, Any], conn_id: str) -> bool:
+    from airflow.providers.hashicorp.secrets.vault import VaultBackend
+
+    theirs = VaultBackend(url=openbao.url, token=openbao.root_token, mount_point=vault_layout["mount"],
+                          kv_engine_version=vault_layout["kv_version"])
+    return theirs.get_connection(conn_id) is None
+
+
+def test_vault_denied_exits_6(home: Path, openbao: OpenBao, vault_layout: dict[str, Any],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token that may read the variables but not list the connections: a denial, not 'nothing found'."""
+    mount = vault_layout["mount"]
+    meta = "metadata/" if vault_layout["kv_version"] == 2 else ""
+    data = "data/" if vault_layout["kv_version"] == 2 else ""
+    policy = openbao.policy(unique("vars-only"), f'''
+path "{mount}/{meta}variables/*" {{ capabilities = ["list"] }}
+path "{mount}/{data}variables/*" {{ capabilities = ["read"] }}
+''')
+    token = openbao.client().auth.token.create(policies=[policy], ttl="10m")["auth"]["client_token"]
+    monkeypatch.setenv("VAULT_TOKEN", token)
+    code, out = run("import", "vault:", "--env", "prod", "--mount", mount, "--kv-version",
+                    str(vault_layout["kv_version"]), "--kind", "variables", "--dry-run")
+    assert code == 1 and "bucket" in out  # variables: allowed (the broken one fails alone)
+    code, out = run("import", "vault:", "--env", "prod", "--mount", mount, "--kv-version",
+                    str(vault_layout["kv_version"]))
+    assert code == 6 and "connections" in out, out
+    assert token not in out
+
+
 def test_vault_source_options_in_vault_backend_names_and_a_token_file(
         home: Path, openbao: OpenBao, vault_layout: dict[str, Any], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,7 +187,7 @@ def test_vault_source_options_in_vault_backend_names_and_a_token_file(
     code, rows, out = report("import", f"vault:{openbao.url}", "--env", "prod",
                              "--source-options", json.dumps(options))
     assert code == 0, out  # variables turned off: the broken one is not read
-    assert {k: r["status"] for k, r in rows.items()} == {
+    assert {k: r["status"] for k, r in rows.items() if k != "connections/retired"} == {
         "connections/smtp_default": "imported", "connections/warehouse": "imported", "connections/team/": "skipped"}
     # a flag overrides the same setting given in --source-options
     code, rows, out = report("import", f"vault:{openbao.url}", "--env", "prod", "--source-options",
@@ -178,7 +212,7 @@ def test_vault_defaults_to_the_runlease_stores_own_vault_client(
     code, rows, out = report("import", "vault:", "--env", "prod", "--mount", vault_layout["mount"],
                              "--kv-version", str(vault_layout["kv_version"]), "--kind", "connections")
     assert code == 0, out
-    assert {k: r["status"] for k, r in rows.items()} == {
+    assert {k: r["status"] for k, r in rows.items() if k != "connections/retired"} == {
         "connections/smtp_default": "imported", "connections/warehouse": "imported", "connections/team/": "skipped"}
     assert stored(tmp_path / "vhome", "prod/connections/warehouse")["password"] == FIELD_PASSWORD
 
@@ -233,6 +267,7 @@ def aws_layout(moto_server: MotoServer, tmp_path: Path, monkeypatch: pytest.Monk
     }
     for name, text in secrets.items():
         sm.create_secret(Name=name, SecretString=text)
+    sm.create_secret(Name=f"{root}/connections/binary", SecretBinary=b"\x00\x01")
     sm.create_secret(Name=f"{root}/connections/gone", SecretString="http://z")
     sm.delete_secret(SecretId=f"{root}/connections/gone")  # scheduled for deletion: not listed
     return {"root": root, "endpoint": moto_server.endpoint}
@@ -250,9 +285,11 @@ def test_aws_lists_and_imports_what_airflows_secrets_manager_backend_reads(
     assert code == 1
     assert {k: r["status"] for k, r in dry.items()} == {
         "connections/custom_words": "would import", "connections/legacy_bad_port": "failed",
+        "connections/binary": "failed",
         "connections/legacy_json": "would import", "connections/legacy_uri": "would import",
         "variables/threshold": "would import"}
     assert "port" in dry["connections/legacy_bad_port"]["detail"]
+    assert "no text value" in dry["connections/binary"]["detail"]
     assert dry["connections/legacy_json"]["source"] == f"aws:{root}/connections/legacy_json"
 
     code, done, _ = report(*args)
@@ -289,6 +326,20 @@ def test_aws_lookup_pattern_sep_and_bad_input(home: Path, aws_layout: dict[str, 
     assert code == 2 and "region" in out
     code, out = run("import", str(home / "x.json"), "--env", "dev", "--sep", "/")
     assert code == 2 and "--sep" in out
+
+
+def test_aws_listing_follows_pages(home: Path, aws_layout: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from runlease.store import aws_airflow
+
+    monkeypatch.setattr(aws_airflow, "PAGE_SIZE", 2)  # 7 names under the prefix: 4 pages
+    code, rows, out = report("import", "aws:", "--env", "dev", "--kind", "connections", "--dry-run",
+                             "--connections-prefix", f"{aws_layout['root']}/connections")
+    assert set(rows) == {f"connections/{n}" for n in ("legacy_uri", "legacy_json", "custom_words",
+                                                      "legacy_bad_port", "binary")}, out
+    monkeypatch.setattr(aws_airflow, "MAX_PAGES", 1)  # the bound holds (no endless listing)
+    code, rows, out = report("import", "aws:", "--env", "dev", "--kind", "connections", "--dry-run",
+                             "--connections-prefix", f"{aws_layout['root']}/connections")
+    assert len(rows) < 5
 
 
 def test_aws_unreachable_endpoint_exits_9(home: Path, aws_layout: dict[str, str]) -> None:

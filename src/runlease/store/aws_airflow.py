@@ -47,6 +47,9 @@ CONN_WORDS: dict[str, tuple[str, ...]] = {
     "conn_type": ("conn_type", "conn_id", "connection_type", "engine"),
     "extra": ("extra",),
 }
+#: ListSecrets page size (AWS's maximum) and how many pages a listing may take (a million names).
+PAGE_SIZE = 100
+MAX_PAGES = 10_000
 _NOT_THERE = frozenset({"ResourceNotFoundException"})
 
 
@@ -142,8 +145,8 @@ class AirflowLayoutSource:
                                     f"account as {secret_type}; give the prefix the secrets are under")
         out: list[tuple[str, str]] = []
         token: str | None = None
-        for _page in range(10_000):  # bounded: 100 names a page
-            kwargs: dict[str, Any] = {"Filters": [{"Key": "name", "Values": [head]}], "MaxResults": 100}
+        for _page in range(MAX_PAGES):  # bounded
+            kwargs: dict[str, Any] = {"Filters": [{"Key": "name", "Values": [head]}], "MaxResults": PAGE_SIZE}
             if token:
                 kwargs["NextToken"] = token
             resp = self.service.call("secretsmanager:ListSecrets", f"listing secrets named {head}*",
