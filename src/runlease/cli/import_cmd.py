@@ -79,7 +79,8 @@ def import_command(
         None, "--source-format", help="json | yaml | env: the file's format when its name does not say"),
     kind: str = typer.Option(
         "auto", "--kind", help="auto | connections | variables: what the file holds (auto: detected; a plain "
-                               ".env export is read as connections)"),
+                               ".env export is read as connections); for env:, vault:, aws: which kinds to import "
+                               "(auto: both)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="report what would be imported; write nothing"),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="write a new version over an existing secret (check-and-set on its CURRENT)"),

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ValidationError
 
 from runlease.errors import BackendError, InvalidValueError, RunleaseError, SecretNotFoundError
 from runlease.errors import StoreUnavailableError
-from runlease.migrate.sources import Candidate, _candidate
+from runlease.migrate.sources import Candidate, candidate
 from runlease.models import SecretPath
 
 #: Called as ``(entries read, entries listed)`` after each entry is read (the CLI's progress bar).
@@ -212,7 +212,7 @@ def _vault_candidate(layout: Any, session: Any, secret_type: str, key: str, kv_p
         raw = to_value(path, version, f"Vault {layout.mount}/{kv_path}", data)
     except InvalidValueError as err:
         return Candidate(secret_type, key, origin, error=str(err))
-    return _candidate(secret_type, key, origin, raw)
+    return candidate(secret_type, key, origin, raw)
 
 
 # -- AWS Secrets Manager (Airflow's SecretsManagerBackend layout) -------------------------
@@ -268,4 +268,4 @@ def _aws_candidate(reader: Any, secret_type: str, secret_id: str, origin: str) -
         return Candidate(secret_type, secret_id, origin, error=str(err))
     if found is None:
         return Candidate(secret_type, secret_id, origin, skip_reason="gone between listing and reading (deleted?)")
-    return _candidate(secret_type, secret_id, origin, found.value)
+    return candidate(secret_type, secret_id, origin, found.value)

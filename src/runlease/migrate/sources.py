@@ -84,7 +84,8 @@ def variable_value(raw: Any) -> SecretValue:
     return json.dumps(raw)
 
 
-def _candidate(kind: str, name: str, origin: str, raw: Any) -> Candidate:
+def candidate(kind: str, name: str, origin: str, raw: Any) -> Candidate:
+    """A candidate from one raw entry; a value that does not parse becomes the candidate's error."""
     try:
         value = connection_value(raw) if kind == "connections" else variable_value(raw)
     except RunleaseError as err:  # runlease's connection errors name fields, never values
@@ -115,7 +116,7 @@ def from_mapping(mapping: Any, origin: str, kind: str) -> list[Candidate]:
         raise InvalidValueError(f"{origin}: expected an object mapping ids to entries")
     if kind == "auto":
         kind = "connections" if _looks_like_connections(mapping) else "variables"
-    return [_candidate(kind, str(name), f"{origin} [{name}]", raw) for name, raw in mapping.items()]
+    return [candidate(kind, str(name), f"{origin} [{name}]", raw) for name, raw in mapping.items()]
 
 
 def from_environ(environ: Mapping[str, str], origin: str) -> list[Candidate]:
@@ -126,9 +127,9 @@ def from_environ(environ: Mapping[str, str], origin: str) -> list[Candidate]:
         if raw is None:
             continue
         if key.startswith(CONN_PREFIX) and len(key) > len(CONN_PREFIX):
-            out.append(_candidate("connections", key[len(CONN_PREFIX):].lower(), f"{origin}:{key}", raw))
+            out.append(candidate("connections", key[len(CONN_PREFIX):].lower(), f"{origin}:{key}", raw))
         elif key.startswith(VAR_PREFIX) and len(key) > len(VAR_PREFIX):
-            out.append(_candidate("variables", key[len(VAR_PREFIX):].lower(), f"{origin}:{key}", raw))
+            out.append(candidate("variables", key[len(VAR_PREFIX):].lower(), f"{origin}:{key}", raw))
     return out
 
 
@@ -155,7 +156,7 @@ def from_env_file(path: Path, kind: str) -> list[Candidate]:
         return out
     target = "connections" if kind == "auto" else kind
     return [
-        _candidate(target, key, f"{path.name}:{key}", raw) if raw is not None
+        candidate(target, key, f"{path.name}:{key}", raw) if raw is not None
         else Candidate(target, key, f"{path.name}:{key}", error="no value (a line without '=')")
         for key, raw in entries.items()
     ]
