@@ -1,4 +1,4 @@
-"""Secrets written for Airflow's own ``SecretsManagerBackend``, read (never written) by runlease.
+"""Secrets written for Airflow's own ``SecretsManagerBackend``, read (never written) by RunleaseBackend.
 
 Why: a team moving from ``airflow.providers.amazon.aws.secrets.secrets_manager.SecretsManagerBackend``
 has its connections and variables in AWS Secrets Manager under Airflow's
@@ -8,109 +8,36 @@ is looked up in that layout and then leased (or, outside a task, read) and
 audited exactly like a runlease secret; writes always use runlease's own
 layout (``runlease put``).
 
-The layout, as the Amazon provider (9.x) reads it:
-
-- name ``<connections_prefix><sep><conn_id>`` (``airflow/connections/<id>``),
-  ``<variables_prefix><sep><key>``, ``<config_prefix><sep><key>``; a prefix's
-  trailing ``sep`` is dropped, an empty prefix means the bare ID, a ``null``
-  prefix turns that kind off;
-- a connection is an Airflow URI, or a JSON object whose keys may use the
-  aliases below (extendable with ``extra_conn_words``, e.g.
-  ``{"login": ["usr"]}``; ``user`` is accepted for ``login``);
-- a variable or config value is the plain ``SecretString``;
-- ``*_lookup_pattern`` is matched with ``re.match`` ignoring case.
-
-Every read names ``VersionStage=AWSCURRENT`` explicitly. The audit event
-names the AWS secret and its VersionId (``detail.source``), and the lease's
-version is 0 (not a runlease version). Only the team-agnostic name is read
-(runlease has no Airflow multi-team namespaces). Such a lease is always
-``static``: runlease holds no issuer settings for a secret it did not write.
+The layout and its parser live in the core (:mod:`runlease.store.aws_airflow`),
+shared with ``runlease import aws:``; this module only turns the backend kwarg
+into a reader. The audit event names the AWS secret and its VersionId
+(``detail.source``), and the lease's version is 0 (not a runlease version).
+Such a lease is always ``static``: runlease holds no issuer settings for a
+secret it did not write.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
-from runlease.awsclient import AwsConnectionOptions, AwsService
-from runlease.errors import ConfigError, InvalidValueError
-from runlease.models import SecretValue
+from runlease.awsclient import AwsService
+from runlease.errors import ConfigError
+from runlease.store.aws_airflow import CONN_WORDS, Found, LayoutOptions
+from runlease.store.aws_airflow import AirflowLayoutSource as _CoreSource
 
 from runlease_airflow.config import BACKEND
 
-#: The Amazon provider's aliases for connection fields in a JSON secret (``_standardize_secret_keys``).
-CONN_WORDS: dict[str, tuple[str, ...]] = {
-    "login": ("login", "user", "username", "user_name"),
-    "password": ("password", "pass", "key"),
-    "host": ("host", "remote_host", "server"),
-    "port": ("port",),
-    "schema": ("database", "schema"),
-    "conn_type": ("conn_type", "conn_id", "connection_type", "engine"),
-    "extra": ("extra",),
-}
+__all__ = ["CONN_WORDS", "Found", "LayoutOptions", "AirflowLayoutSource", "KWARG", "SOURCE"]
+
 KWARG = "aws_secrets_manager"
 SOURCE = "airflow-secrets-manager"
-_NOT_THERE = frozenset({"ResourceNotFoundException"})
 
 
-class LayoutOptions(BaseModel):
-    """The ``aws_secrets_manager`` backend kwarg: Airflow's kwargs, plus client settings when the store is not AWS."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    connections_prefix: str | None = "airflow/connections"
-    variables_prefix: str | None = "airflow/variables"
-    config_prefix: str | None = "airflow/config"
-    connections_lookup_pattern: str | None = None
-    variables_lookup_pattern: str | None = None
-    config_lookup_pattern: str | None = None
-    sep: str = Field(default="/", min_length=1, max_length=4)
-    extra_conn_words: dict[str, list[str]] = Field(default_factory=dict)
-    #: AWS client settings (region, endpoint_url, role_arn, verify, ...); default: the aws store's own.
-    client: AwsConnectionOptions | None = None
-
-    @field_validator("extra_conn_words")
-    @classmethod
-    def _known_fields(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        unknown = sorted(set(value) - set(CONN_WORDS) - {"user"})
-        if unknown:
-            raise ValueError(f"unknown connection fields {unknown} (known: user, {', '.join(CONN_WORDS)})")
-        return value
-
-    @field_validator("connections_lookup_pattern", "variables_lookup_pattern", "config_lookup_pattern")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        if value:
-            try:
-                re.compile(value)
-            except re.error as err:
-                raise ValueError(f"not a valid regular expression ({err})") from None
-        return value
-
-
-@dataclass(frozen=True)
-class Found:
-    """A value found in Airflow's layout and where: the AWS name and VersionId (for the audit trail)."""
-
-    value: SecretValue = field(repr=False)
-    name: str
-    version_id: str
-
-
-class AirflowLayoutSource:
-    """Look up an Airflow ID in Airflow's Secrets Manager layout (one GetSecretValue)."""
-
-    def __init__(self, options: LayoutOptions, service: AwsService) -> None:
-        self.options = options
-        self.service = service
-        words = {k: list(v) for k, v in CONN_WORDS.items()}
-        for conn_field, extra in options.extra_conn_words.items():
-            words["login" if conn_field == "user" else conn_field].extend(extra)
-        self.words = words
+class AirflowLayoutSource(_CoreSource):
+    """The core reader, built from the backend kwarg (errors name the kwarg)."""
 
     @classmethod
     def from_kwarg(cls, raw: Any, store: Any) -> "AirflowLayoutSource | None":
@@ -137,51 +64,3 @@ class AirflowLayoutSource:
             raise ConfigError(f"{BACKEND} backend_kwargs {KWARG!r}: the store is not aws; give the AWS client "
                               "settings under 'client' (region, endpoint_url, role_arn, ...)")
         return cls(options, service)
-
-    def name_for(self, secret_type: str, secret_id: str) -> str | None:
-        """The AWS secret name Airflow's backend would read, or None (kind off, pattern not matched)."""
-        prefix: str | None = getattr(self.options, f"{secret_type}_prefix", None)
-        if prefix is None:
-            return None
-        pattern = getattr(self.options, f"{secret_type}_lookup_pattern", None)
-        if pattern and not re.match(pattern, secret_id, re.IGNORECASE):
-            return None
-        sep = self.options.sep
-        prefix = prefix.rstrip(sep)
-        return f"{prefix}{sep}{secret_id}" if prefix else secret_id
-
-    def lookup(self, secret_type: str, secret_id: str) -> Found | None:
-        from botocore.exceptions import ClientError
-
-        name = self.name_for(secret_type, secret_id)
-        if name is None:
-            return None
-        try:
-            resp = self.service.call(
-                "secretsmanager:GetSecretValue", f"reading {name} (Airflow layout)",
-                lambda c: c.get_secret_value(SecretId=name, VersionStage="AWSCURRENT"), passthrough=_NOT_THERE)
-        except ClientError:
-            return None
-        text = resp.get("SecretString")
-        where = f"AWS Secrets Manager secret {name} (Airflow layout, {secret_type} {secret_id!r})"
-        if not isinstance(text, str):
-            raise InvalidValueError(f"{where} holds no text value (binary or empty)")
-        value: SecretValue = text
-        if secret_type == "connections" and text.strip().startswith("{"):
-            value = self._standardized(text, where)
-        return Found(value=value, name=name, version_id=str(resp.get("VersionId", "")))
-
-    def _standardized(self, text: str, where: str) -> dict[str, Any]:
-        """Airflow's JSON connection with its aliases mapped to the field names (the provider's rules)."""
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise InvalidValueError(f"{where} is not valid JSON (line {err.lineno}, column {err.colno})") from None
-        if not isinstance(doc, dict):
-            raise InvalidValueError(f"{where} is JSON but not an object")
-        out: dict[str, Any] = {}
-        for conn_field, words in self.words.items():
-            value = next((v for k, v in doc.items() if k in words), None)
-            if value is not None:
-                out[conn_field] = value
-        return out

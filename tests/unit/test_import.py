@@ -198,8 +198,12 @@ def test_unparseable_files_write_nothing_and_quote_nothing(home: Path, tmp_path:
     assert code == 2 and "--source-format" in out
     code, out = run("import", str(unknown), "--env", "dev", "--source-format", "json")
     assert code == 0, out
-    code, out = run("import", "vault:secret/airflow", "--env", "dev")
-    assert code == 2
+    code, out = run("import", "vault:secret/airflow", "--env", "dev")  # vault: takes an address, not a path
+    assert code == 2 and "--mount" not in out and "address" in out
+    code, out = run("import", "ssm:/airflow", "--env", "dev")
+    assert code == 2 and "SSM" in out
+    code, out = run("import", str(unknown), "--env", "dev", "--source-format", "json", "--mount", "secret")
+    assert code == 2 and "--mount" in out  # a Vault option on a file source is bad input, not ignored
 
 
 def test_policy_applies_to_imports(home: Path) -> None:

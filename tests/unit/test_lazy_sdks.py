@@ -19,6 +19,11 @@ def test_runtime_and_store_modules_do_not_import_sdks() -> None:
     assert _loaded_after(
         "import runlease.store.vault, runlease.store.vault_auth, runlease.store.aws, runlease.kms, runlease.awsclient"
     ) == []
+    # the Airflow-layout readers and the import sources live in the core: no Airflow, no SDK at import
+    assert _loaded_after(
+        "import runlease.store.aws_airflow, runlease.store.vault_airflow, runlease.migrate.backends, "
+        "runlease.cli.import_cmd"
+    ) == []
 
 
 def test_rotation_engine_and_rotators_do_not_import_sdks_or_orchestrators() -> None:

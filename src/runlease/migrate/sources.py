@@ -10,7 +10,9 @@ Sources (``runlease import SOURCE``):
 - ``env:``: the same variables in this process's environment;
 - ``airflow-db:``: Airflow's metadata database, read through ``airflow
   connections export -`` and ``airflow variables export -`` in a subprocess
-  (the Airflow installation and its AIRFLOW_HOME/config decide which database).
+  (the Airflow installation and its AIRFLOW_HOME/config decide which database);
+- ``vault:`` / ``aws:``: Vault or AWS Secrets Manager in the layout of
+  Airflow's own VaultBackend / SecretsManagerBackend (:mod:`runlease.migrate.backends`).
 
 A source is parsed completely before anything is written, so a file that does
 not parse writes nothing. A single entry that does not parse becomes a
@@ -26,7 +28,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +84,8 @@ def variable_value(raw: Any) -> SecretValue:
     return json.dumps(raw)
 
 
-def _candidate(kind: str, name: str, origin: str, raw: Any) -> Candidate:
+def candidate(kind: str, name: str, origin: str, raw: Any) -> Candidate:
+    """A candidate from one raw entry; a value that does not parse becomes the candidate's error."""
     try:
         value = connection_value(raw) if kind == "connections" else variable_value(raw)
     except RunleaseError as err:  # runlease's connection errors name fields, never values
@@ -113,7 +116,7 @@ def from_mapping(mapping: Any, origin: str, kind: str) -> list[Candidate]:
         raise InvalidValueError(f"{origin}: expected an object mapping ids to entries")
     if kind == "auto":
         kind = "connections" if _looks_like_connections(mapping) else "variables"
-    return [_candidate(kind, str(name), f"{origin} [{name}]", raw) for name, raw in mapping.items()]
+    return [candidate(kind, str(name), f"{origin} [{name}]", raw) for name, raw in mapping.items()]
 
 
 def from_environ(environ: Mapping[str, str], origin: str) -> list[Candidate]:
@@ -124,9 +127,9 @@ def from_environ(environ: Mapping[str, str], origin: str) -> list[Candidate]:
         if raw is None:
             continue
         if key.startswith(CONN_PREFIX) and len(key) > len(CONN_PREFIX):
-            out.append(_candidate("connections", key[len(CONN_PREFIX):].lower(), f"{origin}:{key}", raw))
+            out.append(candidate("connections", key[len(CONN_PREFIX):].lower(), f"{origin}:{key}", raw))
         elif key.startswith(VAR_PREFIX) and len(key) > len(VAR_PREFIX):
-            out.append(_candidate("variables", key[len(VAR_PREFIX):].lower(), f"{origin}:{key}", raw))
+            out.append(candidate("variables", key[len(VAR_PREFIX):].lower(), f"{origin}:{key}", raw))
     return out
 
 
@@ -153,7 +156,7 @@ def from_env_file(path: Path, kind: str) -> list[Candidate]:
         return out
     target = "connections" if kind == "auto" else kind
     return [
-        _candidate(target, key, f"{path.name}:{key}", raw) if raw is not None
+        candidate(target, key, f"{path.name}:{key}", raw) if raw is not None
         else Candidate(target, key, f"{path.name}:{key}", error="no value (a line without '=')")
         for key, raw in entries.items()
     ]
@@ -255,18 +258,52 @@ def from_airflow_db(kind: str, timeout: float = 300) -> list[Candidate]:
     return out
 
 
+#: Options that only mean something for one kind of source (``runlease import`` flag names).
+VAULT_OPTIONS = ("mount_point", "kv_engine_version", "connections_path", "variables_path")
+AWS_OPTIONS = ("connections_prefix", "variables_prefix", "sep")
+
+
+def _refuse_options(source: str, given: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    stray = sorted(k for k, v in given.items() if v is not None and k not in allowed)
+    if stray:
+        names = {"mount_point": "mount", "kv_engine_version": "kv_version"}
+        flags = ", ".join("--" + names.get(k, k).replace("_", "-") for k in stray)
+        raise InvalidValueError(f"{flags}: not an option for the source {source}")
+
+
 def read_source(source: str, *, source_format: str | None = None, kind: str = "auto",
-                environ: Mapping[str, str] | None = None) -> list[Candidate]:
-    """Every candidate in ``source`` (see the module docstring for what SOURCE may be)."""
+                environ: Mapping[str, str] | None = None, env: str = "",
+                source_options: str | None = None, layout: Mapping[str, Any] | None = None,
+                defaults: Mapping[str, Any] | None = None,
+                progress: Callable[[int, int], None] | None = None) -> list[Candidate]:
+    """Every candidate in ``source`` (see the module docstring for what SOURCE may be).
+
+    ``env`` is the environment imported into, ``source_options`` a JSON object and
+    ``layout`` the per-flag layout settings (both for ``vault:`` / ``aws:`` only);
+    ``defaults`` are settings from runlease's own store (``backends.store_defaults``);
+    ``progress(read, listed)`` is called after each entry a ``vault:``/``aws:`` source reads.
+    """
     if kind not in KIND_CHOICES:
         raise InvalidValueError(f"--kind {kind!r}: expected one of {', '.join(KIND_CHOICES)}")
+    layout = dict(layout or {})
+    if source.startswith(("vault:", "aws:")):
+        from runlease.migrate import backends
+
+        options = backends.merged(dict(defaults or {}), backends.parse_source_options(source_options))
+        if source.startswith("vault:"):
+            _refuse_options(source, layout, VAULT_OPTIONS)
+            return backends.from_vault(source, env, kind, options, layout, progress)
+        _refuse_options(source, layout, AWS_OPTIONS)
+        return backends.from_aws(source, kind, options, layout, progress)
+    _refuse_options(source, {**layout, "source_options": source_options}, ())
     if source == "env:":
         found = from_environ(os.environ if environ is None else environ, "env")
         return [c for c in found if kind == "auto" or c.kind == kind]
     if source == "airflow-db:":
         return from_airflow_db(kind)
-    if source.startswith(("vault:", "aws:", "aws-sm:", "ssm:")):
-        raise InvalidValueError(f"{source.split(':', 1)[0]}: sources are not supported by this version of import")
+    if source.startswith(("aws-sm:", "ssm:")):
+        raise InvalidValueError(f"{source.split(':', 1)[0]}: is not a source; for Secrets Manager give `aws:` "
+                                "(SSM Parameter Store is not supported)")
     return from_file(Path(source), source_format, kind)
 
 
