@@ -63,8 +63,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.delenv(name, raising=False)
     path = tmp_path / "home"
     runtime, _ = init_home(Settings(home=path))
-    runtime.broker.put("dev/connections/ui_visible", {"conn_type": "http", "password": "Ui-visible-pw-3371"}, ADMIN)
-    runtime.broker.put("dev/connections/warehouse", {"conn_type": "postgres", "password": "Wh-pw-99120"}, ADMIN)
+    runtime.broker.put("dev/connections/ui_visible", {"conn_type": "http", "password": "Ui-visible-pw-3371"}, ADMIN)  # runlease: allow secret-assignment (test fixture)
+    runtime.broker.put("dev/connections/warehouse", {"conn_type": "postgres", "password": "Wh-pw-99120"}, ADMIN)  # runlease: allow secret-assignment (test fixture)
     runtime.close()
     (path / "policy.toml").write_text(POLICY)
     return path
@@ -130,7 +130,7 @@ def test_the_request_scope_reaches_a_sync_route_after_a_dependency_wrote_to_it()
     app = FastAPI()
 
     async def validated_token(request: Request) -> None:
-        request.scope["ti_token"] = "validated-by-airflow"
+        request.scope["ti_token"] = "validated-by-airflow"  # runlease: allow secret-assignment (test fixture)
 
     @app.get("/execution/probe", dependencies=[Depends(validated_token)])
     def probe() -> dict:
@@ -143,7 +143,7 @@ def test_the_request_scope_reaches_a_sync_route_after_a_dependency_wrote_to_it()
 
     app.add_middleware(ExecutionApiMiddleware)
     with TestClient(app) as client:
-        assert client.get("/execution/probe").json() == {"token": "validated-by-airflow"}
+        assert client.get("/execution/probe").json() == {"token": "validated-by-airflow"}  # runlease: allow secret-assignment (test fixture)
         response = client.get("/execution/deny")
     assert response.status_code == 403
     assert response.json()["detail"]["reason"] == "permission_denied"
@@ -165,7 +165,7 @@ def test_worker_masking_registers_every_form_of_a_fetched_connection_and_variabl
 
     from runlease_airflow.worker_masking import _protect
 
-    password, api_key, note = "Wk/unit-pass@9k2z", "ak-wk-unit-58f1e2", "plain-note-value-6621"
+    password, api_key, note = "Wk/unit-pass@9k2z", "ak-wk-unit-58f1e2", "plain-note-value-6621"  # runlease: allow high-entropy-secret secret-assignment (test fixture)
     _protect(Connection(conn_id="c", conn_type="postgres", password=password,
                         extra=f'{{"api_key": "{api_key}", "sslmode": "require"}}'))
     _protect(note)

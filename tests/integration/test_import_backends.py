@@ -24,8 +24,8 @@ from support.postgres import free_port
 
 URI_PASSWORD = "Imp0rt-Uri-Pa55"  # runlease: allow secret-assignment (test fixture)
 FIELD_PASSWORD = "Imp0rt-Field-Pa55"  # runlease: allow secret-assignment (test fixture)
-VAR_SECRET = "Imp0rt-Var-T0ken"
-BROKEN_SECRET = "Imp0rt-Broken-Val"
+VAR_SECRET = "Imp0rt-Var-T0ken"  # runlease: allow secret-assignment (test fixture)
+BROKEN_SECRET = "Imp0rt-Broken-Val"  # runlease: allow secret-assignment (test fixture)
 VALUES = (URI_PASSWORD, FIELD_PASSWORD, VAR_SECRET, BROKEN_SECRET)
 FIELDS = ("conn_type", "host", "login", "password", "schema", "port")
 

@@ -95,6 +95,7 @@ def test_pragma_on_comment_line_above() -> None:
 def test_names_and_values() -> None:
     assert is_secret_name("db_password") and is_secret_name("apiKey") and is_secret_name("HF_TOKEN")
     assert not is_secret_name("password_env") and not is_secret_name("secret_name") and not is_secret_name("use_token")
+    assert not is_secret_name("SECRET_STATE_INFO")  # an HKDF info label names a key's purpose, not a key
     assert is_placeholder("${DB_PASSWORD}") and is_placeholder("<your-token>") and is_placeholder("changeme")
     assert not is_placeholder(FK.password())
 

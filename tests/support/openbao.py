@@ -93,7 +93,26 @@ class OpenBao:
     def enable_engine(self, engine: str, path: str | None = None, **options: Any) -> str:
         path = path or unique(engine)
         self.client().sys.enable_secrets_engine(backend_type=engine, path=path, **options)
+        if engine == "kv" and str((options.get("options") or {}).get("version")) == "2":
+            self._wait_for_kv2(path)
         return path
+
+    def _wait_for_kv2(self, mount: str, timeout: float = 15.0) -> None:
+        """A new KV v2 mount first "upgrades from non-versioned data" and answers writes with 400
+        meanwhile (seen in CI): wait until a probe write goes through, then remove the probe."""
+        import hvac.exceptions
+
+        c = self.client()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                c.secrets.kv.v2.create_or_update_secret(path="_ready_probe", secret={"ok": "1"}, mount_point=mount)
+                break
+            except hvac.exceptions.InvalidRequest as err:
+                if "Upgrading" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        c.secrets.kv.v2.delete_metadata_and_all_versions(path="_ready_probe", mount_point=mount)
 
     def policy(self, name: str, hcl: str, namespace: str | None = None) -> str:
         self.client(namespace=namespace).sys.create_or_update_policy(name=name, policy=hcl)

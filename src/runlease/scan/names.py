@@ -30,7 +30,7 @@ _REFERENCE_SUFFIX = re.compile(
     r"loader|getter|callback|method|kind|key_id|keyid|required|enabled|len|"
     r"placeholder|description|help|prompt|limit|timeout|rotation|lifetime|used|"
     r"usage|param|params|arg|args|attr|column|col|table|schema|query|index|"
-    r"mask|masked|redacted|policy_document)$"
+    r"mask|masked|redacted|policy_document|info)$"
 )
 
 # Words that make a secret-looking name public or not a credential at all:
