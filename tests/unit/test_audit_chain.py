@@ -305,3 +305,16 @@ def test_no_event_contains_a_secret_value(rt: Runtime) -> None:
     for event in rt.ledger.events(AuditQuery()):
         dumped = event.model_dump_json()
         assert not any(form in dumped for form in forms)
+
+
+def test_an_anchor_edited_after_this_process_wrote_it_is_still_checked(rt: Runtime, admin: RunIdentity) -> None:
+    """The ledger skips re-checking the anchor only when its bytes are exactly the record it just
+    signed; an edit in place between two events (same length, old MAC) must not ride on that."""
+    path = rt.settings.anchor_file
+    record = path.read_bytes()
+    assert b'"seq": 10,' in record
+    path.write_bytes(record.replace(b'"seq": 10,', b'"seq": 99,'))  # made-up seq, the genuine MAC kept
+    rt.broker.put("dev/variables/after_edit", "v-after-edit-Tq5", admin)  # event 11: must not cover it up
+    assert read_anchor(path, rt.ledger.anchor_signer).problem  # the edit is still there, found out
+    result = rt.ledger.verify()
+    assert not result.ok, "an edited anchor went undetected"

@@ -33,7 +33,7 @@ from runlease.errors import (
     StoreUnavailableError,
 )
 from runlease.server.metrics import BodyLimitMiddleware, MetricsMiddleware
-from runlease.server.routes import router
+from runlease.server.routes import LEASE_ROUTE, router
 from runlease.server.state import ServerState
 from runlease.server.workload_tokens import AuthenticationError
 
@@ -77,6 +77,7 @@ def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="runlease", version=state.version, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url="/v1/openapi.json")
     app.state.runlease = state
+    app.router.routes.append(LEASE_ROUTE)  # before the router's declaration of the same route: see routes.py
     app.include_router(router)
     redactor = state.broker.redactor
 

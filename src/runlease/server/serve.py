@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from runlease.server.policy_view import ServerPolicy
 from runlease.server.state import ServerState
 from runlease.server.workload_tokens import DEFAULT_AUDIENCE, JwksSource, OidcSettings, WorkloadVerifier
 from runlease.settings import Settings
+
+#: Worker threads for broker calls when they do not run on the event loop.
+BROKER_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,8 @@ def build_state(settings: Settings, options: ServeOptions) -> ServerState:
         inline = not options.broker_threads
     return ServerState(runtime=runtime, authenticator=authenticator, metrics=metrics,
                        oidc_issuer=options.oidc_issuer, sweep_interval_s=options.sweep_interval_s,
-                       inline_broker=inline)
+                       inline_broker=inline,
+                       executor=None if inline else ThreadPoolExecutor(BROKER_THREADS, "runlease-broker"))
 
 
 def serve(settings: Settings, options: ServeOptions) -> None:
@@ -121,4 +126,6 @@ def serve(settings: Settings, options: ServeOptions) -> None:
             install_redacting_filter(state.broker.redactor, logging.getLogger(name))
         uvicorn.Server(config).run()
     finally:
+        if state.executor is not None:
+            state.executor.shutdown(wait=True)  # no broker call may still run while the runtime closes
         state.runtime.close()

@@ -6,7 +6,11 @@ share one object.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -40,11 +44,19 @@ class ServerState:
     #: Small per-process memos of the routes (e.g. the last chain verification and when it ran).
     notes: dict[str, Any] = field(default_factory=dict)
 
+    #: Worker threads of the broker calls (unless inline): a dedicated pool, so a lease costs one
+    #: ``run_in_executor`` hop rather than anyio's thread-pool machinery (limiter, task-group checks).
+    executor: ThreadPoolExecutor | None = None
+
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a (blocking) broker call the way this server is configured to."""
         if self.inline_broker:
             return fn(*args, **kwargs)
-        return await run_in_threadpool(fn, *args, **kwargs)
+        if self.executor is None:
+            return await run_in_threadpool(fn, *args, **kwargs)
+        context = contextvars.copy_context()  # correlation ids and the like follow the call
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, functools.partial(context.run, fn, *args, **kwargs))
 
     @property
     def broker(self) -> Broker:

@@ -310,3 +310,20 @@ def test_a_configured_audience_is_the_only_one_accepted(served_factory) -> None:
     assert both[0] == 200
     status, body = raw(served, "POST", "/v1/leases", served.issuer.token(), {"ref": "dev/connections/warehouse"})
     assert status == 401 and "audience" in json.loads(body)["error"]["message"]
+
+
+def test_the_lease_endpoint_checks_the_token_before_the_body_and_is_documented(served: ServedHome) -> None:
+    # POST /v1/leases is a plain Starlette endpoint (the hot path): the token still comes first,
+    # so a caller without one learns nothing about what a valid body looks like...
+    bad_body = {"ref": "dev/connections/warehouse", "claims": {"principal": "x"}, "surplus": 1}
+    assert raw(served, "POST", "/v1/leases", None, bad_body)[0] == 401
+    assert raw(served, "POST", "/v1/leases", served.issuer.alg_none(), bad_body)[0] == 401
+    # ...an authenticated one gets a 400 naming the fields, not echoing the input...
+    status, text = raw(served, "POST", "/v1/leases", served.issuer.token(), bad_body)
+    assert status == 400
+    problem = json.loads(text)["error"]
+    assert problem["type"] == "InvalidRequest" and "body.surplus" in problem["message"]
+    assert raw(served, "POST", "/v1/leases", served.issuer.token(), "not an object")[0] == 400
+    # ...and the OpenAPI document still describes it.
+    status, spec = raw(served, "GET", "/v1/openapi.json", None)
+    assert status == 200 and "post" in json.loads(spec)["paths"]["/v1/leases"]
