@@ -3,7 +3,7 @@
     python benchmarks/bench_lease.py [--quick] [--markdown docs/benchmarks.md]
 
 Setup: the ``static`` issuer, the local SQLite store (WAL, ``synchronous=FULL``,
-as runlease.db configures it: every lease row and its audit event are one
+as runlease.clients.db configures it: every lease row and its audit event are one
 fsynced transaction), the hash-chained audit log with its anchor file, a fresh
 home in the system temp dir per scenario, three connection secrets leased in
 turn. No policy file.

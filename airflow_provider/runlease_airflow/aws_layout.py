@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from runlease.awsclient import AwsService
+from runlease.clients.awsclient import AwsService
 from runlease.errors import ConfigError
 from runlease.store.aws_airflow import CONN_WORDS, Found, LayoutOptions
 from runlease.store.aws_airflow import AirflowLayoutSource as _CoreSource

@@ -58,12 +58,12 @@ import json
 from contextlib import nullcontext
 from typing import Any
 
-from runlease import correlation
+from runlease.audit import correlation
 from runlease.connection import connection_from_dict, parse_connection
 from runlease.errors import (AccessDeniedError, ConfigError, IntegrityError, InvalidValueError, RunleaseError,
                              SecretNotFoundError)
 from runlease.models import SecretPath, SecretValue
-from runlease.rowauth import RowKeyNotLoadedError
+from runlease.integrity.rowauth import RowKeyNotLoadedError
 
 from runlease_airflow import api_server
 from runlease_airflow.config import BACKEND, BackendConfig

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runlease.audit import VerifyResult
+from runlease.audit.chain import VerifyResult
 from runlease.ledger.base import AuditQuery
 from runlease.models import AuditEvent, Lease, LeaseState, Outcome
 from runlease.redact import default_redactor

@@ -21,7 +21,7 @@ from pydantic import Secret
 
 from runlease.cache import RotationAwareCache
 from runlease.connection import sensitive_strings
-from runlease.correlation import correlated
+from runlease.audit.correlation import correlated
 from runlease.errors import (
     AccessDeniedError,
     ConflictError,
@@ -46,9 +46,9 @@ from runlease.models import (
     resolve_ref,
     utcnow,
 )
-from runlease.policy import Policy
+from runlease.policy.grants import Policy
 from runlease.redact import Redactor, default_redactor
-from runlease.rowauth import RowKeyNotLoadedError, RowTamperedError
+from runlease.integrity.rowauth import RowKeyNotLoadedError, RowTamperedError
 from runlease.store.base import SecretStore, StoredSecret
 from runlease.store.codec import encode_json
 

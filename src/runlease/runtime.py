@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runlease.broker import Broker
-from runlease.crypto import Keyring
-from runlease.db import Database
+from runlease.keys.crypto import Keyring
+from runlease.clients.db import Database
 from runlease.errors import ConfigError
-from runlease.home_guard import UnsafeHomeError, check_file, check_home
+from runlease.integrity.home_guard import UnsafeHomeError, check_file, check_home
 from runlease.issuers import standard_issuers
-from runlease.keyfile import (
+from runlease.keys.keyfile import (
     create_key_file,
     create_kms_key_file,
     create_transit_key_file,
@@ -40,17 +40,17 @@ from runlease.keyfile import (
 )
 from runlease.ledger.base import Ledger
 from runlease.ledger.sqlite import SqliteLedger
-from runlease.format_record import store_record_path
-from runlease.secret_state import secret_state_path
-from runlease.migrations import record_format, upgrade_sqlite
-from runlease.policy import EXAMPLE_POLICY, Policy
+from runlease.integrity.format_record import store_record_path
+from runlease.integrity.secret_state import secret_state_path
+from runlease.integrity.migrations import record_format, upgrade_sqlite
+from runlease.policy.grants import EXAMPLE_POLICY, Policy
 from runlease.settings import Settings
 from runlease.store.base import SecretStore
 from runlease.store.local import LocalStore
 
 if TYPE_CHECKING:
-    from runlease.kms import KmsKeyOptions
-    from runlease.vault_transit import TransitKeyOptions
+    from runlease.keys.kms import KmsKeyOptions
+    from runlease.keys.vault_transit import TransitKeyOptions
 
 
 INIT_LOCK_NAME = "init.lock"

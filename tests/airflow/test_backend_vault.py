@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from runlease import correlation
+from runlease.audit import correlation
 from runlease.models import RunIdentity
 from runlease.runtime import init_home
 from runlease.settings import Settings

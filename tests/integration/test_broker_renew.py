@@ -13,7 +13,7 @@ import pytest
 from runlease.errors import AccessDeniedError, BackendError, InvalidValueError, LeaseNotFoundError
 from runlease.ledger.base import AuditQuery
 from runlease.models import Outcome, SecretPath
-from runlease.policy import Policy
+from runlease.policy.grants import Policy
 from runlease.runtime import Runtime
 from support.openbao import OpenBao
 from support.postgres import PostgresServer

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from runlease import correlation
+from runlease.audit import correlation
 from runlease.errors import BackendError, ConfigError, InvalidValueError
 from runlease.ledger.base import AuditQuery
 from runlease.models import LeaseState, SecretPath, utcnow

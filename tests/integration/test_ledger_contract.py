@@ -19,7 +19,7 @@ import pytest
 from runlease.errors import AccessDeniedError, LeaseNotFoundError
 from runlease.ledger.base import AuditQuery
 from runlease.models import AuditEvent, LeaseState, Outcome, RunIdentity, SecretPath, utcnow
-from runlease.policy import Policy
+from runlease.policy.grants import Policy
 from runlease.runtime import Runtime
 from support.homes import identity, make_runtime, raw_files
 

@@ -23,7 +23,7 @@ from psycopg import sql
 from typer.testing import CliRunner
 
 from runlease.cli.main import app
-from runlease.crypto import Keyring
+from runlease.keys.crypto import Keyring
 from runlease.errors import BackendError, ConfigError, MasterKeyError
 from runlease.ledger.base import AuditQuery
 from runlease.ledger.postgres import PostgresLedger, writer_grants
@@ -257,7 +257,7 @@ def test_two_schemas_on_one_server_are_separate_ledgers(shared: Shared) -> None:
 
 
 def test_an_unreachable_ledger_fails_a_write_before_the_store_changes(shared: Shared, closed_port: int) -> None:
-    from runlease.pg import target_from_dsn
+    from runlease.clients.pg import target_from_dsn
 
     rt = shared.machine("a")
     try:

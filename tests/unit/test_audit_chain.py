@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from support.core import conn
 
-from runlease.audit import Anchor, read_anchor, write_anchor
-from runlease.crypto import Keyring, new_key
+from runlease.audit.chain import Anchor, read_anchor, write_anchor
+from runlease.keys.crypto import Keyring, new_key
 from runlease.ledger.base import AuditQuery
 from runlease.models import RunIdentity, Stage
 from runlease.runtime import Runtime
@@ -155,7 +155,7 @@ def test_truncated_to_empty(rt: Runtime) -> None:
 
 def test_documented_limitation_tail_and_anchor_rewritten_together_is_not_detected(
         rt: Runtime, identity: RunIdentity) -> None:
-    """audit.py's docstring: an attacker who can write both the database and the anchor file
+    """runlease.audit.chain's docstring: an attacker who can write both the database and the anchor file
     can drop the newest events and roll the anchor back to an older, genuine (seq, chain).
     Only an anchor they cannot write (a remote sink) catches that. This test pins the
     limitation so that a fix is noticed (and this test updated) rather than assumed."""
@@ -206,7 +206,7 @@ def test_anchor_attacks_fail_verification_when_the_log_was_emptied(rt: Runtime, 
     elif attack == "tip-unsigned":
         anchor.write_bytes(_unsigned(tip.seq, tip.chain))
     elif attack == "resigned-by-other-key":
-        from runlease.audit import AnchorSigner
+        from runlease.audit.chain import AnchorSigner
 
         write_anchor(anchor, Anchor(0, ""), AnchorSigner(Keyring([new_key()]), rt.ledger.anchor_signer.scope))
     elif attack == "symlink":

@@ -14,7 +14,7 @@ import pytest
 from support.core import conn
 
 from runlease.connection import parse_connection
-from runlease.crypto import new_key
+from runlease.keys.crypto import new_key
 from runlease.errors import (
     InvalidPathError,
     InvalidValueError,
@@ -22,7 +22,7 @@ from runlease.errors import (
     RunleaseError,
     StoreUnavailableError,
 )
-from runlease.keyfile import create_key_file, encode_key
+from runlease.keys.keyfile import create_key_file, encode_key
 from runlease.ledger.base import AuditQuery
 from runlease.models import RunIdentity
 from runlease.runtime import Runtime, init_home, open_runtime
@@ -80,7 +80,7 @@ def test_wrong_key_file_writes_nothing(populated: Runtime, tmp_path: Path) -> No
 def test_store_refuses_a_foreign_keyring_at_construction(populated: Runtime) -> None:
     """The key check happens in LocalStore's constructor, before any write path exists,
     so nothing can seal data under a key the store was not initialized with."""
-    from runlease.crypto import Keyring
+    from runlease.keys.crypto import Keyring
     from runlease.store.local import LocalStore
 
     with pytest.raises(MasterKeyError):
@@ -260,7 +260,7 @@ def test_init_home_again_reuses_the_existing_store(populated: Runtime) -> None:
 
 
 def test_key_file_creation_never_replaces_an_existing_key(tmp_path: Path) -> None:
-    from runlease.keyfile import _write_atomic
+    from runlease.keys.keyfile import _write_atomic
 
     path = tmp_path / "master.key"
     create_key_file(path)

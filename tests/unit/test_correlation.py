@@ -6,10 +6,10 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
-from runlease import correlation
+from runlease.audit import correlation
 from runlease.broker import Broker
-from runlease.crypto import Keyring, new_key
-from runlease.db import Database
+from runlease.keys.crypto import Keyring, new_key
+from runlease.clients.db import Database
 from runlease.ledger.sqlite import SqliteLedger
 from runlease.models import RunIdentity, SecretPath, Stage
 from runlease.store.local import LocalStore

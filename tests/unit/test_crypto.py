@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runlease.crypto import KEY_BYTES, Keyring, Sealed, key_id, new_key, rewrap, seal, unseal
+from runlease.keys.crypto import KEY_BYTES, Keyring, Sealed, key_id, new_key, rewrap, seal, unseal
 from runlease.errors import IntegrityError, MasterKeyError
 
 PATH = "prod/connections/warehouse"

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from runlease.cli.main import app
 from runlease.errors import ConfigError, MasterKeyError, StoreUnavailableError
-from runlease.home_guard import UnsafeHomeError
+from runlease.integrity.home_guard import UnsafeHomeError
 from runlease.models import RunIdentity
-from runlease.policy import Policy
+from runlease.policy.grants import Policy
 from runlease.runtime import Runtime, init_home, open_runtime
 from runlease.settings import Settings
 

@@ -8,9 +8,9 @@ from collections.abc import Callable
 import pytest
 from support.core import conn, released_together
 
-from runlease.crypto import key_id, new_key
+from runlease.keys.crypto import key_id, new_key
 from runlease.errors import MasterKeyError
-from runlease.keyfile import encode_key, prepend_new_key
+from runlease.keys.keyfile import encode_key, prepend_new_key
 from runlease.models import RunIdentity, SecretPath, Stage
 from runlease.runtime import Runtime, init_home, open_runtime
 from runlease.settings import Settings
@@ -177,7 +177,7 @@ def test_env_key_with_whitespace_and_url_safe_alphabet(settings: Settings, monke
 PREPEND_CODE = """
 import sys, time
 from pathlib import Path
-from runlease.keyfile import prepend_new_key
+from runlease.keys.keyfile import prepend_new_key
 sync, key_file, i = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 (sync / f"ready-{i}").touch()
 while not (sync / "go").exists():
@@ -189,7 +189,7 @@ print(prepend_new_key(key_file).active_id)
 def test_concurrent_prepends_keep_every_new_key(runtime: Runtime, tmp_path) -> None:
     import sys
 
-    from runlease.keyfile import load_keyring
+    from runlease.keys.keyfile import load_keyring
 
     settings = runtime.settings
     sync = tmp_path / "sync"

@@ -17,7 +17,7 @@ def _loaded_after(statement: str) -> list[str]:
 def test_runtime_and_store_modules_do_not_import_sdks() -> None:
     assert _loaded_after("import runlease.runtime, runlease.cli.main") == []
     assert _loaded_after(
-        "import runlease.store.vault, runlease.store.vault_auth, runlease.store.aws, runlease.kms, runlease.awsclient"
+        "import runlease.store.vault, runlease.store.vault_auth, runlease.store.aws, runlease.keys.kms, runlease.clients.awsclient"
     ) == []
     # the Airflow-layout readers and the import sources live in the core: no Airflow, no SDK at import
     assert _loaded_after(

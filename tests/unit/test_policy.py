@@ -10,7 +10,7 @@ from support.core import conn
 from runlease.errors import AccessDeniedError, ConfigError
 from runlease.ledger.base import AuditQuery
 from runlease.models import Capability, Outcome, RunIdentity, SecretPath, Stage
-from runlease.policy import EXAMPLE_POLICY, Policy
+from runlease.policy.grants import EXAMPLE_POLICY, Policy
 from runlease.runtime import Runtime
 
 WAREHOUSE = "connections/warehouse"
@@ -282,7 +282,7 @@ def test_broken_policy_file_stops_the_runtime(runtime: Runtime, reopen: Callable
 # -- verified identity: workloads and require_verified --------------------------------------
 
 def _verified_policy(tmp_path):
-    from runlease.policy import Policy
+    from runlease.policy.grants import Policy
     f = tmp_path / "policy.toml"
     f.write_text(
         '[[grant]]\nworkloads = ["system:serviceaccount:ml:pipeline-a"]\nenvironments = ["prod"]\n'
@@ -325,7 +325,7 @@ def test_require_verified_grant_ignores_a_claimed_pipeline(tmp_path):
 def test_grant_without_principals_or_workloads_is_refused(tmp_path):
     import pytest as _pytest
     from runlease.errors import ConfigError
-    from runlease.policy import Policy
+    from runlease.policy.grants import Policy
     f = tmp_path / "policy.toml"
     f.write_text('[[grant]]\nenvironments = ["prod"]\npaths = ["connections/a"]\ncapabilities = ["lease"]\n')
     with _pytest.raises(ConfigError, match="principals' or 'workloads"):

@@ -33,8 +33,8 @@ from typer.testing import CliRunner
 from runlease.cli.main import app
 from runlease.errors import ConfigError
 from runlease.models import KINDS, Capability
-from runlease.policy import Policy
-from runlease.policy_render import (
+from runlease.policy.grants import Policy
+from runlease.policy.render import (
     IAM_ACTIONS,
     VAULT_CAPABILITIES,
     VAULT_FAMILIES,

@@ -17,9 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from runlease.cli.main import app
-from runlease.db import SCHEMA_VERSION
+from runlease.clients.db import SCHEMA_VERSION
 from runlease.errors import IntegrityError, SecretNotFoundError
-from runlease.format_record import FormatRecorder, store_record_path
+from runlease.integrity.format_record import FormatRecorder, store_record_path
 from runlease.issuers.static import StaticIssuer
 from runlease.ledger.base import AuditQuery
 from runlease.models import LeaseState, RunIdentity, SecretPath, Stage, utcnow
@@ -246,7 +246,7 @@ def test_cli_reports_tampering_with_exit_7(runtime: Runtime, admin: RunIdentity,
 
 def test_key_rotation_re_macs_rows_under_the_new_key(runtime: Runtime, identity: RunIdentity,
                                                      admin: RunIdentity) -> None:
-    from runlease.keyfile import prepend_new_key
+    from runlease.keys.keyfile import prepend_new_key
 
     runtime.broker.put(TOKEN, "rotating-token-1", admin, kind="tokens")
     settings = runtime.settings

@@ -3,7 +3,7 @@
 The attacker of issue #12 saved an earlier copy of the database (no key) and
 later puts back all of one secret's rows from it: every row MAC verifies,
 since each row once was genuine. The signed secret state record in the home
-(runlease.secret_state) no longer matches, so `audit verify` fails with exit 7.
+(runlease.integrity.secret_state) no longer matches, so `audit verify` fails with exit 7.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from runlease.cli.main import app
 from runlease.ledger.base import AuditQuery
 from runlease.models import RunIdentity, SecretPath, Stage
 from runlease.runtime import Runtime, open_runtime
-from runlease.secret_state import secret_state_path
+from runlease.integrity.secret_state import secret_state_path
 
 TOKEN = SecretPath.parse("dev/tokens/api")
 OTHER = SecretPath.parse("dev/tokens/other")

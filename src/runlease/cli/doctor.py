@@ -40,7 +40,7 @@ def _home_checks(settings: Settings) -> list[Check]:
 
 def _wrapping_checks(settings: Settings) -> list[Check]:
     """What wraps the KEK in the key file (Vault Transit: which key, which Transit key versions)."""
-    from runlease.keyfile import transit_key_file_info
+    from runlease.keys.keyfile import transit_key_file_info
 
     try:
         transit = transit_key_file_info(settings.key_file)

@@ -29,9 +29,9 @@ from runlease.cli.policy_cmd import policy_app
 from runlease.cli.rotation_cmd import register as register_rotation
 from runlease.cli.server_cmd import register as register_server
 from runlease.scan.cli import register as register_scan
-from runlease import listing
+from runlease.cli import listing
 from runlease.connection import connection_to_uri
-from runlease.keyfile import prepend_new_key
+from runlease.keys.keyfile import prepend_new_key
 from runlease.ledger.base import AuditQuery
 from runlease.models import AuditEvent, LeaseState, SecretPath, Stage
 from runlease.runtime import init_home, open_runtime
@@ -85,7 +85,7 @@ def init(
         fail("--vault-transit-key and --kms-key-id exclude each other: choose one key wrapper", 2)
     kms = None
     if kms_key_id is not None:
-        from runlease.kms import KmsKeyOptions
+        from runlease.keys.kms import KmsKeyOptions
 
         from pydantic import ValidationError
 
@@ -99,7 +99,7 @@ def init(
         fail("--kms-region/--kms-endpoint-url need --kms-key-id", 2)
     transit = None
     if vault_transit_key is not None:
-        from runlease.vault_transit import transit_options
+        from runlease.keys.vault_transit import transit_options
 
         raw: dict[str, Any] = settings.store_options if settings.store == "vault" else {}
         if vault_transit_options is not None:

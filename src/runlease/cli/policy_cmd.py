@@ -20,8 +20,8 @@ import typer
 
 from runlease.cli.common import cli_errors, err_console
 from runlease.errors import ConfigError
-from runlease.policy import Policy
-from runlease.policy_render import RenderOptions, render
+from runlease.policy.grants import Policy
+from runlease.policy.render import RenderOptions, render
 
 policy_app = typer.Typer(help="Render the policy file for the central manager (Vault, AWS IAM).",
                          no_args_is_help=True)

@@ -14,7 +14,7 @@ from runlease.connection import SENSITIVE_EXTRA_WORDS
 from runlease.models import AuditEvent, Lease, SecretInfo, SecretValue, SecretVersion, Stage
 
 MASK = "***"
-#: How a row that failed authentication is shown in a listing (runlease.listing).
+#: How a row that failed authentication is shown in a listing (runlease.cli.listing).
 TAMPERED = "TAMPERED"
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runlease.botolog import quiet_botocore
+from runlease.clients.botolog import quiet_botocore
 from runlease.errors import BackendError, ConfigError, scrub
 from runlease.issuers.base import IssuedCredential
 from runlease.issuers.options import connection_value, issuer_options

@@ -55,7 +55,7 @@ from runlease.errors import BackendError, ConfigError, IntegrityError
 from runlease.issuers.base import IssuedCredential
 from runlease.issuers.options import SecretLoader, connection_value, issuer_options
 from runlease.models import Lease, RunIdentity, utcnow
-from runlease.pg import PgTarget, backend_errors, connect, require_psycopg, target_from_connection
+from runlease.clients.pg import PgTarget, backend_errors, connect, require_psycopg, target_from_connection
 from runlease.store.base import StoredSecret
 
 log = logging.getLogger(__name__)

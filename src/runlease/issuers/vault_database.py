@@ -59,7 +59,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runlease import correlation
+from runlease.audit import correlation
 from runlease.errors import BackendError, ConfigError, scrub
 from runlease.issuers.base import IssuedCredential
 from runlease.issuers.options import SecretLoader, connection_value, issuer_options

@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from runlease.audit import VerifyResult
+from runlease.audit.chain import VerifyResult
 from runlease.models import AuditEvent, Lease, LeaseState, RunIdentity, SecretPath, Stage
-from runlease.rowauth import RowAuthenticator, RowKeyNotLoadedError, RowTamperedError
+from runlease.integrity.rowauth import RowAuthenticator, RowKeyNotLoadedError, RowTamperedError
 
 
 class AuditQuery(BaseModel):

@@ -6,8 +6,8 @@ server every worker can reach (the Airflow metadata database's server is a
 natural home). Values stay where the store keeps them.
 
 Same semantics as :class:`~runlease.ledger.sqlite.SqliteLedger`, same code for
-the chain: events are linked with :func:`runlease.audit.link`, checked with
-:func:`runlease.audit.verify_chain`, and stored in the same column format
+the chain: events are linked with :func:`runlease.audit.chain.link`, checked with
+:func:`runlease.audit.chain.verify_chain`, and stored in the same column format
 (``ts`` and ``detail`` as the exact text that was chained), so a row reads
 back byte-identical to what was MAC'd.
 
@@ -42,7 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runlease.audit import (
+from runlease.audit.chain import (
     Anchor,
     AnchorSigner,
     VerifyResult,
@@ -55,7 +55,7 @@ from runlease.audit import (
     verify_chain,
     write_anchor,
 )
-from runlease.crypto import Keyring
+from runlease.keys.crypto import Keyring
 from runlease.errors import BackendError, ConfigError, LeaseNotFoundError, MasterKeyError
 from runlease.ledger.base import (
     LEASE_FIELDS,
@@ -68,7 +68,7 @@ from runlease.ledger.base import (
     ledger_scope,
     seal_lease,
 )
-from runlease.format_record import (
+from runlease.integrity.format_record import (
     FormatRecord,
     FormatRecorder,
     StoreDowngradedError,
@@ -76,8 +76,8 @@ from runlease.format_record import (
     ledger_record_path,
 )
 from runlease.models import AuditEvent, Lease, LeaseState, Outcome
-from runlease.rowauth import RowAuthenticator
-from runlease.pg import DEFAULT_CONNECT_TIMEOUT, PgTarget, backend_errors, connect, require_psycopg, target_from_dsn
+from runlease.integrity.rowauth import RowAuthenticator
+from runlease.clients.pg import DEFAULT_CONNECT_TIMEOUT, PgTarget, backend_errors, connect, require_psycopg, target_from_dsn
 
 if TYPE_CHECKING:  # pragma: no cover
     import psycopg
@@ -224,7 +224,7 @@ class PostgresLedger:
         #: Per-machine anchor: the newest (seq, chain) *this* machine committed (docs/ledger.md).
         self.anchor_file = anchor_dir / f"audit.{self.ledger_id}.anchor" if anchor_dir is not None else None
         self.anchor_signer = AnchorSigner(keyring, ledger_scope(self.ledger_id))
-        #: This machine's signed record that the ledger's rows are authenticated (runlease.format_record).
+        #: This machine's signed record that the ledger's rows are authenticated (runlease.integrity.format_record).
         self.record_file = ledger_record_path(anchor_dir, self.ledger_id) if anchor_dir is not None else None
         self.recorder = FormatRecorder(keyring, ledger_scope(self.ledger_id))
         if self._legacy:

@@ -3,7 +3,7 @@
 Appending an event reads the previous chain value and inserts the new row
 inside one ``BEGIN IMMEDIATE`` transaction, so concurrent processes can never
 fork the chain: SQLite's write lock serialises them. Sharing the store's
-:class:`~runlease.db.Database` means a secret write and its audit event
+:class:`~runlease.clients.db.Database` means a secret write and its audit event
 commit together or not at all.
 """
 
@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from runlease.audit import (
+from runlease.audit.chain import (
     Anchor,
     AnchorSigner,
     VerifyResult,
@@ -28,8 +28,8 @@ from runlease.audit import (
     verify_chain,
     write_anchor,
 )
-from runlease.crypto import Keyring
-from runlease.db import Database, Transaction
+from runlease.keys.crypto import Keyring
+from runlease.clients.db import Database, Transaction
 from runlease.errors import LeaseNotFoundError, MasterKeyError
 from runlease.ledger.base import (
     LEASE_FIELDS,
@@ -42,7 +42,7 @@ from runlease.ledger.base import (
     seal_lease,
 )
 from runlease.models import AuditEvent, Lease, LeaseState
-from runlease.rowauth import RowAuthenticator
+from runlease.integrity.rowauth import RowAuthenticator
 
 _LEASE_COLUMNS = ", ".join(LEASE_FIELDS)
 _AUDIT_COLUMNS = (

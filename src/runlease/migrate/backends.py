@@ -80,7 +80,7 @@ def store_defaults(source: str, store: str, store_options: dict[str, Any]) -> di
 
         return {k: v for k, v in store_options.items() if k in VaultClientOptions.model_fields}
     if source == "aws:" and store == "aws":
-        from runlease.awsclient import AwsConnectionOptions
+        from runlease.clients.awsclient import AwsConnectionOptions
 
         return {k: v for k, v in store_options.items() if k in AwsConnectionOptions.model_fields}
     return {}
@@ -220,7 +220,7 @@ def _vault_candidate(layout: Any, session: Any, secret_type: str, key: str, kv_p
 
 def aws_reader(source: str, options: dict[str, Any], overrides: dict[str, Any]) -> Any:
     """The shared layout reader (:class:`runlease.store.aws_airflow.AirflowLayoutSource`) for an ``aws:`` source."""
-    from runlease.awsclient import AwsConnectionOptions, AwsService
+    from runlease.clients.awsclient import AwsConnectionOptions, AwsService
     from runlease.store.aws_airflow import AirflowLayoutSource, LayoutOptions
 
     if source != "aws:":

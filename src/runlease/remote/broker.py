@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import Secret
 
-from runlease.audit import VerifyResult
+from runlease.audit.chain import VerifyResult
 from runlease.errors import ConfigError
 from runlease.ledger.base import AuditQuery
 from runlease.models import AuditEvent, Lease, LeaseState, RunIdentity, SecretInfo, SecretPath, SecretValue, Stage

@@ -52,7 +52,7 @@ from runlease.rotation.errors import RotationBusyError, RotationFailedError, Rot
 from runlease.rotation.policy import RotationPolicy, policy_of
 from runlease.rotation.rotators import RotationContext, Rotator, RotatorRegistry, standard_rotators
 from runlease.rotation.state import STATE_KEY, RotationState, Status, Step, state_of
-from runlease.rowauth import RowKeyNotLoadedError
+from runlease.integrity.rowauth import RowKeyNotLoadedError
 from runlease.store.base import StoredSecret
 
 #: Longest failure reason kept in the state record (the audit event has the same text).

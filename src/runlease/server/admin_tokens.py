@@ -30,7 +30,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from runlease.crypto import Keyring
+from runlease.keys.crypto import Keyring
 from runlease.errors import ConfigError, MasterKeyError
 from runlease.models import utcnow
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from runlease.errors import ConfigError
 from runlease.models import Capability, RunIdentity, SecretPath
-from runlease.policy import Policy
+from runlease.policy.grants import Policy
 
 
 class ServerPolicy:

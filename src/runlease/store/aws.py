@@ -75,7 +75,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 
-from runlease.awsclient import AwsConnectionOptions, AwsService, error_code
+from runlease.clients.awsclient import AwsConnectionOptions, AwsService, error_code
 from runlease.errors import (
     ConflictError,
     InvalidPathError,

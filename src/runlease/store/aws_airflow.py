@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from runlease.awsclient import AwsConnectionOptions, AwsService
+from runlease.clients.awsclient import AwsConnectionOptions, AwsService
 from runlease.errors import InvalidValueError
 from runlease.models import SecretValue
 

@@ -1,6 +1,6 @@
 """The embedded default store: encrypted versions and stage labels in one SQLite file.
 
-Every value is sealed by :mod:`runlease.crypto` before it reaches SQLite, so
+Every value is sealed by :mod:`runlease.keys.crypto` before it reaches SQLite, so
 the database, its WAL and its SHM hold only ciphertext. Writes and stage
 moves run in ``BEGIN IMMEDIATE`` transactions, which makes check-and-set
 exact across processes: the read of CURRENT and the write that depends on it
@@ -15,12 +15,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from runlease.crypto import Keyring, Sealed, rewrap, seal, unseal
-from runlease.db import SCHEMA_VERSION, Database
+from runlease.keys.crypto import Keyring, Sealed, rewrap, seal, unseal
+from runlease.clients.db import SCHEMA_VERSION, Database
 from runlease.errors import ConflictError, InvalidValueError, MasterKeyError, SecretNotFoundError, StoreUnavailableError
 from runlease.models import SecretInfo, SecretPath, SecretValue, SecretVersion, Stage, utcnow
-from runlease.rowauth import RowAuthenticator, RowKeyNotLoadedError, RowTamperedError, digest
-from runlease.secret_state import SecretStateRecorder
+from runlease.integrity.rowauth import RowAuthenticator, RowKeyNotLoadedError, RowTamperedError, digest
+from runlease.integrity.secret_state import SecretStateRecorder
 from runlease.store.base import Resolved, StoredSecret, metadata_conflicts
 
 _KEY_CHECK_PREFIX = "key_check:"
@@ -63,7 +63,7 @@ def _encode(path: SecretPath, value: SecretValue) -> bytes:
 
 
 class LocalStore:
-    """SecretStore over a :class:`~runlease.db.Database`, sealed with a :class:`Keyring`."""
+    """SecretStore over a :class:`~runlease.clients.db.Database`, sealed with a :class:`Keyring`."""
 
     name = "local"
 
@@ -76,7 +76,7 @@ class LocalStore:
                 f"{db.path} has schema version {db.schema_version}; open it with `runlease` (any command) "
                 "to upgrade it in place")
         self.auth = RowAuthenticator(keyring, store_scope(self.store_id), self._known_kek_ids())
-        #: The signed digest of every secret row, outside the database (runlease.secret_state): catches
+        #: The signed digest of every secret row, outside the database (runlease.integrity.secret_state): catches
         #: a secret put back to an earlier genuine copy of its rows. None: not kept (a bare store in tests).
         self.state = SecretStateRecorder(keyring, store_scope(self.store_id), state_file) if state_file else None
 

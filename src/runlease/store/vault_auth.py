@@ -48,7 +48,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from runlease import correlation
+from runlease.audit import correlation
 from runlease.errors import ConfigError, StoreAccessDeniedError, StoreUnavailableError
 
 T = TypeVar("T")

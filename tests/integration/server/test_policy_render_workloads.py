@@ -114,7 +114,7 @@ def test_rendered_jwt_role_and_policy_bind_exactly_the_granted_workload(openbao:
 
 
 def test_partial_globs_get_only_a_jwt_role_and_unexpressible_globs_are_refused(tmp_path: Path) -> None:
-    from runlease.policy_render import RenderOptions, vault_auth_roles
+    from runlease.policy.render import RenderOptions, vault_auth_roles
 
     assert set(vault_auth_roles("system:serviceaccount:ml:pipeline-*", "p", RenderOptions())) == {"jwt"}
     assert set(vault_auth_roles("system:serviceaccount:*:*", "p", RenderOptions())) == {"jwt"}

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from store_support import aws_options, free_port, purge_aws_prefix, purge_vault_prefix, vault_options
-from runlease.crypto import Keyring, new_key
-from runlease.db import Database
+from runlease.keys.crypto import Keyring, new_key
+from runlease.clients.db import Database
 from runlease.store.local import LocalStore
 
 BACKENDS = ["local", "aws", "vault", "vault-live", "aws-live"]

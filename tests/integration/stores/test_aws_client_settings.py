@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from runlease.awsclient import AwsService
+from runlease.clients.awsclient import AwsService
 from runlease.cli.main import app
 from runlease.errors import ConfigError, StoreUnavailableError
 from runlease.models import SecretPath

@@ -13,7 +13,7 @@ import boto3
 import pytest
 import requests
 
-from runlease.awsclient import AwsService
+from runlease.clients.awsclient import AwsService
 from runlease.errors import ConfigError, ConflictError, InvalidValueError, StoreAccessDeniedError, StoreUnavailableError
 from runlease.models import SecretPath, Stage
 from runlease.store.aws import PLACEHOLDER, AwsSecretsStore, version_id

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from runlease.cli.main import app
 from runlease.errors import ConfigError, MasterKeyError, StoreUnavailableError
-from runlease.kms import KmsKeyOptions
+from runlease.keys.kms import KmsKeyOptions
 from runlease.models import RunIdentity
 from runlease.runtime import init_home, open_runtime
 from runlease.settings import Settings

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from runlease import correlation
+from runlease.audit import correlation
 from runlease.cli.main import app
 from runlease.errors import StoreUnavailableError
 from runlease.ledger.base import AuditQuery

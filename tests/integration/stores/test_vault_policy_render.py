@@ -15,8 +15,8 @@ import pytest
 
 from runlease.errors import StoreAccessDeniedError
 from runlease.models import SecretPath, Stage
-from runlease.policy import Policy
-from runlease.policy_render import RenderOptions, render
+from runlease.policy.grants import Policy
+from runlease.policy.render import RenderOptions, render
 from runlease.store.vault import VaultStore
 from store_support import token_file, vault_options
 from support.openbao import OpenBao, unique

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from runlease import correlation
+from runlease.audit import correlation
 from runlease.errors import (
     ConfigError,
     ConflictError,

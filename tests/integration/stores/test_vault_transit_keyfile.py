@@ -23,7 +23,7 @@ from runlease.models import RunIdentity
 from runlease.runtime import init_home, open_runtime
 from runlease.settings import Settings
 from runlease.store import vault_auth
-from runlease.vault_transit import transit_options
+from runlease.keys.vault_transit import transit_options
 from store_support import free_port, token_file
 from support.openbao import OpenBao, unique
 

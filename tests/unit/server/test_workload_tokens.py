@@ -14,7 +14,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from runlease.crypto import Keyring
+from runlease.keys.crypto import Keyring
 from runlease.server.admin_tokens import AdminTokens
 from runlease.server.auth import DenialBudget
 from runlease.server.workload_tokens import AuthenticationError, JwksSource, OidcSettings, WorkloadVerifier
@@ -117,7 +117,7 @@ def test_pod_claims_and_missing_subject(issuer) -> None:
 
 
 def test_admin_tokens_are_macs_bound_to_the_kek(tmp_path: Path) -> None:
-    from runlease.crypto import new_key
+    from runlease.keys.crypto import new_key
 
     keyring = Keyring([new_key()])
     tokens = AdminTokens(tmp_path / "server-tokens.json", keyring)

@@ -1,6 +1,6 @@
 """How the AWS rotators reach AWS: region, endpoint, credentials, bounded time, quiet logs.
 
-Built on :class:`runlease.awsclient.AwsService` (timeouts, bounded retries,
+Built on :class:`runlease.clients.awsclient.AwsService` (timeouts, bounded retries,
 403-class errors mapped to clear errors, botocore's credential-bearing
 DEBUG lines suppressed). Two additions the rotators need: calling AWS with
 an explicit access key -- the admin credentials kept as a runlease secret
@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runlease.awsclient import AwsConnectionOptions, AwsService
+from runlease.clients.awsclient import AwsConnectionOptions, AwsService
 from runlease.errors import ConfigError
 from runlease.rotation.rotators.base import RotationContext
 

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runlease.errors import BackendError, ConfigError
 from runlease.models import SecretPath, SecretValue
-from runlease.pg import PgTarget, backend_errors, connect, require_psycopg, target_from_connection
+from runlease.clients.pg import PgTarget, backend_errors, connect, require_psycopg, target_from_connection
 from runlease.rotation.errors import RotationTestFailed
 from runlease.rotation.rotators.base import RotationContext, connection_value, rotator_settings
 from runlease.store.base import StoredSecret

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runlease.crypto import Keyring, mac
+from runlease.keys.crypto import Keyring, mac
 from runlease.models import AuditEvent
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from typing import Any
 
 from runlease.errors import StoreUnavailableError
 
-#: 2 added the ``mac`` columns (row authentication, runlease.rowauth); a version-1 file is
-#: upgraded in place by runlease.migrations when a runtime opens it with the key.
+#: 2 added the ``mac`` columns (row authentication, runlease.integrity.rowauth); a version-1 file is
+#: upgraded in place by runlease.integrity.migrations when a runtime opens it with the key.
 SCHEMA_VERSION = 2
 LEGACY_SCHEMA_VERSIONS = (1,)
 BUSY_TIMEOUT_MS = 60_000
@@ -174,7 +174,7 @@ class Database:
         if row is None or int(row[0]) not in (SCHEMA_VERSION, *LEGACY_SCHEMA_VERSIONS):
             self.close()
             raise StoreUnavailableError(f"{self.path} has an unknown schema version; expected {SCHEMA_VERSION}")
-        #: The file's schema version; older ones are upgraded by runlease.migrations (needs the key).
+        #: The file's schema version; older ones are upgraded by runlease.integrity.migrations (needs the key).
         self.schema_version = int(row[0])
 
     def current_transaction(self) -> Transaction | None:

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 
 from runlease.errors import ConfigError
 from runlease.models import Capability
-from runlease.policy import Grant, Policy
+from runlease.policy.grants import Grant, Policy
 
 # -- the capability mapping (docs/policy.md) -----------------------------------------
 

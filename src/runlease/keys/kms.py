@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from runlease.awsclient import AwsConnectionOptions, AwsService
-from runlease.crypto import KEY_BYTES
+from runlease.clients.awsclient import AwsConnectionOptions, AwsService
+from runlease.keys.crypto import KEY_BYTES
 from runlease.errors import MasterKeyError
 
 CONTEXT_KEY = "runlease-store"

@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from runlease.crypto import Keyring, mac
+from runlease.keys.crypto import Keyring, mac
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,13 @@ can read protects nothing.
 A second format, ``runlease-keyfile-kms/v1``, holds each KEK wrapped by AWS
 KMS instead (``runlease init --kms-key-id``): the file names the KMS key and
 the store id used as the encryption context, and every load asks KMS to
-unwrap (see :mod:`runlease.kms`). Same 0600 rule, same "first key is active".
+unwrap (see :mod:`runlease.keys.kms`). Same 0600 rule, same "first key is active".
 
 A third, ``runlease-keyfile-vault-transit/v1``, holds each KEK wrapped by a
 Vault Transit key (``runlease init --vault-transit-key MOUNT/KEY``), bound to
 the store id as Transit associated data, with the Vault connection settings
 (never a credential); every load asks Vault to decrypt (see
-:mod:`runlease.vault_transit`).
+:mod:`runlease.keys.vault_transit`).
 
 ``RUNLEASE_MASTER_KEY`` holds one or more base64 keys separated by commas,
 first active, for deployments that inject the key from a secret manager.
@@ -34,9 +34,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runlease.crypto import KEY_BYTES, Keyring, key_id, new_key
+from runlease.keys.crypto import KEY_BYTES, Keyring, key_id, new_key
 from runlease.errors import MasterKeyError
-from runlease.home_guard import UnsafeKeyFileError, check_file, open_nofollow
+from runlease.integrity.home_guard import UnsafeKeyFileError, check_file, open_nofollow
 from runlease.settings import Settings
 
 ENV_VAR = "RUNLEASE_MASTER_KEY"
@@ -45,8 +45,8 @@ KMS_FORMAT = "runlease-keyfile-kms/v1"
 TRANSIT_FORMAT = "runlease-keyfile-vault-transit/v1"
 
 if TYPE_CHECKING:
-    from runlease.kms import KmsKeyOptions
-    from runlease.vault_transit import TransitKeyOptions
+    from runlease.keys.kms import KmsKeyOptions
+    from runlease.keys.vault_transit import TransitKeyOptions
 
 
 def _decode(text: str, where: str) -> bytes:
@@ -109,7 +109,7 @@ def _read_doc(path: Path) -> dict[str, Any]:
 def _kms_options(path: Path, doc: dict[str, Any]) -> tuple["KmsKeyOptions", str]:
     from pydantic import ValidationError
 
-    from runlease.kms import KmsKeyOptions
+    from runlease.keys.kms import KmsKeyOptions
 
     try:
         return KmsKeyOptions.model_validate(doc["kms"]), str(doc["store_id"])
@@ -119,7 +119,7 @@ def _kms_options(path: Path, doc: dict[str, Any]) -> tuple["KmsKeyOptions", str]
 
 def _unwrap_kms(path: Path, doc: dict[str, Any]) -> list[bytes]:
     """Ask KMS to unwrap every KEK in a KMS key file; each must match its recorded id."""
-    from runlease.kms import decrypt_kek
+    from runlease.keys.kms import decrypt_kek
 
     options, store_id = _kms_options(path, doc)
     keys = []
@@ -137,7 +137,7 @@ def _unwrap_kms(path: Path, doc: dict[str, Any]) -> list[bytes]:
 
 def _transit_options(path: Path, doc: dict[str, Any]) -> tuple["TransitKeyOptions", str]:
     from runlease.errors import ConfigError
-    from runlease.vault_transit import transit_options
+    from runlease.keys.vault_transit import transit_options
 
     try:
         transit = doc["transit"]
@@ -158,7 +158,7 @@ def _transit_entries(path: Path, doc: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _unwrap_transit(path: Path, doc: dict[str, Any]) -> list[bytes]:
     """Ask Vault Transit to unwrap every KEK in the key file; each must match its recorded id."""
-    from runlease.vault_transit import unwrap_kek
+    from runlease.keys.vault_transit import unwrap_kek
 
     options, store_id = _transit_options(path, doc)
     keys = []
@@ -174,7 +174,7 @@ def _unwrap_transit(path: Path, doc: dict[str, Any]) -> list[bytes]:
 
 def transit_key_file_info(path: Path) -> tuple[str, str, list[int | None]] | None:
     """``(MOUNT/KEY, store id, Transit key versions per KEK)`` of a Transit key file, else None."""
-    from runlease.vault_transit import key_version
+    from runlease.keys.vault_transit import key_version
 
     if not path.exists():
         return None
@@ -192,7 +192,7 @@ def transit_key_file_info(path: Path) -> tuple[str, str, list[int | None]] | Non
 
 
 def _transit_entry(options: "TransitKeyOptions", key: bytes, store_id: str, where: str) -> dict[str, Any]:
-    from runlease.vault_transit import wrap_kek
+    from runlease.keys.vault_transit import wrap_kek
 
     return {"id": key_id(key), "wrapped": wrap_kek(options, key, store_id, where),
             "added_at": datetime.now(timezone.utc).isoformat()}
@@ -200,7 +200,7 @@ def _transit_entry(options: "TransitKeyOptions", key: bytes, store_id: str, wher
 
 def create_transit_key_file(path: Path, options: "TransitKeyOptions", store_id: str) -> Keyring:
     """Create a key file whose one fresh KEK is wrapped by Vault Transit; refuses to overwrite."""
-    from runlease.vault_transit import associated_data
+    from runlease.keys.vault_transit import associated_data
 
     if path.exists():
         raise MasterKeyError(f"key file {path} already exists; refusing to overwrite it")
@@ -258,7 +258,7 @@ def _write_doc(path: Path, doc: dict[str, Any], *, exclusive: bool = False) -> N
 
 
 def _kms_entry(options: "KmsKeyOptions", store_id: str) -> tuple[bytes, dict[str, Any]]:
-    from runlease.kms import generate_kek
+    from runlease.keys.kms import generate_kek
 
     key, blob, arn = generate_kek(options, store_id)
     entry = {"id": key_id(key), "wrapped": base64.b64encode(blob).decode(), "kms_key": arn,
@@ -268,7 +268,7 @@ def _kms_entry(options: "KmsKeyOptions", store_id: str) -> tuple[bytes, dict[str
 
 def create_kms_key_file(path: Path, options: "KmsKeyOptions", store_id: str) -> Keyring:
     """Create a key file whose one fresh KEK is generated and wrapped by KMS; refuses to overwrite."""
-    from runlease.kms import encryption_context
+    from runlease.keys.kms import encryption_context
 
     if path.exists():
         raise MasterKeyError(f"key file {path} already exists; refusing to overwrite it")

@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from runlease.botolog import quiet_botocore
+from runlease.clients.botolog import quiet_botocore
 from runlease.errors import ConfigError, StoreAccessDeniedError, StoreUnavailableError
 
 T = TypeVar("T")

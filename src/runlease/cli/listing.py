@@ -20,7 +20,7 @@ from runlease.broker import Broker
 from runlease.errors import IntegrityError
 from runlease.ledger.base import Ledger
 from runlease.models import Lease, RunIdentity, SecretInfo, SecretPath, SecretVersion
-from runlease.rowauth import RowKeyNotLoadedError, RowTamperedError
+from runlease.integrity.rowauth import RowKeyNotLoadedError, RowTamperedError
 from runlease.store.base import SecretStore
 from runlease.store.local import LocalStore
 

@@ -1,6 +1,6 @@
 """One-time, in-place upgrades of the home's SQLite file (store + local ledger).
 
-Version 1 -> 2 adds row authentication (:mod:`runlease.rowauth`): a ``mac``
+Version 1 -> 2 adds row authentication (:mod:`runlease.integrity.rowauth`): a ``mac``
 column on ``secrets``, ``versions`` and ``leases``, filled once for every
 existing row under the key the runtime just proved matches the store. It
 runs in one ``BEGIN IMMEDIATE`` transaction, so concurrent openers wait and
@@ -11,7 +11,7 @@ tell a row tampered with *before* the upgrade from a genuine one (nothing
 authenticated it then); docs/security.md says so. A file that says version 1
 but already holds MACs is not a legacy store but a downgrade attempt, and is
 refused. So is a version-1 file in a home whose signed format record
-(:mod:`runlease.format_record`) or signed audit anchor shows that this store
+(:mod:`runlease.integrity.format_record`) or signed audit anchor shows that this store
 was migrated already: someone rewrote the whole file into the old format to
 have forged rows signed. That refusal is audited in the file's own chain
 where it can be, and the file is never touched otherwise.
@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runlease.audit import AnchorSigner, read_legacy_anchor, write_anchor
-from runlease.crypto import Keyring
-from runlease.db import SCHEMA_VERSION, Database, Transaction
+from runlease.audit.chain import AnchorSigner, read_legacy_anchor, write_anchor
+from runlease.keys.crypto import Keyring
+from runlease.clients.db import SCHEMA_VERSION, Database, Transaction
 from runlease.errors import IntegrityError, MasterKeyError
-from runlease.format_record import FormatRecorder, StoreDowngradedError, downgrade_evidence
+from runlease.integrity.format_record import FormatRecorder, StoreDowngradedError, downgrade_evidence
 from runlease.ledger.base import LEASE_FIELDS, lease_from_row, ledger_scope, seal_lease
-from runlease.rowauth import RowAuthenticator
+from runlease.integrity.rowauth import RowAuthenticator
 from runlease.store.local import (
     SECRET_COLUMNS,
     VERSION_COLUMNS,

@@ -1,6 +1,6 @@
 """The embedded store's KEK wrapped by Vault Transit: the key file holds only Transit ciphertext.
 
-Why: as with AWS KMS (:mod:`runlease.kms`), a plain key file is as good as
+Why: as with AWS KMS (:mod:`runlease.keys.kms`), a plain key file is as good as
 the data to whoever can read it. With Transit wrapping (``runlease init
 --vault-transit-key MOUNT/KEY``) the key file holds each KEK encrypted by a
 Transit key that never leaves Vault, and every process that opens the home
@@ -21,7 +21,7 @@ Wire calls (https://openbao.org/api-docs/secret/transit/):
   (base64) -> ``ciphertext`` (``vault:v<N>:...``);
 * ``POST <mount>/decrypt/<key>`` with the same associated data -> ``plaintext``.
 
-The KEK is generated locally (``os.urandom`` via :func:`runlease.crypto.new_key`)
+The KEK is generated locally (``os.urandom`` via :func:`runlease.keys.crypto.new_key`)
 and sent to Vault only to be wrapped. How runlease reaches Vault is the same
 :class:`~runlease.store.vault_auth.VaultClientOptions` as the Vault store
 (address, namespace, TLS, auth method; no credentials inline), recorded in
@@ -36,7 +36,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from runlease.crypto import KEY_BYTES
+from runlease.keys.crypto import KEY_BYTES
 from runlease.errors import (
     BackendError,
     ConfigError,

@@ -30,8 +30,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from runlease.audit import ANCHOR_FORMAT, ANCHOR_RECORD_BYTES
-from runlease.crypto import Keyring, mac
+from runlease.audit.chain import ANCHOR_FORMAT, ANCHOR_RECORD_BYTES
+from runlease.keys.crypto import Keyring, mac
 from runlease.errors import IntegrityError
 
 RECORD_FORMAT = "runlease-format-record/v1"

@@ -21,7 +21,7 @@ What a MAC cannot show: that a row is the *newest* genuine one. Putting back
 an entire earlier copy of a secret's rows (its row and its stage labels
 together, taken from the same moment) is a rollback of that secret, which
 reads cannot tell; the signed secret state record outside the database
-(:mod:`runlease.secret_state`) makes ``audit verify`` catch it. See
+(:mod:`runlease.integrity.secret_state`) makes ``audit verify`` catch it. See
 docs/security.md.
 """
 
@@ -33,7 +33,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from runlease.crypto import Keyring, mac
+from runlease.keys.crypto import Keyring, mac
 from runlease.errors import IntegrityError, MasterKeyError
 
 ROW_FORMAT = "runlease-row/v1"

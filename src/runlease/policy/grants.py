@@ -40,7 +40,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runlease.errors import ConfigError
-from runlease.home_guard import UnsafeHomeError, check_file, open_nofollow
+from runlease.integrity.home_guard import UnsafeHomeError, check_file, open_nofollow
 from runlease.models import Capability, RunIdentity, SecretPath
 
 if sys.version_info >= (3, 11):
@@ -125,7 +125,7 @@ class Policy(BaseModel):
 
         "Missing" means nothing at all at ``path``: a dangling or looping
         symlink, a file owned by another user (other than root) or writable by
-        group/others is an error (:mod:`runlease.home_guard`), never allow-all.
+        group/others is an error (:mod:`runlease.integrity.home_guard`), never allow-all.
         """
         if not check_file(path, "policy file", allow_root=True, follow_links=True):
             return cls.allow_all()

@@ -1,0 +1,1 @@
+"""The audit trail: the HMAC hash chain with its signed anchor, and request correlation ids."""

@@ -1,0 +1,1 @@
+"""Plumbing for external systems: SQLite, PostgreSQL and AWS clients (SDKs imported lazily)."""

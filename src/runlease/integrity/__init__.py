@@ -1,0 +1,1 @@
+"""What makes rows and home files trustworthy: row MACs, format and state records, upgrades, home checks."""
