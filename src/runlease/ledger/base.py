@@ -130,6 +130,18 @@ def authenticated_lease(row: tuple[Any, ...], auth: RowAuthenticator) -> Lease:
     return lease
 
 
+def updated_active_lease(row: tuple[Any, ...] | None, auth: RowAuthenticator, update: dict[str, Any]
+                         ) -> Lease | None:
+    """The lease in ``row`` (authenticated, see :func:`authenticated_lease`) with ``update`` applied,
+    or None if there is no row or the lease is no longer active: what closing and renewing rewrite."""
+    if row is None:
+        return None
+    lease = authenticated_lease(row, auth)
+    if lease.state is not LeaseState.ACTIVE:
+        return None
+    return lease.model_copy(update=update)
+
+
 def authenticated_leases(rows: Iterable[tuple[Any, ...]], auth: RowAuthenticator,
                          tampered: list[str] | None) -> list[Lease]:
     """Authenticate every row; with ``tampered`` given, bad rows' ids go there and are skipped,

@@ -67,6 +67,7 @@ from runlease.ledger.base import (
     lease_values,
     ledger_scope,
     seal_lease,
+    updated_active_lease,
 )
 from runlease.integrity.format_record import (
     FormatRecord,
@@ -642,12 +643,9 @@ class PostgresLedger:
         conn = self._conn()
         row = conn.execute(self._sql(f"SELECT {', '.join(_LEASE_FIELDS)}, mac FROM {{leases}} "
                                      "WHERE lease_id = %s FOR UPDATE"), (lease_id,)).fetchone()
-        if row is None:
+        new = updated_active_lease(row, self.auth, update)
+        if new is None:
             return False
-        lease = authenticated_lease(row, self.auth)
-        if lease.state is not LeaseState.ACTIVE:
-            return False
-        new = lease.model_copy(update=update)
         conn.execute(
             self._sql("UPDATE {leases} SET state = %s, revoked_at = %s, revoke_reason = %s, expires_at = %s, "
                       "mac = %s WHERE lease_id = %s AND state = 'active'"),

@@ -40,6 +40,7 @@ from runlease.ledger.base import (
     lease_values,
     ledger_scope,
     seal_lease,
+    updated_active_lease,
 )
 from runlease.models import AuditEvent, Lease, LeaseState
 from runlease.integrity.rowauth import RowAuthenticator
@@ -209,12 +210,9 @@ class SqliteLedger:
     def _rewrite_active(self, tx: Transaction, lease_id: str, update: dict[str, Any]) -> bool:
         """Apply ``update`` to an active, authenticated lease and re-MAC it; False if not active."""
         row = tx.conn.execute(f"SELECT {_LEASE_COLUMNS}, mac FROM leases WHERE lease_id=?", (lease_id,)).fetchone()
-        if row is None:
+        new = updated_active_lease(row, self.auth, update)
+        if new is None:
             return False
-        lease = authenticated_lease(row, self.auth)
-        if lease.state is not LeaseState.ACTIVE:
-            return False
-        new = lease.model_copy(update=update)
         tx.conn.execute(
             "UPDATE leases SET state=?, revoked_at=?, revoke_reason=?, expires_at=?, mac=? "
             "WHERE lease_id=? AND state='active'",
