@@ -166,16 +166,26 @@ def read_anchor(path: Path, signer: AnchorSigner) -> Anchor | None:
     return signer.decode(raw) if raw.strip() else None
 
 
-def read_legacy_anchor(path: Path) -> Anchor | None:
-    """A version-1 (unsigned) anchor, read once when a store is upgraded; None if absent or not one."""
+def raw_anchor(path: Path) -> bytes | None:
+    """The anchor file's record as it is (not locked, not checked), None if it cannot be opened.
+
+    Only for the one-off upgrade checks, which look at the record's format, not its signature.
+    """
     try:
         fd = _open_anchor(path, os.O_RDONLY)
     except OSError:
         return None
     try:
-        raw = os.pread(fd, ANCHOR_RECORD_BYTES, 0)
+        return os.pread(fd, ANCHOR_RECORD_BYTES, 0)
     finally:
         os.close(fd)
+
+
+def read_legacy_anchor(path: Path) -> Anchor | None:
+    """A version-1 (unsigned) anchor, read once when a store is upgraded; None if absent or not one."""
+    raw = raw_anchor(path)
+    if raw is None:
+        return None
     try:
         doc = json.loads(raw)
         seq, chain = int(doc["seq"]), str(doc["chain"])

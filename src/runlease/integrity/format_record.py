@@ -30,7 +30,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from runlease.audit.chain import ANCHOR_FORMAT, ANCHOR_RECORD_BYTES
+from runlease.audit.chain import ANCHOR_FORMAT, raw_anchor
 from runlease.keys.crypto import Keyring, mac
 from runlease.errors import IntegrityError
 
@@ -143,16 +143,9 @@ def signed_anchor_present(anchor_file: Path | None) -> bool:
     all, so even a forged one next to a pre-MAC database means someone is
     presenting a downgraded file.
     """
-    if anchor_file is None:
+    raw = raw_anchor(anchor_file) if anchor_file is not None else None
+    if raw is None:
         return False
-    try:
-        fd = os.open(anchor_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        raw = os.pread(fd, ANCHOR_RECORD_BYTES, 0)
-    finally:
-        os.close(fd)
     try:
         return json.loads(raw).get("format") == ANCHOR_FORMAT
     except (ValueError, AttributeError):
