@@ -70,15 +70,16 @@ class LocalStore:
     def __init__(self, db: Database, keyring: Keyring, state_file: Path | None = None) -> None:
         self.db = db
         self.keyring = keyring
-        self._check_key()
+        known = self._check_key()
         if db.schema_version != SCHEMA_VERSION:
             raise StoreUnavailableError(
                 f"{db.path} has schema version {db.schema_version}; open it with `runlease` (any command) "
                 "to upgrade it in place")
-        self.auth = RowAuthenticator(keyring, store_scope(self.store_id), self._known_kek_ids())
+        scope = store_scope(self.store_id)
+        self.auth = RowAuthenticator(keyring, scope, known | {keyring.active_id})
         #: The signed digest of every secret row, outside the database (runlease.integrity.secret_state): catches
         #: a secret put back to an earlier genuine copy of its rows. None: not kept (a bare store in tests).
-        self.state = SecretStateRecorder(keyring, store_scope(self.store_id), state_file) if state_file else None
+        self.state = SecretStateRecorder(keyring, scope, state_file) if state_file else None
 
     # -- setup and keys -----------------------------------------------------
 
@@ -102,7 +103,8 @@ class LocalStore:
                 )
         return cls(db, keyring, state_file)
 
-    def _check_key(self) -> None:
+    def _check_key(self) -> set[str]:
+        """Refuse a KEK the store was not sealed with; the ids of every KEK it was (its key-check entries)."""
         rows = self.db.connection().execute(
             "SELECT key, value FROM meta WHERE key LIKE 'key_check:%'"
         ).fetchall()
@@ -115,10 +117,7 @@ class LocalStore:
                 f"the store was sealed with {', '.join(sorted(known))}"
             )
         self._active_registered = self.keyring.active_id in known
-
-    def _known_kek_ids(self) -> set[str]:
-        rows = self.db.connection().execute("SELECT key FROM meta WHERE key LIKE 'key_check:%'").fetchall()
-        return {k[len(_KEY_CHECK_PREFIX):] for (k,) in rows} | {self.keyring.active_id}
+        return set(known)
 
     def _register_active_key(self, conn: Any) -> None:
         if not self._active_registered:
