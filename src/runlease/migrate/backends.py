@@ -145,18 +145,13 @@ def vault_layout_and_client(source: str, env: str, options: dict[str, Any], over
 
 
 def _vault_list(layout: Any, session: Any, folder: str) -> list[str]:
-    import hvac.exceptions as hx
+    from runlease.store.vault_airflow import list_keys
 
-    kv = (lambda c: c.secrets.kv.v1) if layout.kv_version == 1 else (lambda c: c.secrets.kv.v2)
-    try:
-        resp = session.call(f"listing Vault {layout.mount}/{folder}/",
-                            lambda c: kv(c).list_secrets(path=folder, mount_point=layout.mount))
-    except hx.InvalidPath as err:
-        if any("no handler for route" in str(e) for e in (getattr(err, "errors", None) or [])):
-            raise SecretNotFoundError(f"Vault has no secrets engine mounted at {layout.mount!r} "
-                                      "(--mount / mount_point)") from None
-        return []
-    return sorted(str(k) for k in ((resp or {}).get("data") or {}).get("keys") or [])
+    keys = list_keys(layout, folder, session.call)
+    if keys is None:
+        raise SecretNotFoundError(f"Vault has no secrets engine mounted at {layout.mount!r} "
+                                  "(--mount / mount_point)")
+    return sorted(keys)
 
 
 def _as_source_error(err: StoreUnavailableError) -> BackendError:
