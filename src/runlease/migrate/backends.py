@@ -86,13 +86,12 @@ def store_defaults(source: str, store: str, store_options: dict[str, Any]) -> di
     return {}
 
 
-_SAME_SETTING = ({"mount", "mount_point"}, {"kv_version", "kv_engine_version"})
-
-
 def merged(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     """``given`` over ``defaults``, a setting named by either of its names replacing the default."""
+    from runlease.store.vault_airflow import VAULT_BACKEND_NAMES
+
     out = dict(defaults)
-    for names in _SAME_SETTING:
+    for names in ({alias, name} for alias, name in VAULT_BACKEND_NAMES.items()):
         if names & set(given):
             for name in names:
                 out.pop(name, None)
@@ -115,12 +114,11 @@ def _wanted(kind: str) -> tuple[str, ...]:
 
 def vault_layout_and_client(source: str, env: str, options: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, Any]:
     """The :class:`AirflowLayout` and :class:`VaultClientOptions` for a ``vault:`` source."""
-    from runlease.store.vault_airflow import AirflowLayout
+    from runlease.store.vault_airflow import VAULT_BACKEND_NAMES, AirflowLayout
     from runlease.store.vault_auth import VaultClientOptions
 
     client_fields, layout_fields = _split(options, VaultClientOptions)
-    aliases = {"mount_point": "mount", "kv_engine_version": "kv_version"}
-    for alias, name in aliases.items():  # the flags' names win over the same setting in --source-options
+    for alias, name in VAULT_BACKEND_NAMES.items():  # the flags' names win over the same setting in --source-options
         if alias in overrides and overrides[alias] is not None:
             layout_fields.pop(name, None)
             layout_fields.pop(alias, None)

@@ -41,6 +41,8 @@ from runlease.store.vault_auth import no_engine_mounted
 
 #: The connection fields Airflow's JSON connection format knows.
 CONNECTION_FIELDS = ("conn_type", "host", "login", "password", "schema", "port", "extra", "description")
+#: VaultBackend's backend_kwargs names for the two settings :class:`AirflowLayout` names differently.
+VAULT_BACKEND_NAMES = {"mount_point": "mount", "kv_engine_version": "kv_version"}
 _SEGMENT = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
 
 
@@ -68,7 +70,7 @@ class AirflowLayout(BaseModel):
         never accepts a credential inline, so they are refused here by name.
         ``env`` is the backend's environment unless the kwargs name one.
         """
-        renamed = {"mount_point": "mount", "kv_engine_version": "kv_version"}
+        renamed = VAULT_BACKEND_NAMES
         fields: dict[str, Any] = {"env": env}
         given: dict[str, str] = {}
         for key, value in kwargs.items():
