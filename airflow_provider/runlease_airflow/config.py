@@ -117,13 +117,13 @@ def _with_airflow_layout(settings: Settings, layout: dict[str, Any]) -> Settings
         raise kwarg_error("airflow_layout", f"only for the Vault store (store is {settings.store!r})")
     if (settings.store_options or {}).get("airflow_layout") is not None:
         raise kwarg_error("airflow_layout", "also set in the store options (airflow_layout): set it in one place")
-    from runlease.store.vault_airflow import AirflowLayout
+    from runlease.store.vault_airflow import VAULT_BACKEND_NAMES, AirflowLayout
 
     try:
         parsed = AirflowLayout.from_vault_backend_kwargs(layout, settings.env)
     except ValidationError as err:
         first = err.errors()[0]
-        airflow_names = {"mount": "mount_point", "kv_version": "kv_engine_version"}  # as the user wrote them
+        airflow_names = {name: alias for alias, name in VAULT_BACKEND_NAMES.items()}  # as the user wrote them
         where = ".".join(airflow_names.get(str(p), str(p)) for p in first["loc"])
         raise kwarg_error(f"airflow_layout.{where}" if where else "airflow_layout", first["msg"]) from None
     except ValueError as err:

@@ -177,9 +177,7 @@ class RunleaseBackend(BaseSecretsBackend):
             with correlation.bound(caller.identity), (scope() if scope is not None else nullcontext()):
                 if caller.leases:
                     return self._lease(path, caller, secret_id)
-                stored = self._fetch(path, secret_id)
-                value = self.broker.read(path, caller.identity, kind=path.kind, detail={"phase": caller.phase},
-                                         fetched=stored).value
+                return self._hand_out(path, caller, {"phase": caller.phase}, self._fetch(path, secret_id))
         except SecretNotFoundError:
             return self._from_airflow_layout(secret_type, secret_id, path, caller)
         except AccessDeniedError as err:
@@ -187,8 +185,6 @@ class RunleaseBackend(BaseSecretsBackend):
         except (IntegrityError, RowKeyNotLoadedError) as err:
             self.broker.report_tampering(err, "lease" if caller.leases else "read", caller.identity, path=str(path))
             raise api_server.tampered(str(err)) from None
-        protect(value)
-        return value
 
     def _from_airflow_layout(self, secret_type: str, secret_id: str, path: SecretPath,
                              caller: Caller) -> SecretValue | None:
@@ -211,19 +207,27 @@ class RunleaseBackend(BaseSecretsBackend):
         stored = StoredSecret(path=path, version=0, value=found.value, metadata={})
         detail = {"phase": caller.phase, "source": SOURCE, "aws_name": found.name,
                   "aws_version_id": found.version_id}
-        broker = self.broker
         try:
-            if caller.leases:
-                lease = broker.lease(path, caller.identity, self.config.ttl, kind=path.kind, detail=detail,
-                                     fetched=stored)
-                value = lease.value
-                protect(value)
-                if self.config.cache:
-                    self._state.leases.put(lease)
-                return value
-            value = broker.read(path, caller.identity, kind=path.kind, detail=detail, fetched=stored).value
+            return self._hand_out(path, caller, detail, stored)
         except AccessDeniedError as err:
             raise api_server.access_denied(str(err)) from None
+
+    def _hand_out(self, path: SecretPath, caller: Caller, detail: dict[str, Any], stored: Any) -> SecretValue:
+        """Lease ``stored`` to the caller's task try (cached when enabled) or read it on the record; mask it.
+
+        The one place a fetched value leaves the broker, for runlease's own
+        records and Airflow's layout alike, so both are audited, masked and
+        cached the same way.
+        """
+        broker = self.broker
+        if caller.leases:
+            lease = broker.lease(path, caller.identity, self.config.ttl, kind=path.kind, detail=detail,
+                                 fetched=stored)
+            protect(lease.value)
+            if self.config.cache:
+                self._state.leases.put(lease)
+            return lease.value
+        value = broker.read(path, caller.identity, kind=path.kind, detail=detail, fetched=stored).value
         protect(value)
         return value
 
@@ -262,12 +266,7 @@ class RunleaseBackend(BaseSecretsBackend):
                 # Protected when it was leased: the cache lives in this process only.
                 return cached.value
         stored = self._fetch(path, secret_id)  # not held -> fall through (module docstring, 3.); validated
-        lease = broker.lease(path, caller.identity, self.config.ttl, kind=path.kind, detail={"phase": caller.phase},
-                             fetched=stored)
-        protect(lease.value)
-        if self.config.cache:
-            state.leases.put(lease)
-        return lease.value
+        return self._hand_out(path, caller, {"phase": caller.phase}, stored)
 
 
 def _as_connection(value: Any, conn_id: str, path: SecretPath | None) -> dict[str, Any]:

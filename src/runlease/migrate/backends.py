@@ -86,13 +86,12 @@ def store_defaults(source: str, store: str, store_options: dict[str, Any]) -> di
     return {}
 
 
-_SAME_SETTING = ({"mount", "mount_point"}, {"kv_version", "kv_engine_version"})
-
-
 def merged(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     """``given`` over ``defaults``, a setting named by either of its names replacing the default."""
+    from runlease.store.vault_airflow import VAULT_BACKEND_NAMES
+
     out = dict(defaults)
-    for names in _SAME_SETTING:
+    for names in ({alias, name} for alias, name in VAULT_BACKEND_NAMES.items()):
         if names & set(given):
             for name in names:
                 out.pop(name, None)
@@ -115,12 +114,11 @@ def _wanted(kind: str) -> tuple[str, ...]:
 
 def vault_layout_and_client(source: str, env: str, options: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, Any]:
     """The :class:`AirflowLayout` and :class:`VaultClientOptions` for a ``vault:`` source."""
-    from runlease.store.vault_airflow import AirflowLayout
+    from runlease.store.vault_airflow import VAULT_BACKEND_NAMES, AirflowLayout
     from runlease.store.vault_auth import VaultClientOptions
 
     client_fields, layout_fields = _split(options, VaultClientOptions)
-    aliases = {"mount_point": "mount", "kv_engine_version": "kv_version"}
-    for alias, name in aliases.items():  # the flags' names win over the same setting in --source-options
+    for alias, name in VAULT_BACKEND_NAMES.items():  # the flags' names win over the same setting in --source-options
         if alias in overrides and overrides[alias] is not None:
             layout_fields.pop(name, None)
             layout_fields.pop(alias, None)
@@ -145,18 +143,13 @@ def vault_layout_and_client(source: str, env: str, options: dict[str, Any], over
 
 
 def _vault_list(layout: Any, session: Any, folder: str) -> list[str]:
-    import hvac.exceptions as hx
+    from runlease.store.vault_airflow import list_keys
 
-    kv = (lambda c: c.secrets.kv.v1) if layout.kv_version == 1 else (lambda c: c.secrets.kv.v2)
-    try:
-        resp = session.call(f"listing Vault {layout.mount}/{folder}/",
-                            lambda c: kv(c).list_secrets(path=folder, mount_point=layout.mount))
-    except hx.InvalidPath as err:
-        if any("no handler for route" in str(e) for e in (getattr(err, "errors", None) or [])):
-            raise SecretNotFoundError(f"Vault has no secrets engine mounted at {layout.mount!r} "
-                                      "(--mount / mount_point)") from None
-        return []
-    return sorted(str(k) for k in ((resp or {}).get("data") or {}).get("keys") or [])
+    keys = list_keys(layout, folder, session.call)
+    if keys is None:
+        raise SecretNotFoundError(f"Vault has no secrets engine mounted at {layout.mount!r} "
+                                  "(--mount / mount_point)")
+    return sorted(keys)
 
 
 def _as_source_error(err: StoreUnavailableError) -> BackendError:

@@ -64,8 +64,8 @@ from runlease.models import SecretInfo, SecretPath, SecretValue, SecretVersion, 
 from runlease.store.base import Resolved, StoredSecret, metadata_conflicts
 from runlease.store.codec import check_value, decoded, encode_json, malformed
 from runlease.store.options import options_error
-from runlease.store.vault_airflow import AirflowLayout, read_entry, to_value
-from runlease.store.vault_auth import VaultClientOptions, VaultSession, http_status, vault_session
+from runlease.store.vault_airflow import AirflowLayout, list_keys, read_entry, to_value
+from runlease.store.vault_auth import VaultClientOptions, VaultSession, http_status, no_engine_mounted, vault_session
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ class VaultStore:
 
     def _raise_if_no_mount(self, err: Exception, what: str) -> None:
         """A 404 is "no such secret" -- unless Vault says no engine is mounted there at all."""
-        if any("no handler for route" in str(e) for e in (getattr(err, "errors", None) or [])):
+        if no_engine_mounted(err):
             raise self._no_kv2(what) from None
 
     def _require_kv2_answer(self, resp: Any, what: str) -> None:
@@ -614,8 +614,6 @@ class VaultStore:
 
     def _list_airflow(self, prefix: str, known: set[str]) -> list[SecretInfo]:
         """Airflow-layout secrets under ``prefix`` that runlease has no record of (see vault_airflow)."""
-        import hvac.exceptions as hx
-
         layout = self.options.airflow_layout
         if layout is None:
             return []
@@ -625,16 +623,9 @@ class VaultStore:
             head = f"{layout.env}/{kind}/"
             if base is None or not (head.startswith(prefix) or prefix.startswith(head)):
                 continue
-            folder = base.rpartition("/")[0]
-            try:
-                kv = (lambda c: c.secrets.kv.v1) if layout.kv_version == 1 else (lambda c: c.secrets.kv.v2)
-                resp = self._call(f"listing Vault {layout.mount}/{folder}/",
-                                  lambda c: kv(c).list_secrets(path=folder, mount_point=layout.mount))
-            except hx.InvalidPath:
-                continue
-            for name in ((resp or {}).get("data") or {}).get("keys") or []:
-                text = head + str(name)
-                if str(name).endswith("/") or text in known or not text.startswith(prefix):
+            for name in list_keys(layout, base.rpartition("/")[0], self._call) or []:
+                text = head + name
+                if name.endswith("/") or text in known or not text.startswith(prefix):
                     continue
                 try:
                     out.append(self.info(SecretPath.parse(text)))

@@ -37,9 +37,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runlease.models import SecretPath, SecretValue
 from runlease.store.codec import malformed
+from runlease.store.vault_auth import no_engine_mounted
 
 #: The connection fields Airflow's JSON connection format knows.
 CONNECTION_FIELDS = ("conn_type", "host", "login", "password", "schema", "port", "extra", "description")
+#: VaultBackend's backend_kwargs names for the two settings :class:`AirflowLayout` names differently.
+VAULT_BACKEND_NAMES = {"mount_point": "mount", "kv_engine_version": "kv_version"}
 _SEGMENT = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
 
 
@@ -67,7 +70,7 @@ class AirflowLayout(BaseModel):
         never accepts a credential inline, so they are refused here by name.
         ``env`` is the backend's environment unless the kwargs name one.
         """
-        renamed = {"mount_point": "mount", "kv_engine_version": "kv_version"}
+        renamed = VAULT_BACKEND_NAMES
         fields: dict[str, Any] = {"env": env}
         given: dict[str, str] = {}
         for key, value in kwargs.items():
@@ -154,3 +157,23 @@ def read_entry(layout: AirflowLayout, kv_path: str, call: Callable[[str, Callabl
     meta = data.get("metadata") or {}
     return int(meta.get("version") or 1), data.get("data"), meta
 
+
+
+def list_keys(layout: AirflowLayout, folder: str, call: Callable[[str, Callable[[Any], Any]], Any]) -> list[str] | None:
+    """The keys one level under ``folder`` in the layout's mount (sub-folders end in ``/``).
+
+    ``[]`` when nothing is there; None when Vault has no secrets engine mounted
+    at ``layout.mount`` at all (its 404 says "no handler for route"), which a
+    caller may want to report rather than treat as empty.
+    """
+    import hvac.exceptions as hx
+
+    try:
+        resp = call(f"listing Vault {layout.mount}/{folder}/", lambda c: (
+            c.secrets.kv.v1 if layout.kv_version == 1 else c.secrets.kv.v2).list_secrets(
+                path=folder, mount_point=layout.mount))
+    except hx.InvalidPath as err:
+        if no_engine_mounted(err):
+            return None
+        return []
+    return [str(k) for k in ((resp or {}).get("data") or {}).get("keys") or []]

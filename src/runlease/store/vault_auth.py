@@ -156,6 +156,14 @@ def _from_env_or_file(env: str | None, path: Path | None, what: str) -> str | No
     return None
 
 
+def no_engine_mounted(err: Exception) -> bool:
+    """Whether Vault's 404 means no secrets engine is mounted at the path ("no handler for route").
+
+    Any other 404 is an absent secret or folder; this one is a wrong mount.
+    """
+    return any("no handler for route" in str(e) for e in (getattr(err, "errors", None) or []))
+
+
 def http_status(err: Exception) -> int | None:
     """The HTTP status behind an hvac exception (hvac encodes it in the class only)."""
     import hvac.exceptions as hx
