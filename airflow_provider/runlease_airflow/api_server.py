@@ -76,11 +76,10 @@ except ImportError:  # pragma: no cover - a worker with the Task SDK only: no AP
     _HTTPException = Exception  # type: ignore[assignment,misc]
 
 
-class ExecutionApiAccessDenied(RunleaseAccessDenied, _HTTPException):  # type: ignore[misc]
-    """A runlease policy denial inside the API server: no fall-through, and a 403 on the wire."""
+class _Answered403:
+    """Mixin for a refusal raised inside the API server: FastAPI answers it as a 403 ``permission_denied``."""
 
-    def __init__(self, message: str) -> None:
-        RunleaseAccessDenied.__init__(self, message)
+    def _answer_403(self, message: str) -> None:
         self.status_code = 403
         self.detail = {"reason": "permission_denied", "message": message}
         self.headers = None
@@ -89,19 +88,22 @@ class ExecutionApiAccessDenied(RunleaseAccessDenied, _HTTPException):  # type: i
         return str(self.detail["message"])
 
 
-class ExecutionApiTampered(RunleaseTampered, _HTTPException):  # type: ignore[misc]
+class ExecutionApiAccessDenied(_Answered403, RunleaseAccessDenied, _HTTPException):  # type: ignore[misc]
+    """A runlease policy denial inside the API server: no fall-through, and a 403 on the wire."""
+
+    def __init__(self, message: str) -> None:
+        RunleaseAccessDenied.__init__(self, message)
+        self._answer_403(message)
+
+
+class ExecutionApiTampered(_Answered403, RunleaseTampered, _HTTPException):  # type: ignore[misc]
     """A row that failed authentication, met inside the API server: refused like a denial (403,
     so the task gets ``AirflowSecretsBackendAccessDenied`` and never the next backend's value),
     not a 500 the worker might treat as a passing failure. Already audited as tampering."""
 
     def __init__(self, message: str) -> None:
         RunleaseTampered.__init__(self, message)
-        self.status_code = 403
-        self.detail = {"reason": "permission_denied", "message": message}
-        self.headers = None
-
-    def __str__(self) -> str:
-        return str(self.detail["message"])
+        self._answer_403(message)
 
 
 def in_api_request() -> bool:

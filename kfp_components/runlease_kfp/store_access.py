@@ -138,14 +138,17 @@ class StoreAccess:
         if self.server_ca_config_map is not None and not _SECRET_NAME.fullmatch(self.server_ca_config_map):
             raise ValueError(f"server_ca_config_map {self.server_ca_config_map!r} is not a valid ConfigMap name")
 
-    @property
-    def is_server(self) -> bool:
-        return self.server_url is not None
-
     def apply(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
         """Mount the Secret, or wire the server URL and token (and set the settings) on one task; idempotent."""
         if self.server_url is not None:
-            return self._apply_server(task)
+            self._wire_server(task)
+        else:
+            self._mount_secret(task)
+        for env, value in self.settings.items():
+            task.set_env_variable(env, value)
+        return task
+
+    def _mount_secret(self, task: dsl.PipelineTask) -> None:
         k8s = task.platform_config.get("kubernetes", {})
         if self.secret_env and not any(_names(e) == self.secret_name for e in k8s.get("secretAsEnv", [])):
             kubernetes.use_secret_as_env(task, secret_name=self.secret_name, secret_key_to_env=dict(self.secret_env))
@@ -153,12 +156,8 @@ class StoreAccess:
             _names(v) == self.secret_name and v.get("mountPath") == self.mount_path for v in k8s.get("secretAsVolume", [])
         ):
             kubernetes.use_secret_as_volume(task, secret_name=self.secret_name, mount_path=self.mount_path)
-        for env, value in self.settings.items():
-            task.set_env_variable(env, value)
-        return task
 
-
-    def _apply_server(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+    def _wire_server(self, task: dsl.PipelineTask) -> None:
         assert self.server_url is not None
         task.set_env_variable("RUNLEASE_SERVER", self.server_url)
         task.set_env_variable("RUNLEASE_TOKEN_FILE", self.token_path)
@@ -170,9 +169,6 @@ class StoreAccess:
                 kubernetes.use_config_map_as_volume(task, config_map_name=self.server_ca_config_map,
                                                     mount_path=CA_MOUNT_PATH)
             task.set_env_variable("RUNLEASE_SERVER_CA", f"{CA_MOUNT_PATH}/ca.crt")
-        for env, value in self.settings.items():
-            task.set_env_variable(env, value)
-        return task
 
 
 def pod_default_manifest(namespace: str, *, audience: str = "runlease", expiration_seconds: int = 3600,

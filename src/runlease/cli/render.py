@@ -56,7 +56,7 @@ def value_table(title: str, value: Any) -> Table:
     return tbl
 
 
-def _ts(value: datetime | None) -> str | None:
+def iso_time(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
@@ -69,14 +69,14 @@ def secret_record(info: SecretInfo) -> dict[str, Any]:
         "current": info.stages.get(Stage.CURRENT), "pending": info.stages.get(Stage.PENDING),
         "previous": info.stages.get(Stage.PREVIOUS),
         "versions": info.versions, "issuer": info.metadata.get("issuer", "static"),
-        "created_at": _ts(info.created_at), "updated_at": _ts(info.updated_at),
+        "created_at": iso_time(info.created_at), "updated_at": iso_time(info.updated_at),
         "state": "deleted" if info.deleted else "live",
         "metadata": info.metadata,
     }
 
 
 def version_record(v: SecretVersion) -> dict[str, Any]:
-    return {"path": str(v.path), "version": v.version, "created_at": _ts(v.created_at),
+    return {"path": str(v.path), "version": v.version, "created_at": iso_time(v.created_at),
             "stages": [s.value for s in v.stages], "deprecated": v.deprecated}
 
 
@@ -88,8 +88,8 @@ def lease_record(lease: Lease) -> dict[str, Any]:
         "stage": lease.stage.value if lease.stage else None, "issuer": lease.issuer, "state": lease.state.value,
         "orchestrator": i.orchestrator, "pipeline": i.pipeline, "run_id": i.run_id, "task_id": i.task_id,
         "try_number": i.try_number, "map_index": i.map_index, "principal": i.principal,
-        "issued_at": _ts(lease.issued_at), "expires_at": _ts(lease.expires_at),
-        "revoked_at": _ts(lease.revoked_at), "revoke_reason": lease.revoke_reason,
+        "issued_at": iso_time(lease.issued_at), "expires_at": iso_time(lease.expires_at),
+        "revoked_at": iso_time(lease.revoked_at), "revoke_reason": lease.revoke_reason,
     }
 
 

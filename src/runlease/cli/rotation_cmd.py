@@ -17,6 +17,7 @@ from rich.table import Table
 
 from runlease.cli.common import cli_errors, cli_identity, console, runtime
 from runlease.cli.output import OutputFormat, emit, format_option, say, table, text
+from runlease.cli.render import iso_time
 from runlease.errors import InvalidValueError
 from runlease.models import AuditEvent, Capability, SecretPath, utcnow
 from runlease.rotation.engine import RotationEngine
@@ -83,10 +84,6 @@ def status_table(rows: list[SecretRotation], now: datetime) -> Table:
     return tbl
 
 
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
 def status_record(row: SecretRotation, now: datetime) -> dict[str, Any]:
     """One secret's rotation status for ``--format json`` (no values)."""
     state = row.state
@@ -97,11 +94,11 @@ def status_record(row: SecretRotation, now: datetime) -> dict[str, Any]:
         "interval_s": row.policy.interval_s if row.policy else None,
         "grace_s": row.policy.grace_s if row.policy else None,
         "current_version": row.current_version,
-        "current_created_at": _iso(row.current_created_at),
+        "current_created_at": iso_time(row.current_created_at),
         "age_s": int((now - row.current_created_at).total_seconds()) if row.current_created_at else None,
-        "due_at": _iso(row.due_at()),
+        "due_at": iso_time(row.due_at()),
         "due": row.is_due(now),
-        "retire_at": _iso(row.retire_at()),
+        "retire_at": iso_time(row.retire_at()),
         "retirable": row.is_retirable(now),
         "status": state.status.value if state is not None else None,
         "previous_version": state.previous_version if state is not None else None,

@@ -21,18 +21,27 @@ from pydantic import Secret
 from runlease.audit.chain import VerifyResult
 from runlease.errors import ConfigError
 from runlease.ledger.base import AuditQuery
-from runlease.models import AuditEvent, Lease, LeaseState, RunIdentity, SecretInfo, SecretPath, SecretValue, Stage
+from runlease.models import (
+    IDENTITY_FIELDS,
+    AuditEvent,
+    Lease,
+    LeaseState,
+    RunIdentity,
+    SecretInfo,
+    SecretPath,
+    SecretValue,
+    Stage,
+)
 from runlease.redact import Redactor, default_redactor
 from runlease.remote.http import ServerClient
 
-_CLAIMED = ("orchestrator", "pipeline", "run_id", "task_id", "try_number", "map_index")
 _PAGE = 1000
 
 
 def claims_of(identity: RunIdentity | None) -> dict[str, Any]:
     if identity is None:
         return {}
-    return {name: getattr(identity, name) for name in _CLAIMED if getattr(identity, name) is not None}
+    return {name: getattr(identity, name) for name in IDENTITY_FIELDS if getattr(identity, name) is not None}
 
 
 def _seconds(ttl: timedelta | float | int | None) -> float | None:

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from runlease.ledger.base import Ledger
-from runlease.models import AuditEvent, Outcome, RunIdentity, Verification
+from runlease.models import IDENTITY_FIELDS, AuditEvent, Outcome, RunIdentity, Verification
 from runlease.server.admin_tokens import PREFIX as ADMIN_PREFIX
 from runlease.server.admin_tokens import AdminTokens
 from runlease.server.workload_tokens import AuthenticationError, WorkloadVerifier
 
 ADMIN_METHOD = "admin-token"
 #: RunIdentity fields a request may claim (never ``principal`` or ``verification``).
-CLAIMABLE = frozenset({"orchestrator", "pipeline", "run_id", "task_id", "try_number", "map_index"})
+CLAIMABLE = frozenset(IDENTITY_FIELDS)
 
 
 @dataclass(frozen=True)

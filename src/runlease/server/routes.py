@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from runlease.errors import AccessDeniedError, RevocationIncompleteError, SecretNotFoundError
 from runlease.ledger.base import AuditQuery
-from runlease.models import AuditEvent, Capability, Lease, LeaseState, Outcome, SecretPath
+from runlease.models import IDENTITY_FIELDS, AuditEvent, Capability, Lease, LeaseState, Outcome, SecretPath
 from runlease.server.auth import Caller
 from runlease.server.requests import LeaseRequest, RenewRequest, RevokeRequest, RevokeRunRequest, VerifyKeyRequest
 from runlease.server.state import ServerState
@@ -237,9 +237,7 @@ def revoke_run(body: RevokeRunRequest, request: Request, caller: Caller = Depend
 
 
 def _claims_of(lease: Lease) -> dict[str, Any]:
-    i = lease.identity
-    return {"orchestrator": i.orchestrator, "pipeline": i.pipeline, "run_id": i.run_id, "task_id": i.task_id,
-            "try_number": i.try_number, "map_index": i.map_index}
+    return {name: getattr(lease.identity, name) for name in IDENTITY_FIELDS}
 
 
 # -- secrets (metadata only) and presented keys ------------------------------------------
