@@ -24,6 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runlease.audit.chain import VerifyResult
 from runlease.broker import Broker
 from runlease.keys.crypto import Keyring
 from runlease.clients.db import Database
@@ -68,6 +69,13 @@ class Runtime:
     #: The home's own store over ``db``: the secret store itself when ``store`` is
     #: local; otherwise empty of secrets, kept for the KEK check and re-wrapping.
     local: LocalStore
+
+    def verify_audit(self) -> tuple[VerifyResult, str]:
+        """The audit chain with its signed anchor, then (only if that holds) the home's secret rows
+        against their signed state record: ``(chain result, "" or why the rows look rolled back)``.
+        One place for what ``runlease audit verify`` and the server's ``/v1/audit/verify`` check."""
+        result = self.ledger.verify()
+        return result, (self.local.check_secret_state() if result.ok else "")
 
     def close(self) -> None:
         close_ledger = getattr(self.ledger, "close", None)

@@ -304,12 +304,9 @@ def audit_verify(request: Request, caller: Caller = Depends(authenticated)) -> d
     cached = state.notes.get("verify")
     now = time.monotonic()
     if caller.is_admin or cached is None or now - cached[0] > VERIFY_CACHE_S:
-        result = state.broker.ledger.verify()
+        result, rolled_back = state.runtime.verify_audit()
         doc = {"ok": result.ok, "checked": result.checked, "first_bad_seq": result.first_bad_seq,
                "reason": result.reason}
-        # The embedded store's secret rows against their signed state record (a rollback), as the CLI does.
-        check = getattr(state.broker.store, "check_secret_state", None)
-        rolled_back = check() if result.ok and check is not None else ""
         if rolled_back:
             doc.update(ok=False, reason=rolled_back)
         cached = (now, doc)
