@@ -58,6 +58,12 @@ def version(dist: str) -> str:
         return "not installed"
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The sample at rank ``int(len * q)`` of the sorted values (``q`` in 0..1), capped at the largest."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
 def write_section(path: Path, start: str, end: str, section: str) -> None:
     """Replace the text from ``start`` to ``end`` (markers included in ``section``), or append it."""
     text = path.read_text(encoding="utf-8") if path.exists() else HEADER
