@@ -214,9 +214,7 @@ def main() -> None:
     args = p.parse_args()
     command = shlex.join(["python", *sys.argv])
     section = render(run(args), args, command)
-    print(section)
-    if args.markdown:
-        benchdoc.write_section(args.markdown, START, END, section)
+    benchdoc.publish(section, args.markdown, START, END)
 
 
 if __name__ == "__main__":

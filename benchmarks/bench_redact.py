@@ -540,9 +540,7 @@ def main() -> None:
     for n in (10, 1_000, 10_000):
         rows.append(bench_n(n, corpus_bytes, runs, args.budget))
     section = render(rows, args, command, corpus_bytes, runs)
-    print(section)
-    if args.markdown:
-        benchdoc.write_section(args.markdown, START, END, section)
+    benchdoc.publish(section, args.markdown, START, END)
     if not all(r.correct for r in rows):
         sys.exit("runlease output was not correct (a planted secret survived or text changed)")
 

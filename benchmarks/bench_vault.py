@@ -407,9 +407,7 @@ def main() -> None:
         del os.environ[name]
     results = run(args)
     text = render(results, command.strip())
-    print(text)
-    if args.markdown:
-        benchdoc.write_section(args.markdown, START, END, text)
+    benchdoc.publish(text, args.markdown, START, END)
 
 
 if __name__ == "__main__":
