@@ -100,11 +100,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
 def wait_for_health(port: int, proc: subprocess.Popen, log_file: Path, deadline_s: float = 180) -> None:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
@@ -201,7 +196,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def render(r: dict, args: argparse.Namespace, command: str) -> str:
     rl, stock = r["samples"]["bench_rl"], r["samples"]["bench_stock"]
-    p50_rl, p50_stock = percentile(rl, 0.5), percentile(stock, 0.5)
+    p50_rl, p50_stock = benchdoc.percentile(rl, 0.5), benchdoc.percentile(stock, 0.5)
     ratio = p50_rl / p50_stock
     out = [START, "## Airflow API-server mode: a connection fetched in a running task through the Execution API", ""]
     out += [f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by:", "", "```", command, "```", ""]
@@ -220,9 +215,9 @@ def render(r: dict, args: argparse.Namespace, command: str) -> str:
         "| connection | p50 | p90 | p99 |",
         "|---|---:|---:|---:|",
         f"| baseline: stock metastore connection (`MetastoreBackend` in the API server) | {p50_stock:.2f} ms | "
-        f"{percentile(stock, 0.9):.2f} ms | {percentile(stock, 0.99):.2f} ms |",
+        f"{benchdoc.percentile(stock, 0.9):.2f} ms | {benchdoc.percentile(stock, 0.99):.2f} ms |",
         f"| runlease API-server mode (verified TI lookup + policy + the try's lease, revalidated) | {p50_rl:.2f} ms "
-        f"| {percentile(rl, 0.9):.2f} ms | {percentile(rl, 0.99):.2f} ms |",
+        f"| {benchdoc.percentile(rl, 0.9):.2f} ms | {benchdoc.percentile(rl, 0.99):.2f} ms |",
         "",
         "The first call of the try, not in the table (one sample each; the runlease one issues the try's lease "
         f"with a durable, hash-chained audit write): stock {r['first']['bench_stock']:.2f} ms, "
@@ -247,9 +242,7 @@ def main() -> None:
         args.calls = 50 if args.quick else 500
     command = shlex.join(["python", *sys.argv])
     section = render(run(args), args, command)
-    print(section)
-    if args.markdown:
-        benchdoc.write_section(args.markdown, START, END, section)
+    benchdoc.publish(section, args.markdown, START, END)
 
 
 if __name__ == "__main__":

@@ -68,9 +68,8 @@ def latencies_ms(fn, n: int) -> dict[str, float]:
         start = time.perf_counter()
         fn()
         values.append((time.perf_counter() - start) * 1e3)
-    values.sort()
-    return {"p50": values[len(values) // 2], "p90": values[int(len(values) * 0.9)],
-            "p99": values[min(len(values) - 1, int(len(values) * 0.99))], "n": n}
+    return {"p50": benchdoc.percentile(values, 0.5), "p90": benchdoc.percentile(values, 0.9),
+            "p99": benchdoc.percentile(values, 0.99), "n": n}
 
 
 def fsync_ms(directory: Path, n: int) -> float:
@@ -215,9 +214,7 @@ def main() -> None:
     args = p.parse_args()
     command = shlex.join(["python", *sys.argv])
     section = render(run(args), args, command)
-    print(section)
-    if args.markdown:
-        benchdoc.write_section(args.markdown, START, END, section)
+    benchdoc.publish(section, args.markdown, START, END)
 
 
 if __name__ == "__main__":

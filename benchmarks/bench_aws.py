@@ -197,8 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out: dict[str, Any] = {"n": rounds * per_round, "store_fs": benchdoc.filesystem_of(Path(args.store_dir)),
                                "first": {"airflow": first_af_n, "outside": first_rl_out, "task": first_rl_task}}
         for key, values in times.items():
-            values.sort()
-            out[key] = {"p50": values[len(values) // 2], "p90": values[int(len(values) * 0.9)],
+            out[key] = {"p50": benchdoc.percentile(values, 0.5), "p90": benchdoc.percentile(values, 0.9),
                         "requests": requests[key] / len(values)}
         return out
     finally:
@@ -270,9 +269,7 @@ def main() -> None:
     args = p.parse_args()
     command = shlex.join(["python", *sys.argv])
     section = render(run(args), args, command)
-    print(section)
-    if args.markdown:
-        benchdoc.write_section(args.markdown, START, END, section)
+    benchdoc.publish(section, args.markdown, START, END)
 
 
 if __name__ == "__main__":

@@ -397,9 +397,7 @@ def main() -> None:
         except OSError:
             pass
     section = render(args, command, m, db_pragmas, singles, multis)
-    print(section)
-    if args.markdown:
-        benchdoc.write_section(args.markdown, START, END, section)
+    benchdoc.publish(section, args.markdown, START, END)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import ahocorasick_rs
@@ -404,13 +403,7 @@ def bench_n(n: int, corpus_bytes: int, runs: int, budget: float) -> Row:
 
 def machine() -> dict[str, str]:
     cpu = benchdoc.cpu_model()
-
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
+    version = benchdoc.version
     # Shared venvs can hold another checkout's editable install: record which code ran.
     under_test = Path(runlease.redact.__file__).resolve()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -540,9 +533,7 @@ def main() -> None:
     for n in (10, 1_000, 10_000):
         rows.append(bench_n(n, corpus_bytes, runs, args.budget))
     section = render(rows, args, command, corpus_bytes, runs)
-    print(section)
-    if args.markdown:
-        benchdoc.write_section(args.markdown, START, END, section)
+    benchdoc.publish(section, args.markdown, START, END)
     if not all(r.correct for r in rows):
         sys.exit("runlease output was not correct (a planted secret survived or text changed)")
 

@@ -263,9 +263,7 @@ def main() -> None:
             shutil.rmtree(home.parent, ignore_errors=True)
     rows = [aggregate(name, results) for name, results in runs.items()]
     section = render(rows, args, shlex.join(["python", *sys.argv]), load_before)
-    print(section)
-    if args.markdown:
-        benchdoc.write_section(args.markdown, START, END, section)
+    benchdoc.publish(section, args.markdown, START, END)
 
 
 if __name__ == "__main__":

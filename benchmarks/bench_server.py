@@ -453,9 +453,7 @@ def main() -> None:
         chain = check_chain(home, key, expected)
         machine["Load average at end (1/5/15 min)"] = benchdoc.load_average()
     section = render(args, command, machine, rows, floor, chain)
-    print(section)
-    if args.markdown:
-        benchdoc.write_section(args.markdown, START, END, section)
+    benchdoc.publish(section, args.markdown, START, END)
 
 
 if __name__ == "__main__":

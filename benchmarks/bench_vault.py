@@ -141,11 +141,6 @@ def interleaved_ms(fns: dict[str, Callable[[], Any]], n: int, block: int = 100) 
     return out
 
 
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def requests_per_lookup(bao: Any, fn: Callable[[], Any], n: int) -> float:
     check(fn())
     time.sleep(0.2)  # let the audit device flush the warm-up
@@ -298,7 +293,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             set_task(task)
             times = interleaved_ms({"airflow": lambda: theirs.get_connection("warehouse"),
                                     "runlease": lambda: ours.get_connection("warehouse")}, n)
-            results[phase] = {name: {"p50": pct(s, 0.5), "p90": pct(s, 0.9), "p99": pct(s, 0.99)}
+            results[phase] = {name: {"p50": benchdoc.percentile(s, 0.5), "p90": benchdoc.percentile(s, 0.9),
+                                     "p99": benchdoc.percentile(s, 0.99)}
                               for name, s in times.items()}
             results[phase + "_requests"] = {
                 "airflow": requests_per_lookup(bao, lambda: theirs.get_connection("warehouse"), min(n, 200)),
@@ -411,9 +407,7 @@ def main() -> None:
         del os.environ[name]
     results = run(args)
     text = render(results, command.strip())
-    print(text)
-    if args.markdown:
-        benchdoc.write_section(args.markdown, START, END, text)
+    benchdoc.publish(text, args.markdown, START, END)
 
 
 if __name__ == "__main__":

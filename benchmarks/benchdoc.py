@@ -58,6 +58,19 @@ def version(dist: str) -> str:
         return "not installed"
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The sample at rank ``int(len * q)`` of the sorted values (``q`` in 0..1), capped at the largest."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def publish(section: str, markdown: Path | None, start: str, end: str) -> None:
+    """Print a script's section; with ``--markdown``, also write it between its markers in that file."""
+    print(section)
+    if markdown:
+        write_section(markdown, start, end, section)
+
+
 def write_section(path: Path, start: str, end: str, section: str) -> None:
     """Replace the text from ``start`` to ``end`` (markers included in ``section``), or append it."""
     text = path.read_text(encoding="utf-8") if path.exists() else HEADER

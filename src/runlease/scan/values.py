@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from .entropy import shannon_entropy
+
 _PLACEHOLDER_WORDS = (
     "changeme",
     "change_me",
@@ -188,8 +190,6 @@ def is_placeholder_token(body: str) -> bool:
     not. Real tokens are drawn from an RNG: many distinct characters, no long runs
     of one character, no typed sequences, entropy near the alphabet's.
     """
-    from .entropy import shannon_entropy
-
     low = body.lower()
     if any(word in low for word in _TOKEN_PLACEHOLDER_WORDS) or _TOKEN_PLACEHOLDER_SHORT.search(body):
         return True

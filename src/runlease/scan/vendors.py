@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from .checksums import has_crc32_suffix, is_pypi_macaroon
 from .entropy import shannon_entropy
 from .models import Hit
+from .patterns import _finditer_hits
 from .prefilter import PrefilterResult
 from .textindex import TextIndex
 from .values import is_placeholder_token
@@ -178,14 +179,14 @@ VENDOR_FORMATS: tuple[VendorFormat, ...] = (
 )
 
 
-def _span(match: re.Match[str]) -> tuple[int, int, str, str]:
-    """(start, end, prefix, body) of a match, whichever alternative matched."""
+def _prefix_and_body(match: re.Match[str]) -> tuple[str, str]:
+    """(prefix, body) of a match, whichever alternative matched."""
     groups = match.re.groupindex
     prefix = match.group("prefix")
     body = match.group("body")
     if body is None and "body2" in groups:
         prefix, body = match.group("prefix2"), match.group("body2")
-    return match.start(), match.end(), prefix or "", body or ""
+    return prefix or "", body or ""
 
 
 def _accepts(fmt: VendorFormat, prefix: str, body: str) -> bool:
@@ -195,14 +196,8 @@ def _accepts(fmt: VendorFormat, prefix: str, body: str) -> bool:
 
 
 def _hits_for(index: TextIndex, fmt: VendorFormat) -> list[Hit]:
-    hits: list[Hit] = []
-    for match in fmt.regex.finditer(index.text):
-        start, end, prefix, body = _span(match)
-        if not _accepts(fmt, prefix, body):
-            continue
-        line, col = index.position(start)
-        hits.append(Hit(fmt.rule_id, line, col, index.span_end_on_line(start, end)))
-    return hits
+    """The whole match is the reported span, as for the other known formats."""
+    return _finditer_hits(index, fmt.regex, fmt.rule_id, accept=lambda match: _accepts(fmt, *_prefix_and_body(match)))
 
 
 # --- formats found only with their context -----------------------------------
