@@ -34,7 +34,7 @@ from runlease.errors import LeaseNotFoundError, MasterKeyError
 from runlease.ledger.base import (
     LEASE_FIELDS,
     AuditQuery,
-    authenticated_lease,
+    VerifiedLeaseRows,
     authenticated_leases,
     lease_filter_sql,
     lease_values,
@@ -71,6 +71,8 @@ class SqliteLedger:
         known = {k.split(":", 1)[1] for (k,) in db.connection().execute(
             "SELECT key FROM meta WHERE key LIKE 'key_check:%'")} | {keyring.active_id}
         self.auth = RowAuthenticator(keyring, ledger_scope(self.store_id), known)
+        #: Lease rows already authenticated by this process (the lease cache's per-hit check).
+        self._verified_leases = VerifiedLeaseRows(self.auth)
         self.anchor_signer = AnchorSigner(keyring, ledger_scope(self.store_id))
 
     def atomic(self) -> AbstractContextManager[Transaction]:
@@ -183,7 +185,7 @@ class SqliteLedger:
         ).fetchone()
         if row is None:
             raise LeaseNotFoundError(f"lease {lease_id} not found")
-        return authenticated_lease(row, self.auth)
+        return self._verified_leases.lease(row)
 
     def find_leases(
         self,
