@@ -8,8 +8,6 @@ that revokes at run end (one machine: SQLite; many: PostgreSQL).
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
@@ -19,7 +17,7 @@ from pydantic import BaseModel
 
 from runlease.audit.chain import VerifyResult
 from runlease.models import AuditEvent, Lease, LeaseState, RunIdentity, SecretPath, Stage
-from runlease.integrity.rowauth import RowAuthenticator, RowKeyNotLoadedError, RowTamperedError
+from runlease.integrity.rowauth import RowAuthenticator, RowKeyNotLoadedError, RowTamperedError, VerifiedRows
 
 
 class AuditQuery(BaseModel):
@@ -133,41 +131,22 @@ def authenticated_lease(row: tuple[Any, ...], auth: RowAuthenticator) -> Lease:
 
 
 class VerifiedLeaseRows:
-    """Lease rows this process has already authenticated, so an unchanged row is not MAC-checked twice.
+    """:func:`authenticated_lease` that skips the MAC check for a row this process already
+    authenticated unchanged (see :class:`runlease.integrity.rowauth.VerifiedRows`: the lease
+    cache asks "is my lease still active?" on every hit). Each call decodes a new
+    :class:`Lease`, so no caller can change what the next one sees."""
 
-    Why: a worker's lease cache asks the ledger "is my lease still active?"
-    on every hit, and the MAC check (canonical JSON plus HMAC) is a large
-    part of that read. A row read again *unchanged* -- every column, the
-    ``mac`` included -- authenticates exactly as it did the first time (the
-    MAC is a function of the row), so only the decoding is repeated; any
-    change to the row (revoked, renewed, resealed by ``key rotate``, or
-    edited by an attacker) makes it a different row, checked afresh. Each
-    call decodes a new :class:`Lease`, so no caller can change what the next
-    one sees. Bounded (least recently used out) and per process.
-    """
-
-    def __init__(self, auth: RowAuthenticator, max_entries: int = 512) -> None:
+    def __init__(self, auth: RowAuthenticator) -> None:
         self.auth = auth
-        self.max_entries = max_entries
-        self._rows: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
-        self._lock = threading.Lock()
+        self.rows = VerifiedRows()
 
     def lease(self, row: Sequence[Any]) -> Lease:
-        """The lease in ``row`` (see :func:`authenticated_lease`)."""
         row = tuple(row)
-        key = str(row[0])
-        with self._lock:
-            known = self._rows.get(key) == row
-            if known:
-                self._rows.move_to_end(key)
-        if known:
+        lease_id = str(row[0])
+        if self.rows.known("leases", lease_id, row):
             return lease_from_row(row[:-1])
         lease = authenticated_lease(row, self.auth)
-        with self._lock:
-            self._rows[key] = row
-            self._rows.move_to_end(key)
-            while len(self._rows) > self.max_entries:
-                self._rows.popitem(last=False)
+        self.rows.remember("leases", lease_id, row)
         return lease
 
 
