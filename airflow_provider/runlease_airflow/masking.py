@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -97,12 +98,14 @@ def _locally_masked() -> set[str] | None:
     this process cannot see: nothing is skipped there. Any surprise in
     Airflow's internals (other attribute names) also means: skip nothing.
     """
+    # Looked up, never imported here: importing the task runner costs about a second, and
+    # where it was never imported there is no supervisor to tell.
+    task_runner = sys.modules.get("airflow.sdk.execution_time.task_runner")
+    if task_runner is not None and getattr(task_runner, "SUPERVISOR_COMMS", None) is not None:
+        return None
     try:
         from airflow.sdk._shared.secrets_masker.secrets_masker import _secrets_masker
-        from airflow.sdk.execution_time import task_runner
     except ImportError:
-        return None
-    if getattr(task_runner, "SUPERVISOR_COMMS", None) is not None:
         return None
     patterns = getattr(_secrets_masker(), "patterns", None)
     return patterns if isinstance(patterns, set) else None
