@@ -606,13 +606,19 @@ class PostgresLedger:
             return self.append(event)[0]
 
     def get_lease(self, lease_id: str) -> Lease:
+        return self._verified_leases.lease(self._lease_row(lease_id))
+
+    def lease_state(self, lease_id: str) -> LeaseState:
+        return self._verified_leases.state(self._lease_row(lease_id))
+
+    def _lease_row(self, lease_id: str) -> tuple[Any, ...]:
         conn = self._conn()
         with backend_errors(self.target, "reading a lease"):
             row = conn.execute(self._sql(f"SELECT {', '.join(_LEASE_FIELDS)}, mac FROM {{leases}} WHERE lease_id = %s"),
                                (lease_id,)).fetchone()
         if row is None:
             raise LeaseNotFoundError(f"lease {lease_id} not found")
-        return self._verified_leases.lease(row)
+        return tuple(row)
 
     def find_leases(
         self,
