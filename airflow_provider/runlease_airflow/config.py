@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,10 @@ BACKEND = "RunleaseBackend"
 
 def kwarg_error(kwarg: str, problem: str) -> ConfigError:
     return ConfigError(f"{BACKEND} backend_kwargs {kwarg!r}: {problem}")
+
+
+#: How many Airflow IDs a backend remembers the runlease path of.
+PATH_MEMO_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,9 @@ class BackendConfig:
     cache: bool
     cache_revalidate_seconds: float
     aws_secrets_manager: Any = None
+    #: Airflow IDs already mapped (a task looks the same few IDs up again and again; the
+    #: mapping only depends on this frozen config). Bounded; SecretPath is immutable.
+    _paths: dict[tuple[str, str], SecretPath | None] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> "BackendConfig":
@@ -205,6 +212,15 @@ class BackendConfig:
 
     def path_for(self, secret_type: str, secret_id: str) -> SecretPath | None:
         """Map an Airflow ID to a runlease path, or None to let Airflow try the next backend."""
+        key = (secret_type, secret_id)
+        if key in self._paths:
+            return self._paths[key]
+        path = self._map(secret_type, secret_id)
+        if len(self._paths) < PATH_MEMO_MAX:
+            self._paths[key] = path
+        return path
+
+    def _map(self, secret_type: str, secret_id: str) -> SecretPath | None:
         prefix = self.prefixes[secret_type]
         if prefix is None:
             return None

@@ -37,6 +37,7 @@ to that last task.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 from dataclasses import dataclass
@@ -123,10 +124,16 @@ def _from_env(environ: os._Environ[str] | dict[str, str]) -> RunIdentity | None:
 
 
 def _unix_user() -> str:
+    """This process's user name (looked up once per uid: every lookup outside a task names it)."""
+    return _user_of(os.getuid())
+
+
+@functools.lru_cache(maxsize=8)
+def _user_of(uid: int) -> str:
     try:
         return getpass.getuser()
     except Exception:  # no passwd entry (containers)
-        return f"uid{os.getuid()}"
+        return f"uid{uid}"
 
 
 def current_caller() -> Caller:

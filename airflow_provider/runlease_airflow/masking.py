@@ -23,6 +23,8 @@ root handlers once, so stdlib logging in this process is covered as well.
 from __future__ import annotations
 
 import json
+import re
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -76,9 +78,37 @@ def protect(value: SecretValue) -> None:
     """Register ``value`` with Airflow's masker (all forms) and guard stdlib logging with runlease's."""
     mask_secret = _airflow_mask_secret()
     strings: Iterable[str] = (f for part in secret_parts(value) if part for f in forms(part))
+    known = _locally_masked()
     for text in dict.fromkeys(strings):
-        mask_secret(text)
+        if known is None or re.escape(text) not in known:
+            mask_secret(text)
     _install_filter_once()
+
+
+def _locally_masked() -> set[str] | None:
+    """The patterns this process's Airflow masker already holds, when skipping them is safe; else None.
+
+    Outside a supervised task (DAG processor, CLI, scheduler plugins), every
+    lookup reads and protects the same values again, and registering an
+    already-registered string is most of a read's cost. ``mask_secret`` only
+    adds to this process's masker there, so a string whose pattern the masker
+    holds *now* needs nothing more -- checked on every call, so a
+    ``reset_masker()`` (which clears the patterns) makes everything register
+    again. Inside a task ``mask_secret`` also tells the supervisor, which
+    this process cannot see: nothing is skipped there. Any surprise in
+    Airflow's internals (other attribute names) also means: skip nothing.
+    """
+    # Looked up, never imported here: importing the task runner costs about a second, and
+    # where it was never imported there is no supervisor to tell.
+    task_runner = sys.modules.get("airflow.sdk.execution_time.task_runner")
+    if task_runner is not None and getattr(task_runner, "SUPERVISOR_COMMS", None) is not None:
+        return None
+    try:
+        from airflow.sdk._shared.secrets_masker.secrets_masker import _secrets_masker
+    except ImportError:
+        return None
+    patterns = getattr(_secrets_masker(), "patterns", None)
+    return patterns if isinstance(patterns, set) else None
 
 
 def _install_filter_once() -> None:

@@ -260,7 +260,7 @@ class RunleaseBackend(BaseSecretsBackend):
                 caller.identity, path,
                 revalidate_seconds=self.config.cache_revalidate_seconds,
                 current_version=self._current_version,
-                lease_state=lambda lease_id: broker.ledger.get_lease(lease_id).state,
+                lease_state=broker.ledger.lease_state,
             )
             if cached is not None:
                 # Protected when it was leased: the cache lives in this process only.

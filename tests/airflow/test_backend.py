@@ -187,6 +187,44 @@ def test_values_reach_airflows_masker_in_every_encoded_form(home: Path) -> None:
     assert PASSWORD in default_redactor() and API_KEY in default_redactor()
 
 
+def test_a_reset_masker_gets_every_value_again_on_the_next_lookup(home: Path) -> None:
+    """Outside a task, strings the masker already holds are not registered again -- but a
+    ``reset_masker()`` between two lookups (Airflow does it when a process changes role) must not
+    leave the value unmasked: the second lookup sees the cleared patterns and registers it again."""
+    from airflow.sdk._shared.secrets_masker.secrets_masker import _secrets_masker
+    from airflow.sdk.log import redact
+
+    backend = RunleaseBackend(home=str(home))
+    backend.get_connection("warehouse")
+    assert PASSWORD not in redact(f"x={PASSWORD}")
+    _secrets_masker().reset_masker()
+    assert PASSWORD in redact(f"x={PASSWORD}")  # the reset really cleared it
+    conn = backend.get_connection("warehouse")
+    for form in (PASSWORD, quote(PASSWORD, safe=""), conn.get_uri()):
+        assert PASSWORD not in redact(f"x={form}") and quote(PASSWORD, safe="") not in redact(f"x={form}")
+
+
+def test_inside_a_supervised_task_every_lookup_tells_the_supervisor(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a task the supervisor masks the log file and this process cannot see what it holds: protect()
+    never skips a string there, even one this process's masker already has."""
+    from airflow.sdk.execution_time import task_runner
+
+    from runlease_airflow import masking
+
+    class Comms:
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        def send(self, msg: object) -> None:
+            self.sent.append(getattr(msg, "value"))
+
+    comms = Comms()
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", comms, raising=False)
+    masking.protect({"conn_type": "postgres", "password": PASSWORD})
+    masking.protect({"conn_type": "postgres", "password": PASSWORD})
+    assert comms.sent.count(PASSWORD) == 2 and comms.sent.count(quote(PASSWORD, safe="")) == 2
+
+
 def test_policy_denial_is_authoritative_audited_and_names_no_value(home: Path) -> None:
     from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied
 

@@ -101,6 +101,34 @@ def test_lease_round_trip_and_queries(stocked: Backend) -> None:
         rt.ledger.get_lease("rl-does-not-exist")
 
 
+def test_a_lease_read_before_is_checked_again_once_its_row_changes(stocked: Backend) -> None:
+    """get_lease reuses a row it already authenticated only while the row is unchanged (the lease cache's
+    per-hit check): an attacker's edit after the first read -- the state flipped, the issuer switched --
+    is still refused, and a genuine revoke is seen at once."""
+    from runlease.errors import IntegrityError
+
+    rt = stocked.rt
+    lease_id = lease_some(rt, 1)[0]
+    for _ in range(2):  # read, then read again: the second read is served from the verified rows
+        seen = rt.ledger.get_lease(lease_id)
+        assert seen.state is LeaseState.ACTIVE
+    seen.issuer_state["role"] = "mutated-by-a-caller"  # a caller's copy: never what the next read returns
+    assert rt.ledger.get_lease(lease_id).issuer_state == {}
+    assert rt.ledger.lease_state(lease_id) is LeaseState.ACTIVE  # known unchanged: not even decoded
+    for column, value in (("issuer", "postgres"), ("pipeline", "evil"), ("state", "revoked")):
+        stocked.raw(f"UPDATE {stocked.audit.replace('audit', 'leases')} SET {column} = %s WHERE lease_id = %s",
+                    (value, lease_id))
+        for read in (rt.ledger.get_lease, rt.ledger.lease_state):
+            with pytest.raises(IntegrityError):
+                read(lease_id)
+        stocked.raw(f"UPDATE {stocked.audit.replace('audit', 'leases')} SET {column} = %s WHERE lease_id = %s",
+                    ({"issuer": "static", "pipeline": "warehouse_daily", "state": "active"}[column], lease_id))
+        assert rt.ledger.get_lease(lease_id).state is LeaseState.ACTIVE  # restored: authentic again
+    assert rt.broker.revoke(lease_id) is True
+    assert rt.ledger.get_lease(lease_id).state is LeaseState.REVOKED
+    assert rt.ledger.lease_state(lease_id) is LeaseState.REVOKED
+
+
 def test_close_revoke_run_sweep_and_extend(stocked: Backend) -> None:
     rt = stocked.rt
     a, b = lease_some(rt, 2, run_id="r-1")

@@ -71,6 +71,29 @@ def test_switching_the_issuer_in_metadata_serves_nothing(runtime: Runtime, ident
     assert event.detail["error"] == "RowTamperedError"
 
 
+def test_an_edit_after_the_row_was_read_and_trusted_is_still_caught(runtime: Runtime, identity: RunIdentity,
+                                                                    admin: RunIdentity) -> None:
+    """The store skips the MAC for a secret row it authenticated unchanged (the lease cache's
+    per-hit resolve); reading it first must not make a later edit -- issuer or stage label -- pass."""
+    runtime.broker.put(PATH, conn(), admin)
+    runtime.broker.put(PATH, conn(password="Second-Pa55word"), admin)  # runlease: allow secret-assignment (test fixture)
+    runtime.store.update_metadata(PATH, {"issuer": "postgres", "parent_role": "readers"})
+    for _ in range(2):
+        assert runtime.store.resolve(PATH).version == 2  # authenticated, then known unchanged
+    edits = ("UPDATE secrets SET metadata='{\"issuer\": \"static\"}' WHERE path=?",
+             "UPDATE stages SET version=1 WHERE path=? AND stage='CURRENT'")
+    for edit in edits:
+        with raw(runtime) as db:
+            before = db.execute("SELECT metadata FROM secrets WHERE path=?", (str(PATH),)).fetchone()[0]
+            db.execute(edit, (str(PATH),))
+        with pytest.raises(IntegrityError, match="secrets row dev/connections/warehouse"):
+            runtime.store.resolve(PATH)
+        with raw(runtime) as db:
+            db.execute("UPDATE secrets SET metadata=? WHERE path=?", (before, str(PATH)))
+            db.execute("UPDATE stages SET version=2 WHERE path=? AND stage='CURRENT'", (str(PATH),))
+        assert runtime.store.resolve(PATH).version == 2  # restored: authentic again
+
+
 def test_moving_current_back_to_an_old_version_serves_nothing(runtime: Runtime, identity: RunIdentity,
                                                              admin: RunIdentity) -> None:
     runtime.broker.put(TOKEN, "old-token-value-1", admin, kind="tokens")

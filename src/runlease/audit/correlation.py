@@ -86,11 +86,16 @@ def bound(identity: RunIdentity | None) -> Iterator[str]:
 
 def correlated(method: F) -> F:
     """Decorate a broker method whose ``identity`` argument names the run behind its store calls."""
-    signature = inspect.signature(method)
+    # Where ``identity`` sits among the positional parameters, found once: binding the
+    # whole signature on every call cost more than the rest of a cached lookup.
+    names = list(inspect.signature(method).parameters)
+    position = names.index("identity") if "identity" in names else None
 
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        identity = signature.bind_partial(*args, **kwargs).arguments.get("identity")
+        identity = kwargs.get("identity")
+        if identity is None and position is not None and position < len(args):
+            identity = args[position]
         with bound(identity if isinstance(identity, RunIdentity) else None):
             return method(*args, **kwargs)
 

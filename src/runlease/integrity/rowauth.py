@@ -30,6 +30,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -105,3 +107,42 @@ class RowAuthenticator:
             if kid.startswith("kek-") and kid not in self.keyring and known:
                 raise RowKeyNotLoadedError(table, row_id, kid[:40], self.keyring.ids)
             raise RowTamperedError(table, row_id)
+
+
+class VerifiedRows:
+    """Rows this process has already authenticated, kept as the exact raw data their MAC was checked on.
+
+    Why: the hot reads (a worker's lease cache revalidating on every hit: the
+    secret's row for "is CURRENT still my version", the lease row for "is my
+    lease still active") read the same rows again and again, and rebuilding
+    the MAC message and the HMAC is a large part of each read. Raw data read
+    again *unchanged* -- every column, the ``mac`` included -- authenticates
+    exactly as it did the first time (the MAC is a function of that data), so
+    the check can be skipped; any change (a revoke, a stage move, a reseal by
+    ``key rotate``, an attacker's edit) makes it different data, checked
+    afresh. Callers still decode the raw data on every read. Bounded (least
+    recently used out), per process, thread-safe.
+    """
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self.max_entries = max_entries
+        self._rows: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def known(self, table: str, row_id: str, raw: Any) -> bool:
+        """True if exactly ``raw`` was authenticated before as ``table``/``row_id``."""
+        key = (table, row_id)
+        with self._lock:
+            if key in self._rows and self._rows[key] == raw:
+                self._rows.move_to_end(key)
+                return True
+        return False
+
+    def remember(self, table: str, row_id: str, raw: Any) -> None:
+        """Record that ``raw`` just passed authentication (call only after the check succeeded)."""
+        key = (table, row_id)
+        with self._lock:
+            self._rows[key] = raw
+            self._rows.move_to_end(key)
+            while len(self._rows) > self.max_entries:
+                self._rows.popitem(last=False)

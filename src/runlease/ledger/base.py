@@ -8,7 +8,7 @@ that revokes at run end (one machine: SQLite; many: PostgreSQL).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from runlease.audit.chain import VerifyResult
 from runlease.models import AuditEvent, Lease, LeaseState, RunIdentity, SecretPath, Stage
-from runlease.integrity.rowauth import RowAuthenticator, RowKeyNotLoadedError, RowTamperedError
+from runlease.integrity.rowauth import RowAuthenticator, RowKeyNotLoadedError, RowTamperedError, VerifiedRows
 
 
 class AuditQuery(BaseModel):
@@ -37,6 +37,7 @@ LEASE_FIELDS: tuple[str, ...] = (
     "try_number", "map_index", "principal", "issued_at", "expires_at", "state", "revoked_at",
     "revoke_reason", "issuer_state",
 )
+_STATE = LEASE_FIELDS.index("state")
 
 
 def lease_values(lease: Lease, stored_time: Callable[[datetime], Any], stored_json: Callable[[dict[str, Any]], Any]
@@ -130,6 +131,34 @@ def authenticated_lease(row: tuple[Any, ...], auth: RowAuthenticator) -> Lease:
     return lease
 
 
+class VerifiedLeaseRows:
+    """:func:`authenticated_lease` that skips the MAC check for a row this process already
+    authenticated unchanged (see :class:`runlease.integrity.rowauth.VerifiedRows`: the lease
+    cache asks "is my lease still active?" on every hit). Each call decodes a new
+    :class:`Lease`, so no caller can change what the next one sees."""
+
+    def __init__(self, auth: RowAuthenticator) -> None:
+        self.auth = auth
+        self.rows = VerifiedRows()
+
+    def lease(self, row: Sequence[Any]) -> Lease:
+        row = tuple(row)
+        lease_id = str(row[0])
+        if self.rows.known("leases", lease_id, row):
+            return lease_from_row(row[:-1])
+        lease = authenticated_lease(row, self.auth)
+        self.rows.remember("leases", lease_id, row)
+        return lease
+
+    def state(self, row: Sequence[Any]) -> LeaseState:
+        """Only the state of the lease in ``row`` (authenticated like :meth:`lease`): a row known
+        unchanged is not even decoded -- the lease cache asks nothing else on a hit."""
+        row = tuple(row)
+        if self.rows.known("leases", str(row[0]), row):
+            return LeaseState(row[_STATE])
+        return self.lease(row).state
+
+
 def updated_active_lease(row: tuple[Any, ...] | None, auth: RowAuthenticator, update: dict[str, Any]
                          ) -> Lease | None:
     """The lease in ``row`` (authenticated, see :func:`authenticated_lease`) with ``update`` applied,
@@ -203,6 +232,10 @@ class Ledger(Protocol):
     def record_lease(self, lease: Lease, event: AuditEvent) -> AuditEvent: ...
 
     def get_lease(self, lease_id: str) -> Lease: ...
+
+    def lease_state(self, lease_id: str) -> LeaseState:
+        """The state of one lease, authenticated like :meth:`get_lease` (the lease cache's per-hit check)."""
+        ...
 
     def find_leases(
         self,

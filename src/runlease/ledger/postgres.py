@@ -60,7 +60,7 @@ from runlease.errors import BackendError, ConfigError, LeaseNotFoundError, Maste
 from runlease.ledger.base import (
     LEASE_FIELDS,
     AuditQuery,
-    authenticated_lease,
+    VerifiedLeaseRows,
     authenticated_leases,
     lease_filter_sql,
     lease_from_row,
@@ -222,6 +222,8 @@ class PostgresLedger:
         self.ledger_id = self._load_ledger_id()
         known = self._check_key()
         self.auth = RowAuthenticator(keyring, ledger_scope(self.ledger_id), known | {keyring.active_id})
+        #: Lease rows already authenticated by this process (the lease cache's per-hit check).
+        self._verified_leases = VerifiedLeaseRows(self.auth)
         #: Per-machine anchor: the newest (seq, chain) *this* machine committed (docs/ledger.md).
         self.anchor_file = anchor_dir / f"audit.{self.ledger_id}.anchor" if anchor_dir is not None else None
         self.anchor_signer = AnchorSigner(keyring, ledger_scope(self.ledger_id))
@@ -604,13 +606,19 @@ class PostgresLedger:
             return self.append(event)[0]
 
     def get_lease(self, lease_id: str) -> Lease:
+        return self._verified_leases.lease(self._lease_row(lease_id))
+
+    def lease_state(self, lease_id: str) -> LeaseState:
+        return self._verified_leases.state(self._lease_row(lease_id))
+
+    def _lease_row(self, lease_id: str) -> tuple[Any, ...]:
         conn = self._conn()
         with backend_errors(self.target, "reading a lease"):
             row = conn.execute(self._sql(f"SELECT {', '.join(_LEASE_FIELDS)}, mac FROM {{leases}} WHERE lease_id = %s"),
                                (lease_id,)).fetchone()
         if row is None:
             raise LeaseNotFoundError(f"lease {lease_id} not found")
-        return authenticated_lease(row, self.auth)
+        return tuple(row)
 
     def find_leases(
         self,

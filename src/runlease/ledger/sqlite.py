@@ -34,7 +34,7 @@ from runlease.errors import LeaseNotFoundError, MasterKeyError
 from runlease.ledger.base import (
     LEASE_FIELDS,
     AuditQuery,
-    authenticated_lease,
+    VerifiedLeaseRows,
     authenticated_leases,
     lease_filter_sql,
     lease_values,
@@ -71,6 +71,8 @@ class SqliteLedger:
         known = {k.split(":", 1)[1] for (k,) in db.connection().execute(
             "SELECT key FROM meta WHERE key LIKE 'key_check:%'")} | {keyring.active_id}
         self.auth = RowAuthenticator(keyring, ledger_scope(self.store_id), known)
+        #: Lease rows already authenticated by this process (the lease cache's per-hit check).
+        self._verified_leases = VerifiedLeaseRows(self.auth)
         self.anchor_signer = AnchorSigner(keyring, ledger_scope(self.store_id))
 
     def atomic(self) -> AbstractContextManager[Transaction]:
@@ -178,12 +180,18 @@ class SqliteLedger:
             return self.append(event)[0]
 
     def get_lease(self, lease_id: str) -> Lease:
+        return self._verified_leases.lease(self._lease_row(lease_id))
+
+    def lease_state(self, lease_id: str) -> LeaseState:
+        return self._verified_leases.state(self._lease_row(lease_id))
+
+    def _lease_row(self, lease_id: str) -> tuple[Any, ...]:
         row = self.db.connection().execute(
             f"SELECT {_LEASE_COLUMNS}, mac FROM leases WHERE lease_id=?", (lease_id,)
         ).fetchone()
         if row is None:
             raise LeaseNotFoundError(f"lease {lease_id} not found")
-        return authenticated_lease(row, self.auth)
+        return tuple(row)
 
     def find_leases(
         self,

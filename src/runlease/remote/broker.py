@@ -154,6 +154,9 @@ class RemoteLedger:
     def get_lease(self, lease_id: str) -> Lease:
         return Lease.model_validate(self.client.request("GET", f"/v1/leases/{lease_id}")["lease"])
 
+    def lease_state(self, lease_id: str) -> LeaseState:
+        return self.get_lease(lease_id).state
+
     def events(self, query: AuditQuery) -> Iterator[AuditEvent]:
         after, left = query.after_seq, query.limit
         while left is None or left > 0:

@@ -19,7 +19,7 @@ from runlease.keys.crypto import Keyring, Sealed, rewrap, seal, unseal
 from runlease.clients.db import SCHEMA_VERSION, Database
 from runlease.errors import ConflictError, InvalidValueError, MasterKeyError, SecretNotFoundError, StoreUnavailableError
 from runlease.models import SecretInfo, SecretPath, SecretValue, SecretVersion, Stage, utcnow
-from runlease.integrity.rowauth import RowAuthenticator, RowKeyNotLoadedError, RowTamperedError, digest
+from runlease.integrity.rowauth import RowAuthenticator, RowKeyNotLoadedError, RowTamperedError, VerifiedRows, digest
 from runlease.integrity.secret_state import SecretStateRecorder
 from runlease.store.base import Resolved, StoredSecret, metadata_conflicts
 
@@ -77,6 +77,8 @@ class LocalStore:
                 "to upgrade it in place")
         scope = store_scope(self.store_id)
         self.auth = RowAuthenticator(keyring, scope, known | {keyring.active_id})
+        #: Secret rows (with their stage labels) already authenticated unchanged: see VerifiedRows.
+        self._verified = VerifiedRows()
         #: The signed digest of every secret row, outside the database (runlease.integrity.secret_state): catches
         #: a secret put back to an earlier genuine copy of its rows. None: not kept (a bare store in tests).
         self.state = SecretStateRecorder(keyring, scope, state_file) if state_file else None
@@ -227,7 +229,10 @@ class LocalStore:
         if row is None:
             return None
         stages = conn.execute("SELECT stage, version FROM stages WHERE path=?", (path,)).fetchall()
-        self.auth.check("secrets", path, secret_mac_fields(row[:-1], stages), row[-1])
+        raw = (tuple(row), tuple(stages))
+        if not self._verified.known("secrets", path, raw):
+            self.auth.check("secrets", path, secret_mac_fields(row[:-1], stages), row[-1])
+            self._verified.remember("secrets", path, raw)
         try:
             labels = {Stage(st): int(v) for st, v in stages}
         except ValueError:  # unreachable with a valid MAC; kept so a bad label is never half-read

@@ -35,12 +35,18 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from runlease.connection import connection_from_dict
+from runlease.errors import InvalidValueError
 from runlease.models import SecretPath, SecretValue
 from runlease.store.codec import malformed
 from runlease.store.vault_auth import no_engine_mounted
 
-#: The connection fields Airflow's JSON connection format knows.
-CONNECTION_FIELDS = ("conn_type", "host", "login", "password", "schema", "port", "extra", "description")
+#: The connection fields Airflow's JSON connection format knows and runlease keeps.
+CONNECTION_FIELDS = ("conn_type", "host", "login", "password", "schema", "port", "extra")
+#: Fields VaultBackend passes to ``Connection`` that runlease does not keep: not secret and not used to
+#: connect (``runlease import`` drops the same ones); dropping them, not refusing them, keeps a secret
+#: that carries a ``description`` readable, as it is for Airflow.
+DROPPED_FIELDS = ("description", "conn_id")
 #: VaultBackend's backend_kwargs names for the two settings :class:`AirflowLayout` names differently.
 VAULT_BACKEND_NAMES = {"mount_point": "mount", "kv_engine_version": "kv_version"}
 _SEGMENT = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
@@ -100,28 +106,28 @@ class AirflowLayout(BaseModel):
 
 
 def _connection(path: SecretPath, version: int, where: str, data: dict[str, Any]) -> SecretValue:
+    """A connection as runlease's own codec would store it: the same checks as ``runlease put``.
+
+    Airflow's ``Connection`` would also take a non-numeric port or a non-JSON
+    ``extra`` and fail later, in the hook; here they are refused up front,
+    naming the secret and the field, never a value.
+    """
     uri = data.get("conn_uri")
     if uri:
         if not isinstance(uri, str):
             raise malformed(path, version, where, "'conn_uri' is not a string")
         return uri
+    unknown = sorted(k for k in data if k not in CONNECTION_FIELDS and k not in DROPPED_FIELDS and k != "conn_uri")
     conn = {k: data[k] for k in CONNECTION_FIELDS if k in data and data[k] is not None}
     if not conn:
         raise malformed(path, version, where, "neither 'conn_uri' nor connection fields (conn_type, host, ...)")
-    extra = conn.get("extra")
-    if isinstance(extra, str):
-        try:
-            parsed = json.loads(extra)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, dict):
-            conn["extra"] = parsed
-    if "port" in conn:
-        try:
-            conn["port"] = int(conn["port"])
-        except (TypeError, ValueError):
-            raise malformed(path, version, where, "'port' is not a number") from None
-    return conn
+    if unknown:
+        raise malformed(path, version, where, f"unknown connection fields {unknown} (known: "
+                        f"conn_uri, {', '.join(CONNECTION_FIELDS + DROPPED_FIELDS)})")
+    try:
+        return connection_from_dict(conn)
+    except InvalidValueError as err:
+        raise malformed(path, version, where, str(err)) from None
 
 
 def to_value(path: SecretPath, version: int, where: str, data: Any) -> SecretValue:

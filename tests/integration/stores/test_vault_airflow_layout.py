@@ -28,6 +28,12 @@ FIELD_PASSWORD = "Field-Pa55word-from-airflow"  # runlease: allow secret-assignm
 SMTP_URI = f"smtp://mailer:{URI_PASSWORD}@mail.internal:587"
 WAREHOUSE = {"conn_type": "postgres", "host": "wh.internal", "login": "etl", "password": FIELD_PASSWORD,
              "schema": "analytics", "port": "5432", "extra": json.dumps({"sslmode": "require"})}
+#: Airflow's Connection takes ``description``; VaultBackend passes every field of the secret to it.
+DESCRIBED = {"conn_type": "http", "host": "api.internal", "login": "svc", "password": FIELD_PASSWORD,
+             "description": "the model registry's API, owned by ml-platform"}
+BAD_PORT = {"conn_type": "postgres", "host": "db", "password": FIELD_PASSWORD, "port": "fifty"}
+BAD_EXTRA = {"conn_type": "postgres", "host": "db", "password": FIELD_PASSWORD, "extra": "not json " + FIELD_PASSWORD}
+UNKNOWN_FIELD = {"conn_type": "postgres", "host": "db", "password": FIELD_PASSWORD, "passwrod": FIELD_PASSWORD}
 RUN = RunIdentity(orchestrator="airflow", pipeline="etl", run_id="r1", task_id="load", try_number=1)
 
 
@@ -35,6 +41,8 @@ def write_airflow_secrets(bao: OpenBao, mount: str, version: int) -> None:
     """What a team using Airflow's VaultBackend has in Vault today."""
     c = bao.client()
     secrets = {"connections/smtp_default": {"conn_uri": SMTP_URI}, "connections/warehouse": WAREHOUSE,
+               "connections/described": DESCRIBED, "connections/bad_port": BAD_PORT,
+               "connections/bad_extra": BAD_EXTRA, "connections/unknown_field": UNKNOWN_FIELD,
                "variables/bucket": {"value": "s3://models/prod"}, "variables/broken": {"val": "x"},
                "config/sql_alchemy_conn": {"value": "sqlite:////tmp/x.db"}}
     for path, data in secrets.items():
@@ -70,6 +78,26 @@ def test_runlease_reads_airflows_layout(openbao: OpenBao, layout: dict[str, Any]
     with pytest.raises(InvalidValueError, match="prod/variables/broken.*no 'value' field") as caught:
         store.get(SecretPath.parse("prod/variables/broken"))
     assert "x" not in str(caught.value).split("no 'value' field")[1][:3]
+
+
+def test_a_description_is_read_and_dropped_as_import_does(openbao: OpenBao, layout: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    """A connection carrying ``description`` (VaultBackend hands it to Connection) is read, minus the description."""
+    store = VaultStore.from_options(vault_options(openbao, tmp_path, airflow_layout=layout))
+    value = store.get(SecretPath.parse("prod/connections/described")).value
+    assert value == {"conn_type": "http", "host": "api.internal", "login": "svc", "password": FIELD_PASSWORD,
+                     "schema": None, "port": None, "extra": {}}
+
+
+@pytest.mark.parametrize(("name", "why"), [("bad_port", "port int_parsing"), ("bad_extra", "extra"),
+                                           ("unknown_field", "unknown connection fields")])
+def test_a_connection_runlease_put_would_refuse_is_refused_naming_the_field_not_the_value(
+        openbao: OpenBao, layout: dict[str, Any], tmp_path: Path, name: str, why: str) -> None:
+    """The same checks as ``runlease put`` (before, a port "fifty" or a non-JSON extra passed through)."""
+    store = VaultStore.from_options(vault_options(openbao, tmp_path, airflow_layout=layout))
+    with pytest.raises(InvalidValueError, match=f"prod/connections/{name}.*malformed.*{why}") as caught:
+        store.get(SecretPath.parse(f"prod/connections/{name}"))
+    assert FIELD_PASSWORD not in str(caught.value) and "fifty" not in str(caught.value)
 
 
 def test_without_the_option_nothing_is_read_from_airflows_layout(openbao: OpenBao, layout: dict[str, Any],
@@ -127,7 +155,7 @@ def test_same_answers_as_airflows_own_vault_backend(openbao: OpenBao, layout: di
     home = tmp_path / "home"
     init_home(Settings(home=home))[0].close()
     ours = RunleaseBackend(home=str(home), env="prod")
-    for conn_id in ("smtp_default", "warehouse"):
+    for conn_id in ("smtp_default", "warehouse", "described"):
         a, b = theirs.get_connection(conn_id), ours.get_connection(conn_id)
         fields = ("conn_type", "host", "login", "password", "schema", "port")
         # (a URI without a path: Airflow's parser says schema "", runlease's connection codec None)
