@@ -2,9 +2,14 @@
 
 Layout: the runlease secret ``prod/connections/warehouse`` is the Secrets
 Manager secret ``<prefix>prod/connections/warehouse`` (prefix default
-``runlease/``); values are JSON in ``SecretString`` (an object for
-connections, a JSON string otherwise), optionally encrypted under a customer
-KMS key (``kms_key_id``).
+``runlease/``), optionally encrypted under a customer KMS key
+(``kms_key_id``). Each version's ``SecretString`` is an *envelope*
+(:mod:`runlease.store.aws_envelope`): a JSON object with the marker key
+``runlease:envelope`` (format 1), the secret name and version number it was
+written for, the lease settings it was written with (issuer and its options)
+and the value (an object for connections, a JSON string otherwise). Versions
+written before the envelope hold the bare value and are still read (their
+settings come from the tags).
 
 Version numbers <-> VersionIds: runlease version N is written with
 ``ClientRequestToken = "runlease-v" + N zero-padded to 22 digits`` (32
@@ -56,9 +61,27 @@ its stage move leaves its version under ``runlease-writing-N``, which every
 read refuses (``put``). Each put also tags its write time
 (``runlease:at:<N>``), so a listing can date CURRENT.
 
-Requests: a stage read is one GetSecretValue; the tags come from this
-store's last description of the secret while that is younger than
-``metadata_cache_seconds`` and showed the stage on the same version (``get``).
+Requests: a stage read is one GetSecretValue -- value, VersionId, labels
+and the version's own settings in one immutable answer (``get``). Tags are
+still written by every put (``resolve``, ``info``, ``ls`` and old-layout
+versions read them), and they hold what belongs to the secret rather than to
+a version: rotation policy and state. ``update_metadata`` of a *lease*
+setting (anything but rotation policy/state; runlease's CLI changes those
+only with a put) labels the versions holding a stage ``runlease-settings-N``,
+and a read of such a version takes the tags (DescribeSecret) instead of its
+envelope.
+
+Trust: in AWS both the SecretString and the tags are protected only by IAM.
+Before the envelope, a version's settings were guarded by
+``secretsmanager:TagResource``; now by what writes and promotes versions
+(``PutSecretValue``, ``UpdateSecretVersionStage``), and a tag edited behind
+runlease's back no longer changes how an existing version is leased. A
+principal that can write versions chooses value and settings *together*: to
+pair credentials with ``static`` it must write them, so it can only hand out
+what it already knows (runlease's rendered IAM policy grants those actions
+with ``rotate``, which includes GetSecretValue anyway). A SecretString copied
+from another secret or version fails the envelope's name/version binding and
+is refused, never read under the settings it carried.
 """
 
 from __future__ import annotations
@@ -154,8 +177,9 @@ class AwsOptions(AwsConnectionOptions):
     prefix: str = "runlease/"
     #: KMS key (id, ARN or alias) for new secrets; AWS's managed key when unset.
     kms_key_id: str | None = None
-    #: How long a read may reuse this process's last DescribeSecret of a secret (its tags) while the
-    #: stage is still on the same version; 0: describe on every read (2 requests). See ``get``.
+    #: Versions written before the envelope layout: how long a read may reuse this process's last
+    #: DescribeSecret of the secret (its tags) while the stage is still on the same version; 0: describe
+    #: on every such read (2 requests). Envelope versions never need it. See ``get``.
     metadata_cache_seconds: float = Field(default=60.0, ge=0, le=3600)
 
     @field_validator("prefix")
@@ -457,7 +481,7 @@ class AwsSecretsStore:
 
     # -- SecretStore: writes --------------------------------------------------------
 
-    #: A stage read is one GetSecretValue plus tags cached per secret (RotationAwareCache uses it).
+    #: A stage read is one GetSecretValue, the settings sealed in the version (RotationAwareCache uses it).
     one_call_reads = True
     #: ``put`` takes ``metadata`` and applies it atomically with the version it writes (Broker.put uses it).
     put_takes_metadata = True
@@ -724,8 +748,9 @@ class AwsSecretsStore:
         stale = metadata_conflicts(secret.metadata(), expected)
         if stale:
             raise ConflictError(f"metadata of {path} changed: {', '.join(stale)} no longer as expected")
+        before = secret.metadata_for(None)
         self._set_tags(path, secret, patch)
-        if set(patch) - SECRET_ONLY_KEYS:
+        if any(before.get(k) != v for k, v in patch.items() if k not in SECRET_ONLY_KEYS):
             self._mark_settings_changed(path, secret)
         meta = secret.metadata()
         meta.update(patch)

@@ -137,6 +137,9 @@ def test_changed_lease_settings_reach_readers_of_existing_versions(moto_url: str
     proxy.taken()
     assert reader.get(P).metadata == {"issuer": "static"} and proxy.taken() == ["GetSecretValue"]
     assert POLICY_KEY in reader.resolve(P).metadata
+    store.update_metadata(P, {"issuer": "static"})  # no change: nothing to label
+    labels = sm(moto_url).describe_secret(SecretId=f"{store.prefix}{P}")["VersionIdsToStages"]
+    assert not [label for names in labels.values() for label in names if label.startswith(SETTINGS_LABEL)]
     # A lease setting changed after the write: the versions holding a stage are labelled, reads take the tags.
     store.update_metadata(P, STS)
     labels = sm(moto_url).describe_secret(SecretId=f"{store.prefix}{P}")["VersionIdsToStages"]
