@@ -82,11 +82,16 @@ def open_secret_string(path: SecretPath, name: str, version: int, where: str, te
         raise malformed(path, version, where, f"not valid JSON (line {err.lineno}, column {err.colno})") from None
     if not isinstance(doc, dict) or ENVELOPE_KEY not in doc:
         return Opened(decoded(path, version, where, doc))
-    if doc[ENVELOPE_KEY] != FORMAT or type(doc[ENVELOPE_KEY]) is not int:
-        raise malformed(path, version, where, f"envelope format {doc[ENVELOPE_KEY]!r} is not {FORMAT} "
+    found = doc[ENVELOPE_KEY]
+    if type(found) is not int or found != FORMAT:
+        shown = found if type(found) is int else f"a {type(found).__name__}"  # never echo stored text
+        raise malformed(path, version, where, f"envelope format {shown} is not {FORMAT} "
                         "(written by a newer runlease?)")
     if set(doc) != _FIELDS:
-        raise malformed(path, version, where, f"its envelope has the fields {sorted(doc)}, not {sorted(_FIELDS)}")
+        # Unknown keys are not named: they are text from the SecretString (a credential, by mistake).
+        missing, unknown = sorted(_FIELDS - set(doc)), len(set(doc) - _FIELDS)
+        raise malformed(path, version, where, f"its envelope fields are not {sorted(_FIELDS)} "
+                        f"(missing {missing or 'none'}, {unknown} unknown)")
     if doc["secret"] != name or doc["version"] != version or type(doc["version"]) is not int:
         # Copied from another secret or re-put under another version: its settings were not written for this one.
         raise malformed(path, version, where, "its envelope was written for another secret or version "

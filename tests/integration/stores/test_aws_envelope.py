@@ -218,12 +218,12 @@ def test_an_envelope_runlease_cannot_vouch_for_is_refused(rt: Runtime, moto_url:
     if mangle == "format":
         doc["runlease:envelope"] = 2
     elif mangle == "field":
-        doc["issuer"] = "static"
+        doc[BASE_SECRET] = "static"  # an unknown field is refused without being named
     else:
         doc["settings"] = "static"
     client = sm(moto_url)
     write_current(client, name, json.dumps(doc), version_id(3))
-    _refused(rt, {"format": "format 2", "field": "fields", "settings": "settings are not an object"}[mangle])
+    _refused(rt, {"format": "format 2", "field": "missing none, 1 unknown", "settings": "settings are not an object"}[mangle])
 
 
 def test_an_envelope_under_a_version_id_runlease_did_not_write_is_refused(rt: Runtime, moto_url: str) -> None:
