@@ -490,8 +490,9 @@ class AwsSecretsStore:
             metadata: dict[str, Any] | None = None) -> int:
         """Write version N -- with ``metadata`` (issuer settings) applying to it from the moment it is readable.
 
-        Order: (1) PutSecretValue under a label no reader uses (``runlease-writing-N``
-        for a new CURRENT); (2) one TagResource records N's write time
+        Order: (1) PutSecretValue of the envelope -- the value sealed with N's settings
+        (the secret's, with ``metadata`` on top), which is all a stage read needs --
+        under a label no reader uses (``runlease-writing-N`` for a new CURRENT); (2) one TagResource records N's write time
         (``runlease:at:N``) and tags the settings as *staged for version N*
         (``runlease:metaj:runlease.next``), which changes nothing for any other
         version; (3) UpdateSecretVersionStage moves AWSCURRENT to N -- the one
