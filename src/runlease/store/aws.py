@@ -764,7 +764,10 @@ class AwsSecretsStore:
         the settings sealed with the version (what it was written with), from
         then on the new ones. Labels of versions that hold no stage any more
         are dropped (AWS allows 20 labels per secret). Versions written later
-        seal the changed settings themselves and need no label.
+        seal the changed settings themselves and need no label -- except one
+        whose put read the tags before this change and wrote after it: it
+        keeps the settings it read (tags have no conditional write; the same
+        window as ``expected`` above).
         """
         held = set(secret.stages().values())
         for label, vid in list(secret.labels.items()):
