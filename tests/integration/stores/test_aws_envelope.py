@@ -112,8 +112,7 @@ def test_a_secret_in_the_old_layout_is_still_read_with_its_tags(moto_url: str, p
 
 def test_first_lease_through_the_broker_is_one_request(rt: Runtime, proxy: FaultProxy) -> None:
     rt.broker.put(P, BASE, RunIdentity(orchestrator="cli", pipeline="admin"), metadata={"issuer": "static"})
-    rt.store._seen.clear()  # type: ignore[attr-defined]
-    rt.broker.cache.forget(P)
+    # Another process (its own home and store object): nothing read or cached yet.
     other = make_runtime(rt.settings.home.parent / "other", store="aws", store_options=rt.store.options.model_dump())
     try:
         proxy.taken()
