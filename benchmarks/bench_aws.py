@@ -266,8 +266,9 @@ def render(r: dict[str, Any], args: argparse.Namespace, command: str) -> str:
             wire = r["raw_describe"]["p50"] - r["raw_get"]["p50"]
             out.append(f"  -- a hit revalidates CURRENT with one `DescribeSecret`; bare, that request is "
                        f"{wire:+.2f} ms against Airflow's bare `GetSecretValue` in this run; the rest of the gap "
-                       f"({r[key]['p50'] - base - wire:+.2f} ms) is Python on both sides (runlease: identity, lease "
-                       "cache, the ledger's check that the lease is still active; Airflow: URI parsing)")
+                       f"({r[key]['p50'] - base - wire:+.2f} ms) is the work around the request: runlease's "
+                       "identity, lease cache and the ledger's check that the lease is still active (a SQLite "
+                       "read and a row MAC) against Airflow's URI parsing")
     if "outside_tmpfs" in r:
         out.append(f"  -- outside a task every lookup appends a durable, hash-chained audit event; with the ledger "
                    f"on tmpfs the same read is {r['outside_tmpfs']['p50'] / base:.2f}x: most of the gap is the "
