@@ -83,7 +83,7 @@ def test_requests_per_lookup_in_and_outside_a_task(
     backend = RunleaseBackend(**kwargs)
     proxy.taken()
     assert backend.get_connection("warehouse").password == PASSWORD  # outside a task: an audited read
-    assert proxy.taken() == ["GetSecretValue", "DescribeSecret"]  # first lookup: the tags once
+    assert proxy.taken() == ["GetSecretValue"]  # first lookup: the settings come sealed with the value
     backend.get_connection("warehouse")
     assert proxy.taken() == ["GetSecretValue"]
     in_task(monkeypatch)
@@ -97,6 +97,19 @@ def test_requests_per_lookup_in_and_outside_a_task(
     uncached.get_connection("warehouse")
     assert proxy.taken() == ["GetSecretValue"]
     assert uncached.get_connection("nosuch") is None  # not held: falls through to the next backend
+
+
+def test_first_lookup_in_a_task_is_one_request(
+    kwargs: dict[str, object], proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh process (its own home, nothing cached) leasing in a task: as many requests as Airflow's backend."""
+    backend = RunleaseBackend(**kwargs)
+    in_task(monkeypatch)
+    proxy.taken()
+    assert backend.get_connection("warehouse").password == PASSWORD
+    assert proxy.taken() == ["GetSecretValue"]
+    (lease,) = backend.state.runtime.ledger.find_leases(state=LeaseState.ACTIVE)
+    assert (lease.issuer, lease.version) == ("static", 1)
 
 
 def test_a_refused_sts_issuance_is_audited(

@@ -2,9 +2,14 @@
 
 Layout: the runlease secret ``prod/connections/warehouse`` is the Secrets
 Manager secret ``<prefix>prod/connections/warehouse`` (prefix default
-``runlease/``); values are JSON in ``SecretString`` (an object for
-connections, a JSON string otherwise), optionally encrypted under a customer
-KMS key (``kms_key_id``).
+``runlease/``), optionally encrypted under a customer KMS key
+(``kms_key_id``). Each version's ``SecretString`` is an *envelope*
+(:mod:`runlease.store.aws_envelope`): a JSON object with the marker key
+``runlease:envelope`` (format 1), the secret name and version number it was
+written for, the lease settings it was written with (issuer and its options)
+and the value (an object for connections, a JSON string otherwise). Versions
+written before the envelope hold the bare value and are still read (their
+settings come from the tags).
 
 Version numbers <-> VersionIds: runlease version N is written with
 ``ClientRequestToken = "runlease-v" + N zero-padded to 22 digits`` (32
@@ -56,9 +61,27 @@ its stage move leaves its version under ``runlease-writing-N``, which every
 read refuses (``put``). Each put also tags its write time
 (``runlease:at:<N>``), so a listing can date CURRENT.
 
-Requests: a stage read is one GetSecretValue; the tags come from this
-store's last description of the secret while that is younger than
-``metadata_cache_seconds`` and showed the stage on the same version (``get``).
+Requests: a stage read is one GetSecretValue -- value, VersionId, labels
+and the version's own settings in one immutable answer (``get``). Tags are
+still written by every put (``resolve``, ``info``, ``ls`` and old-layout
+versions read them), and they hold what belongs to the secret rather than to
+a version: rotation policy and state. ``update_metadata`` of a *lease*
+setting (anything but rotation policy/state; runlease's CLI changes those
+only with a put) labels the versions holding a stage ``runlease-settings-N``,
+and a read of such a version takes the tags (DescribeSecret) instead of its
+envelope.
+
+Trust: in AWS both the SecretString and the tags are protected only by IAM.
+Before the envelope, a version's settings were guarded by
+``secretsmanager:TagResource``; now by what writes and promotes versions
+(``PutSecretValue``, ``UpdateSecretVersionStage``), and a tag edited behind
+runlease's back no longer changes how an existing version is leased. A
+principal that can write versions chooses value and settings *together*: to
+pair credentials with ``static`` it must write them, so it can only hand out
+what it already knows (runlease's rendered IAM policy grants those actions
+with ``rotate``, which includes GetSecretValue anyway). A SecretString copied
+from another secret or version fails the envelope's name/version binding and
+is refused, never read under the settings it carried.
 """
 
 from __future__ import annotations
@@ -84,8 +107,9 @@ from runlease.errors import (
     StoreUnavailableError,
 )
 from runlease.models import SecretInfo, SecretPath, SecretValue, SecretVersion, Stage, utcnow
+from runlease.store.aws_envelope import ENVELOPE_KEY, open_secret_string, seal
 from runlease.store.base import Resolved, StoredSecret, metadata_conflicts
-from runlease.store.codec import decode_json, encode_json
+from runlease.store.codec import encode_json
 from runlease.store.options import options_error
 
 VERSION_PREFIX = "runlease-v"
@@ -115,6 +139,13 @@ STAGED_KEY = "runlease.next"
 #: Metadata key holding the settings the version a put demoted was written with (see ``_finish_staged``).
 KEPT_KEY = "runlease.prev"
 RESERVED_KEYS = frozenset({STAGED_KEY, KEPT_KEY})
+#: Metadata of the secret rather than of a version: rotation policy and state (``runlease.rotation``'s
+#: POLICY_KEY and STATE_KEY). They are not sealed into a version's envelope; every other key is a lease
+#: setting (issuer and its options) and is.
+SECRET_ONLY_KEYS = frozenset({"rotation", "rotation_state"})
+#: ``runlease-settings-<N>`` on version N: its lease settings were changed by ``update_metadata`` after it
+#: was written, so they are read from the tags (DescribeSecret), not from its envelope.
+SETTINGS_LABEL = "runlease-settings-"
 #: Secrets whose description one store object keeps (for ``get``'s one-request path).
 SEEN_MAX = 4096
 #: What ``_actual`` reports when AWSCURRENT is on a version runlease did not write.
@@ -146,8 +177,9 @@ class AwsOptions(AwsConnectionOptions):
     prefix: str = "runlease/"
     #: KMS key (id, ARN or alias) for new secrets; AWS's managed key when unset.
     kms_key_id: str | None = None
-    #: How long a read may reuse this process's last DescribeSecret of a secret (its tags) while the
-    #: stage is still on the same version; 0: describe on every read (2 requests). See ``get``.
+    #: Versions written before the envelope layout: how long a read may reuse this process's last
+    #: DescribeSecret of the secret (its tags) while the stage is still on the same version; 0: describe
+    #: on every such read (2 requests). Envelope versions never need it. See ``get``.
     metadata_cache_seconds: float = Field(default=60.0, ge=0, le=3600)
 
     @field_validator("prefix")
@@ -449,7 +481,7 @@ class AwsSecretsStore:
 
     # -- SecretStore: writes --------------------------------------------------------
 
-    #: A stage read is one GetSecretValue plus tags cached per secret (RotationAwareCache uses it).
+    #: A stage read is one GetSecretValue, the settings sealed in the version (RotationAwareCache uses it).
     one_call_reads = True
     #: ``put`` takes ``metadata`` and applies it atomically with the version it writes (Broker.put uses it).
     put_takes_metadata = True
@@ -458,8 +490,9 @@ class AwsSecretsStore:
             metadata: dict[str, Any] | None = None) -> int:
         """Write version N -- with ``metadata`` (issuer settings) applying to it from the moment it is readable.
 
-        Order: (1) PutSecretValue under a label no reader uses (``runlease-writing-N``
-        for a new CURRENT); (2) one TagResource records N's write time
+        Order: (1) PutSecretValue of the envelope -- the value sealed with N's settings
+        (the secret's, with ``metadata`` on top), which is all a stage read needs --
+        under a label no reader uses (``runlease-writing-N`` for a new CURRENT); (2) one TagResource records N's write time
         (``runlease:at:N``) and tags the settings as *staged for version N*
         (``runlease:metaj:runlease.next``), which changes nothing for any other
         version; (3) UpdateSecretVersionStage moves AWSCURRENT to N -- the one
@@ -473,7 +506,9 @@ class AwsSecretsStore:
         """
         from botocore.exceptions import ClientError
 
-        text = encode_json(path, value)
+        encode_json(path, value)  # refuse a bad value before anything is written
+        if isinstance(value, dict) and ENVELOPE_KEY in value:
+            seal(path, "", 0, {}, value)  # raises: the key is reserved for the envelope
         patch = dict(metadata or {})
         if patch:
             _metadata_tags(path, patch)  # refuse bad keys before anything is written
@@ -499,10 +534,13 @@ class AwsSecretsStore:
                 # and the rotation DAG list only managed secrets.
                 self._call("TagResource", f"marking {name} as managed by runlease", lambda c: c.tag_resource(
                     SecretId=name, Tags=[{"Key": TAG_MANAGED, "Value": "true"}]))
-            if patch:
-                secret = self._finish_staged(path, secret)  # settings of an interrupted put, before staging ours
+            secret = self._finish_staged(path, secret)  # settings of an interrupted put, before staging ours
+            # The version's lease settings: the secret's now, with this put's on top -- sealed into its value.
+            settings = {k: v for k, v in secret.metadata_for(None).items() if k not in SECRET_ONLY_KEYS}
+            settings.update((k, v) for k, v in patch.items() if k not in SECRET_ONLY_KEYS)
             version = max(self._numbers(path), default=0) + 1
             temp = f"{WRITING_LABEL}{version}"
+            text = seal(path, name, version, settings, value)
             try:
                 self._call("PutSecretValue", f"writing version {version} of {name}", lambda c: c.put_secret_value(
                     SecretId=name, ClientRequestToken=version_id(version), SecretString=text,
@@ -711,10 +749,34 @@ class AwsSecretsStore:
         stale = metadata_conflicts(secret.metadata(), expected)
         if stale:
             raise ConflictError(f"metadata of {path} changed: {', '.join(stale)} no longer as expected")
+        before = secret.metadata_for(None)
         self._set_tags(path, secret, patch)
+        if any(before.get(k) != v for k, v in patch.items() if k not in SECRET_ONLY_KEYS):
+            self._mark_settings_changed(path, secret)
         meta = secret.metadata()
         meta.update(patch)
         return meta
+
+    def _mark_settings_changed(self, path: SecretPath, secret: _Secret) -> None:
+        """Label every version holding a stage ``runlease-settings-<N>``: its lease settings are now the tags.
+
+        Runs after the tags are written: until the label is there a reader gets
+        the settings sealed with the version (what it was written with), from
+        then on the new ones. Labels of versions that hold no stage any more
+        are dropped (AWS allows 20 labels per secret). Versions written later
+        seal the changed settings themselves and need no label -- except one
+        whose put read the tags before this change and wrote after it: it
+        keeps the settings it read (tags have no conditional write; the same
+        window as ``expected`` above).
+        """
+        held = set(secret.stages().values())
+        for label, vid in list(secret.labels.items()):
+            if label.startswith(SETTINGS_LABEL) and version_number(vid) not in held:
+                self._move_label(path, label, None, vid)
+        for n in sorted(held):
+            if secret.labels.get(f"{SETTINGS_LABEL}{n}") != version_id(n):
+                self._move_label(path, f"{SETTINGS_LABEL}{n}", version_id(n), None)
+        self._forget(path)
 
     # -- SecretStore: reads ---------------------------------------------------------
 
@@ -728,14 +790,23 @@ class AwsSecretsStore:
     def get(self, path: SecretPath, *, version: int | None = None, stage: Stage | None = Stage.CURRENT) -> StoredSecret:
         """A version's value and the settings that apply to it.
 
-        A stage read is one GetSecretValue (``VersionStage`` explicit) when this
-        process described the secret within ``metadata_cache_seconds`` *and* the
-        stage was then on the version AWS just returned; otherwise (first read,
-        a moved stage: a put or a rotation) DescribeSecret refreshes the tags.
-        Settings are per secret but a put's reach a reader only together with
-        its version (``put``), so a cached description keyed by version is
-        never a wrong pairing of value and settings; a soft delete moves the
-        stage labels to the placeholder first, so it is seen at once too.
+        A stage read of a version written in the envelope layout is one
+        GetSecretValue (``VersionStage`` explicit): the value, its VersionId,
+        its labels and the settings sealed with it (:mod:`runlease.store.aws_envelope`)
+        all come from that one immutable version, so value and settings are
+        always the pair one put wrote. A soft delete moves the stage labels to
+        the placeholder first, an unfinished put keeps its writing label:
+        both are seen in that same response. Its ``metadata`` are the lease
+        settings only; rotation policy and state are the secret's, read with
+        ``resolve``/``info``.
+
+        DescribeSecret is added for a version whose settings were changed
+        after its write (``runlease-settings-N``, see ``update_metadata``:
+        always, fresh), for an explicit ``version`` (to see a soft delete), and
+        for versions written before the envelope: their settings are the tags,
+        from this process's last description while it is younger than
+        ``metadata_cache_seconds`` *and* showed the stage on the version AWS
+        just returned (a put's settings reach a reader only with its version).
         """
         from botocore.exceptions import ClientError
 
@@ -743,12 +814,10 @@ class AwsSecretsStore:
         wanted = stage or Stage.CURRENT
         if version is None:
             kwargs: dict[str, Any] = {"SecretId": name, "VersionStage": LABELS[wanted]}
-            missing = f"secret {path} has no {wanted.value} version"
         else:
             if version < 1:
                 raise SecretNotFoundError(f"secret {path} has no version {version}")
             kwargs = {"SecretId": name, "VersionId": version_id(version)}
-            missing = f"secret {path} has no version {version}"
         for _ in range(MAX_ATTEMPTS):
             try:
                 resp = self._call("GetSecretValue", f"reading {name}", lambda c: c.get_secret_value(**kwargs),
@@ -760,21 +829,37 @@ class AwsSecretsStore:
                 if error_code(err) == "InvalidRequestException" and "delet" not in str(err).lower():
                     raise StoreUnavailableError(f"{self.service.describe()} refused reading {name} "
                                                 "(InvalidRequestException)") from None
-                raise SecretNotFoundError(missing) from None
-            vid = str(resp.get("VersionId", ""))
+                raise SecretNotFoundError(self._missing(path, version, wanted)) from None
+            vid = resp.get("VersionId") or ""
             n = version_number(vid)
             if n is None:
                 raise InvalidValueError(f"{self._where(path)} returned version {vid}, which runlease did not write")
             if n == 0:
-                raise SecretNotFoundError(missing)
-            if unfinished(resp.get("VersionStages")):
-                raise SecretNotFoundError(f"{missing}: version {n} is an unfinished write (its stage move never happened)")
-            secret = self._seen_secret(path, wanted if version is None else None, vid)
+                raise SecretNotFoundError(self._missing(path, version, wanted))
+            labels = resp.get("VersionStages") or ()
+            if unfinished(labels):
+                raise SecretNotFoundError(f"{self._missing(path, version, wanted)}: version {n} is an unfinished "
+                                          "write (its stage move never happened)")
+            opened = open_secret_string(path, name, n, self._where(path), resp.get("SecretString"))
+            retagged = f"{SETTINGS_LABEL}{n}" in labels
+            if opened.settings is not None and version is None and not retagged:
+                return StoredSecret(path=path, version=n, value=opened.value, metadata=opened.settings)
+            if retagged or (opened.settings is not None and version is not None):
+                secret = self._live(path, self._describe(path))
+                self._remember(name, secret)
+            else:
+                secret = self._seen_secret(path, wanted if version is None else None, vid)
             if version is None and secret.labels.get(LABELS[wanted]) != vid:
                 continue  # the stage moved between the two calls: read again
-            value = decode_json(path, n, self._where(path), resp.get("SecretString"))
-            return StoredSecret(path=path, version=n, value=value, metadata=secret.metadata_for(n))
+            meta = secret.metadata_for(n) if opened.settings is None or retagged else dict(opened.settings)
+            return StoredSecret(path=path, version=n, value=opened.value, metadata=meta)
         raise ConflictError(f"{path} kept changing under concurrent writers; gave up after {MAX_ATTEMPTS} rounds")
+
+    @staticmethod
+    def _missing(path: SecretPath, version: int | None, stage: Stage) -> str:
+        if version is None:
+            return f"secret {path} has no {stage.value} version"
+        return f"secret {path} has no version {version}"
 
     def _seen_secret(self, path: SecretPath, stage: Stage | None, vid: str) -> _Secret:
         """A live description of the secret, from this process's cache when it still fits ``stage -> vid``."""

@@ -120,27 +120,30 @@ def test_reads_and_listing_cost_one_request(moto_url: str, proxy: FaultProxy, tm
     store = AwsSecretsStore.from_options(aws_options(proxy.url))
     names = [SecretPath.parse(f"dev/connections/c{i}") for i in range(4)]
     for path in names:
-        store.put(path, BASE)
+        store.put(path, BASE, metadata=STS)
         store.put(path, OTHER, stage=Stage.PENDING)
     proxy.taken()
     assert len(store.list()) == 4
     assert proxy.taken() == ["ListSecrets"]
     reader = AwsSecretsStore.from_options({**aws_options(proxy.url), "prefix": store.prefix})
-    assert reader.get(names[0]).value == BASE
-    assert proxy.taken() == ["GetSecretValue", "DescribeSecret"]  # first read: the tags too
-    for _ in range(3):
-        assert reader.get(names[0]).value == BASE
-    assert proxy.taken() == ["GetSecretValue"] * 3
+    got = reader.get(names[0])  # a store object that never saw the secret: the envelope carries the settings
+    assert (got.value, got.metadata) == (BASE, STS)
+    assert proxy.taken() == ["GetSecretValue"]
+    pending = reader.get(names[0], stage=Stage.PENDING)  # written by a plain put: the secret's settings then
+    assert (pending.value, pending.metadata) == (OTHER, STS)
+    assert proxy.taken() == ["GetSecretValue"]
     store.put(names[0], OTHER, metadata={"issuer": "static", "owner": "etl"})  # another process writes
     proxy.taken()
     got = reader.get(names[0])
-    assert (got.value, got.metadata.get("owner")) == (OTHER, "etl")
-    assert proxy.taken() == ["GetSecretValue", "DescribeSecret"]  # the stage moved: tags re-read
+    assert (got.value, got.metadata) == (OTHER, {"issuer": "static", "owner": "etl", "role_arn": ROLE_ARN})
+    assert proxy.taken() == ["GetSecretValue"]
     no_cache = AwsSecretsStore.from_options({**aws_options(proxy.url), "prefix": store.prefix,
                                              "metadata_cache_seconds": 0})
     no_cache.get(names[0])
     no_cache.get(names[0])
-    assert proxy.taken() == ["GetSecretValue", "DescribeSecret"] * 2
+    assert proxy.taken() == ["GetSecretValue"] * 2
+    no_cache.get(names[0], version=1)  # an explicit version: DescribeSecret too (is the secret soft-deleted?)
+    assert proxy.taken() == ["GetSecretValue", "DescribeSecret"]
 
 
 def test_a_soft_delete_is_seen_at_once_by_a_reader_with_cached_tags(moto_url: str) -> None:

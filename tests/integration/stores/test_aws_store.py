@@ -38,8 +38,9 @@ def test_layout_version_ids_placeholder_and_tags(moto_url: str) -> None:
     assert sorted(v["VersionId"] for v in versions) == [version_id(0), version_id(1), version_id(2)]
     assert len(version_id(1)) == 32
     assert client.get_secret_value(SecretId=name, VersionId=version_id(0))["SecretString"] == PLACEHOLDER
+    # The value travels in an envelope with the settings it was written with, bound to its name and version.
     assert json.loads(client.get_secret_value(SecretId=name, VersionStage="AWSPENDING")["SecretString"]) == {
-        **CONN, "password": "two"}
+        "runlease:envelope": 1, "secret": name, "version": 2, "settings": {}, "value": {**CONN, "password": "two"}}
     store.update_metadata(P, {"issuer": "postgres", "rotation": {"days": 30}})
     tags = {t["Key"]: t["Value"] for t in client.describe_secret(SecretId=name)["Tags"]}
     assert tags["runlease:managed"] == "true" and tags["runlease:meta:issuer"] == "postgres"
