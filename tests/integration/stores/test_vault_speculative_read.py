@@ -176,3 +176,13 @@ def test_concurrent_lookups_share_one_session_without_errors(openbao: OpenBao, s
     for t in threads:
         t.join(timeout=60)
     assert not errors and not any(t.is_alive() for t in threads)
+
+
+def test_concurrent_reads_can_be_turned_off(openbao: OpenBao, tmp_path: Path) -> None:
+    store = VaultStore.from_options({**vault_options(openbao, tmp_path), "concurrent_reads": False})
+    store.put(P, V1)
+    reader = fresh(store)
+    mark = openbao.audit_mark()
+    assert reader.get(P).value == V1
+    assert kv_reads(openbao, mark, reader) == [f"_state/{P}", f"{P}@v"]  # in order, the named version
+    assert (reader.speculation_hits, reader.speculation_misses) == (0, 0)
