@@ -41,6 +41,15 @@ writes leaves an unlabelled version that nothing resolves to (it shows in
 for humans only; runlease never reads it, so a lost mirror write (best
 effort, warned in the log) cannot mislead a reader.
 
+Reads: the state record is authoritative for which version a stage names.
+An uncached ``get`` reads it and, at the same time, the value's latest
+version (``concurrent_reads``); the latter is used only when it is the named
+version and Vault served it live, so a deleted or destroyed version is never
+served and a stage that is not on the latest version (a rollback, an
+unpromoted PENDING) gets its own version read. Versions are immutable, so
+the store remembers the values it read by ``(path, version)`` and forgets a
+path's on delete. Within one ``read_scope`` each state record is fetched once.
+
 KV v2 API: https://developer.hashicorp.com/vault/api-docs/secret/kv/kv-v2
 """
 
