@@ -448,7 +448,8 @@ def render(r: dict[str, Any], command: str) -> str:
               "uncached read sends the state-record read and the value read at the same time (the latest KV "
               "version, used only if it is the version the state record names and Vault served it live; else "
               "that version is read: a rollback or an unpromoted PENDING costs the second round trip): one round "
-              "trip instead of two. (3) The Vault token cache (docs/stores.md): a task process starts with the "
+              "trip instead of two where the network is the cost; what it does on this machine is the "
+              "concurrent-vs-sequential line above. (3) The Vault token cache (docs/stores.md): a task process starts with the "
               "token an earlier process on the worker logged in for, sealed in the runlease home under the KEK, "
               "instead of an AppRole login.", "",
               "What is left, and why: the durable commit (ledger row and hash-chained audit event in one SQLite "
