@@ -187,3 +187,28 @@ def test_concurrent_reads_can_be_turned_off(openbao: OpenBao, tmp_path: Path) ->
     assert reader.get(P).value == V1
     assert kv_reads(openbao, mark, reader) == [f"_state/{P}", f"{P}@v"]  # in order, the named version
     assert (reader.speculation_hits, reader.speculation_misses) == (0, 0)
+
+
+def _child_read(options: dict[str, Any], out: Any) -> None:
+    try:
+        out.put(VaultStore.from_options(options).get(P).value["password"] == V1["password"])
+    except BaseException as err:  # noqa: BLE001 - reported to the parent
+        out.put(type(err).__name__)
+
+
+def test_a_forked_child_gets_its_own_reader_thread(openbao: OpenBao, store: VaultStore) -> None:
+    """Airflow's LocalExecutor forks task processes: threads do not survive fork, the pool must not either."""
+    import multiprocessing
+
+    store.put(P, V1)
+    assert fresh(store).get(P).value == V1  # the parent's reader pool exists and has a thread
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_child_read, args=(store.options.model_dump(), out))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        child.join(timeout=10)
+        pytest.fail("the forked child hung reading through the parent's reader pool")
+    assert out.get(timeout=5) is True
