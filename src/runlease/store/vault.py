@@ -120,9 +120,9 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _speculate(fn: Callable[[], Any]) -> "Future[Any]":
-    """Run ``fn`` on a reader thread in the caller's context (its X-Correlation-ID goes along)."""
-    return _speculation_pool().submit(copy_context().run, fn)
+def _speculate(fn: Callable[..., Any], *args: Any) -> "Future[Any]":
+    """Run ``fn(*args)`` on a reader thread in the caller's context (its X-Correlation-ID goes along)."""
+    return _speculation_pool().submit(copy_context().run, fn, *args)
 
 
 #: State records already read in the current read scope (see VaultStore.read_scope).
@@ -614,7 +614,9 @@ class VaultStore:
         in_hand = memo is not None and (id(self), str(path)) in memo
         guess: Future[tuple[int, dict[str, Any]] | None] | None = None
         if not in_hand and self._worth_guessing(path, version):
-            guess = _speculate(lambda: self._read_live_version(path, version))
+            # The arguments are bound now: ``version`` is reassigned below, and a closure read late on the
+            # reader thread would fetch the version the state record named instead of the guess.
+            guess = _speculate(self._read_live_version, path, version)
         state = self._read_state_for_read(path)[0]
         if self.options.airflow_layout is not None and state is None:
             found = self._airflow(path, state, version, stage, decode=True)

@@ -4,6 +4,10 @@ An uncached ``get`` reads the state record and (on a reader thread) the value's
 latest version at the same time, and uses the latter only if it is the version
 the state record names and Vault served it live. Requests are counted from the
 server's own audit log.
+
+Faults a real server cannot be made to produce, done with pytest-mock: a reader
+thread scheduled only after the state record was read (``_LateReader``), and
+a spy on the reader-thread call to see which thread ran it.
 """
 
 from __future__ import annotations
@@ -80,8 +84,39 @@ def test_current_moved_back_serves_the_named_version(openbao: OpenBao, store: Va
     store.move_stage(P, Stage.CURRENT, 1, expected=2)  # a rollback: CURRENT behind the latest
     reader = fresh(store)
     got = reader.get(P)
-    assert (got.version, got.value) == (1, V1)
-    assert reader.speculation_hits + reader.speculation_misses == 1
+    assert (got.version, got.value, reader.speculation_hits, reader.speculation_misses) == (1, V1, 0, 1)
+
+
+class _LateReader:
+    """A reader pool whose thread starts only when its answer is awaited (pytest-mock fault: a real thread
+    pool cannot be told to be scheduled late). The guess must still be the latest version, not whatever
+    ``get`` has learnt from the state record by then."""
+
+    def submit(self, fn: Any, *args: Any) -> Any:
+        from concurrent.futures import Future
+
+        future: Future[Any] = Future()
+        original = future.result
+
+        def result(timeout: float | None = None) -> Any:
+            if not future.done():
+                future.set_result(fn(*args))
+            return original(timeout)
+
+        future.result = result  # type: ignore[method-assign]
+        return future
+
+
+def test_a_late_reader_thread_still_reads_the_guess(openbao: OpenBao, store: VaultStore, mocker: Any) -> None:
+    store.put(P, V1)
+    store.put(P, V2)
+    store.move_stage(P, Stage.CURRENT, 1, expected=2)
+    mocker.patch("runlease.store.vault._speculation_pool", return_value=_LateReader())
+    reader = fresh(store)
+    mark = openbao.audit_mark()
+    got = reader.get(P)
+    assert (got.version, got.value, reader.speculation_hits, reader.speculation_misses) == (1, V1, 0, 1)
+    assert sorted(kv_reads(openbao, mark, reader)) == [f"_state/{P}", str(P), f"{P}@v"]
 
 
 def test_explicit_version_is_read_beside_the_state_record(openbao: OpenBao, store: VaultStore) -> None:
