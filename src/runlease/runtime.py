@@ -127,12 +127,20 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError("RUNLEASE_LEDGER=postgres needs RUNLEASE_LEDGER_DSN (a libpq DSN of the shared ledger)")
 
 
-def remote_store(settings: Settings) -> SecretStore | None:
-    """The configured central manager (SDK imported only now), or None for the local store."""
+def remote_store(settings: Settings, keyring: Keyring | None = None) -> SecretStore | None:
+    """The configured central manager (SDK imported only now), or None for the local store.
+
+    ``keyring``: the open home's KEKs. With it, the Vault store keeps its login
+    token in the home, sealed under the KEK, for the next process (store option
+    ``token_cache``, on by default; see runlease.store.vault_token_cache).
+    """
     if settings.store == "vault":
         from runlease.store.vault import VaultStore
 
-        return VaultStore.from_options(settings.store_options)
+        vault = VaultStore.from_options(settings.store_options)
+        if keyring is not None:
+            vault.use_token_cache(settings.home, keyring)
+        return vault
     if settings.store == "aws":
         from runlease.store.aws import AwsSecretsStore
 
@@ -166,7 +174,7 @@ def open_runtime(settings: Settings | None = None, *, create_ledger: bool = Fals
         local = LocalStore(db, keyring, secret_state_path(settings.store_file))
         local.ensure_secret_state(initialize=first_open)
         record_format(db, keyring, store_record_path(settings.store_file))
-        store = remote_store(settings) or local
+        store = remote_store(settings, keyring) or local
         return _assemble(settings, keyring, db, store, local, create_ledger=create_ledger)
     except BaseException:
         db.close()

@@ -41,6 +41,15 @@ writes leaves an unlabelled version that nothing resolves to (it shows in
 for humans only; runlease never reads it, so a lost mirror write (best
 effort, warned in the log) cannot mislead a reader.
 
+Reads: the state record is authoritative for which version a stage names.
+An uncached ``get`` reads it and, at the same time, the value's latest
+version (``concurrent_reads``); the latter is used only when it is the named
+version and Vault served it live, so a deleted or destroyed version is never
+served and a stage that is not on the latest version (a rollback, an
+unpromoted PENDING) gets its own version read. Versions are immutable, so
+the store remembers the values it read by ``(path, version)`` and forgets a
+path's on delete. Within one ``read_scope`` each state record is fetched once.
+
 KV v2 API: https://developer.hashicorp.com/vault/api-docs/secret/kv/kv-v2
 """
 
@@ -48,13 +57,18 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, copy_context
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -67,6 +81,9 @@ from runlease.store.options import options_error
 from runlease.store.vault_airflow import AirflowLayout, list_keys, read_entry, to_value
 from runlease.store.vault_auth import VaultClientOptions, VaultSession, http_status, no_engine_mounted, vault_session
 
+if TYPE_CHECKING:
+    from runlease.keys.crypto import Keyring
+
 log = logging.getLogger(__name__)
 
 STATE_DIR = "_state"
@@ -74,6 +91,39 @@ STATE_FORMAT = "runlease-vault-state/v1"
 MIRROR_PREFIX = "runlease-"
 #: How many lost check-and-set rounds a write tolerates before giving up with ConflictError.
 MAX_CAS_ATTEMPTS = 16
+
+#: Plaintext versions a store remembers (see VaultStore.get); values are small, versions immutable.
+MAX_REMEMBERED_VERSIONS = 1024
+#: Threads reading values beside state records, per process. A lookup uses one; more serve concurrent
+#: lookups (the API server's thread pool). The HTTP connection pool is sized above it (vault_auth).
+SPECULATION_THREADS = 8
+_NOTHING = object()
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _speculation_pool() -> ThreadPoolExecutor:
+    """The process's reader threads (a forked child gets its own: threads do not survive fork)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=SPECULATION_THREADS, thread_name_prefix="runlease-vault-read")
+            _pool.submit(lambda: None)  # start one thread now
+        return _pool
+
+
+def _after_fork_in_child() -> None:
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _speculate(fn: Callable[..., Any], *args: Any) -> "Future[Any]":
+    """Run ``fn(*args)`` on a reader thread in the caller's context (its X-Correlation-ID goes along)."""
+    return _speculation_pool().submit(copy_context().run, fn, *args)
+
 
 #: State records already read in the current read scope (see VaultStore.read_scope).
 _read_scope: ContextVar[dict[tuple[int, str], tuple["_State | None", int]] | None] = ContextVar(
@@ -90,6 +140,13 @@ class VaultOptions(VaultClientOptions):
     #: Opt-in, read-only: also find secrets written for Airflow's VaultBackend layout
     #: (runlease.store.vault_airflow); a runlease record of the same path takes precedence.
     airflow_layout: AirflowLayout | None = None
+    #: Keep the Vault login token in the runlease home for the next process (sealed under the home's KEK,
+    #: bound to this address/namespace/auth role; see runlease.store.vault_token_cache). Off: every
+    #: process logs in.
+    token_cache: bool = True
+    #: On an uncached read, read the value beside the state record (one round trip instead of two; see
+    #: VaultStore.get). Off: the state record first, then the version it names.
+    concurrent_reads: bool = True
 
 
 _RFC3339 = re.compile(r"^(?P<head>[^.]+?)(?:\.(?P<fraction>\d+))?(?P<zone>Z|z|[+-]\d{2}:?\d{2})?$")
@@ -160,12 +217,24 @@ class VaultStore:
     """SecretStore over Vault KV v2 (see the module docstring for layout and concurrency)."""
 
     name = "vault"
+    #: For RotationAwareCache: ``get(stage=...)`` costs one round trip here (the state record and the
+    #: value are read concurrently, see get) and remembers versions itself; a ``resolve`` first would
+    #: make a first read two round trips in a row.
+    one_call_reads = True
 
     def __init__(self, options: VaultOptions, session: VaultSession | None = None) -> None:
         self.options = options
         self.mount = options.mount.strip("/")
         self.prefix = options.prefix.strip("/")
         self.session = session or vault_session(options)
+        #: Values by (path, version): versions are immutable, so a remembered one is never stale.
+        self._values: OrderedDict[tuple[str, int], Any] = OrderedDict()
+        self._values_lock = threading.Lock()
+        #: How many versions of each path are remembered (a path seen before is not guessed at).
+        self._paths_remembered: dict[str, int] = {}
+        #: How often the value read beside the state record was the one it named (see get).
+        self.speculation_hits = 0
+        self.speculation_misses = 0
 
     @classmethod
     def from_options(cls, raw: dict[str, Any]) -> "VaultStore":
@@ -184,6 +253,12 @@ class VaultStore:
         calls this up front.
         """
         self.session.prepare()
+        _speculation_pool()  # its thread starts now, not in the first lookup
+
+    def use_token_cache(self, home: Path, keyring: Keyring) -> None:
+        """Start processes with the login token an earlier one kept in ``home`` (unless ``token_cache`` is off)."""
+        if self.options.token_cache:
+            self.session.use_token_cache(home, keyring)
 
     @property
     def location(self) -> str:
@@ -337,6 +412,7 @@ class VaultStore:
 
     def _retire(self, path: SecretPath, version: int) -> None:
         """Soft-delete a version that lost its race, so nothing can read it by number."""
+        self._forget_values(path, version)
         vp = self._value_path(path)
         try:
             self._call(f"retiring version {version} of {self._where(vp)}", lambda c: c.secrets.kv.v2.delete_secret_versions(
@@ -472,6 +548,7 @@ class VaultStore:
         def change(state: _State) -> None:
             state.deleted_at = self._now()
 
+        self._forget_values(path)
         self._mutate(path, change)
 
     def update_metadata(
@@ -519,8 +596,27 @@ class VaultStore:
         return Resolved(version=version, metadata=dict(state.metadata))
 
     def get(self, path: SecretPath, *, version: int | None = None, stage: Stage | None = Stage.CURRENT) -> StoredSecret:
-        import hvac.exceptions as hx
+        """The value at ``version``, or at the version ``stage`` points to -- in one round trip when uncached.
 
+        The state record says which version a stage points to; without it in hand
+        (this lookup's read scope has not fetched it, see :meth:`read_scope`) the
+        value is read *at the same time* -- the asked ``version``, or else the
+        latest one, which is what CURRENT (or a PENDING not yet promoted) points
+        to unless a stage was moved back. The state record stays authoritative:
+        the speculative answer is used only if it is the version the state record
+        names and Vault served it live (not deleted, not destroyed); otherwise the
+        named version is read as before. So a lookup costs the time of one request
+        instead of two, and never returns anything the sequential reads would not.
+        Versions already read are remembered by number (they are immutable), so a
+        later lookup of an unchanged secret reads the state record only.
+        """
+        memo = _read_scope.get()
+        in_hand = memo is not None and (id(self), str(path)) in memo
+        guess: Future[tuple[int, dict[str, Any]] | None] | None = None
+        if not in_hand and self._worth_guessing(path, version):
+            # The arguments are bound now: ``version`` is reassigned below, and a closure read late on the
+            # reader thread would fetch the version the state record named instead of the guess.
+            guess = _speculate(self._read_live_version, path, version)
         state = self._read_state_for_read(path)[0]
         if self.options.airflow_layout is not None and state is None:
             found = self._airflow(path, state, version, stage, decode=True)
@@ -532,8 +628,61 @@ class VaultStore:
             if label not in state.stages:
                 raise SecretNotFoundError(f"secret {path} has no {label} version")
             version = state.stages[label]
-        vp = self._value_path(path)
         n = version
+        value = self._remembered(path, n)
+        if value is _NOTHING and guess is not None:
+            answer = guess.result()
+            if answer is not None and answer[0] == n:
+                self.speculation_hits += 1
+                value = self._decode(path, n, answer[1])
+            else:
+                self.speculation_misses += 1
+        if value is _NOTHING:
+            value = self._decode(path, n, self._read_version(path, n))
+        self._remember(path, n, value)
+        return StoredSecret(path=path, version=n, value=value, metadata=dict(state.metadata))
+
+    # -- value reads and the versions remembered ------------------------------------------
+
+    def _worth_guessing(self, path: SecretPath, version: int | None) -> bool:
+        """Read the value alongside the state record unless what it would fetch is likely in hand already."""
+        if not self.options.concurrent_reads:
+            return False
+        with self._values_lock:
+            if version is not None:
+                return (str(path), version) not in self._values
+            return str(path) not in self._paths_remembered
+
+    def _read_live_version(self, path: SecretPath, version: int | None) -> tuple[int, dict[str, Any]] | None:
+        """``(number, KV data)`` of ``version`` (None: the latest) if Vault serves it live; else None.
+
+        Runs beside the state read, so it never raises: whatever went wrong
+        (absent, deleted, destroyed, denied, unreachable) the caller reads the
+        version the state record names the ordinary way, and reports that.
+        """
+        vp = self._value_path(path)
+        what = f"reading {'the latest version' if version is None else f'version {version}'} of {self._where(vp)}"
+        try:
+            resp = self._call(what, lambda c: c.secrets.kv.v2.read_secret_version(
+                path=vp, version=version, mount_point=self.mount, raise_on_deleted_version=False))
+        except Exception:  # noqa: BLE001 - the authoritative path reports it
+            return None
+        body = (resp or {}).get("data") or {}
+        meta = body.get("metadata") or {}
+        data = body.get("data")
+        try:
+            number = int(meta.get("version") or 0)
+        except (TypeError, ValueError):
+            return None
+        if not isinstance(data, dict) or meta.get("deletion_time") or meta.get("destroyed") or number < 1:
+            return None
+        return number, data
+
+    def _read_version(self, path: SecretPath, n: int) -> Any:
+        """The KV data map of version ``n`` (SecretNotFoundError if deleted, destroyed or never written)."""
+        import hvac.exceptions as hx
+
+        vp = self._value_path(path)
         what = f"reading version {n} of {self._where(vp)}"
         try:
             resp = self._call(what, lambda c: c.secrets.kv.v2.read_secret_version(
@@ -544,11 +693,45 @@ class VaultStore:
                 f"secret {path} has no version {n} in {self._where(vp)} (never written, deleted, destroyed, "
                 "or pruned by max_versions)"
             ) from None
-        data = ((resp or {}).get("data") or {}).get("data")
+        return ((resp or {}).get("data") or {}).get("data")
+
+    def _decode(self, path: SecretPath, n: int, data: Any) -> SecretValue:
+        where = self._where(self._value_path(path))
         if not isinstance(data, dict) or "value" not in data:
-            raise malformed(path, n, self._where(vp), "expected a KV data map with a 'value' field")
-        value = decoded(path, n, self._where(vp), data["value"])
-        return StoredSecret(path=path, version=n, value=value, metadata=dict(state.metadata))
+            raise malformed(path, n, where, "expected a KV data map with a 'value' field")
+        return decoded(path, n, where, data["value"])
+
+    def _remembered(self, path: SecretPath, n: int) -> Any:
+        with self._values_lock:
+            key = (str(path), n)
+            if key not in self._values:
+                return _NOTHING
+            self._values.move_to_end(key)
+            return self._values[key]
+
+    def _remember(self, path: SecretPath, n: int, value: SecretValue) -> None:
+        with self._values_lock:
+            key = (str(path), n)
+            if key not in self._values:
+                self._paths_remembered[key[0]] = self._paths_remembered.get(key[0], 0) + 1
+            self._values[key] = value
+            while len(self._values) > MAX_REMEMBERED_VERSIONS:
+                self._unremember(self._values.popitem(last=False)[0])
+
+    def _unremember(self, key: tuple[str, int]) -> None:
+        left = self._paths_remembered.get(key[0], 0) - 1
+        if left > 0:
+            self._paths_remembered[key[0]] = left
+        else:
+            self._paths_remembered.pop(key[0], None)
+
+    def _forget_values(self, path: SecretPath, version: int | None = None) -> None:
+        """Drop remembered plaintext of ``path`` (one version, or all: after a delete)."""
+        key = str(path)
+        with self._values_lock:
+            for k in [k for k in self._values if k[0] == key and version in (None, k[1])]:
+                del self._values[k]
+                self._unremember(k)
 
     def _info(self, path: SecretPath, state: _State) -> SecretInfo:
         return SecretInfo(

@@ -23,6 +23,15 @@ naming the address, the operation and the auth method, with no new login
 (a denial must not burn a use-limited AppRole secret id or mint tokens);
 only a dead token costs one fresh login and one retry.
 
+Across processes: with a runlease home (and its KEK) at hand, the token a
+login minted is also kept in the home, sealed under a key derived from the
+KEK and bound to this address/namespace/auth method/role and login
+credential (:mod:`runlease.store.vault_token_cache`), so the next task
+process on the worker starts with it instead of a login -- as Vault Agent
+does with its persisted auto-auth token. A cached token Vault no longer
+honours is found the same way as an expired one (403, then ``lookup-self``)
+and costs exactly one fresh login, which replaces the cached one.
+
 Credentials are never accepted inline in ``RUNLEASE_STORE_OPTIONS`` (which
 ends up in process listings, settings dumps and CI logs): tokens, secret ids
 and JWTs come from files or named environment variables, and files are
@@ -44,17 +53,25 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from runlease.audit import correlation
 from runlease.errors import ConfigError, StoreAccessDeniedError, StoreUnavailableError
 
+if TYPE_CHECKING:
+    from runlease.keys.crypto import Keyring
+    from runlease.store.vault_token_cache import VaultTokenCache
+
 T = TypeVar("T")
 
 #: Where a pod's service-account token is mounted.
 K8S_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+#: Connections kept to the Vault server per process. requests' default is 10; a lookup uses up to two
+#: at once (vault.py reads the value beside the state record) and the API server runs lookups on up to
+#: 40 threads. Beyond it a connection is opened and dropped after use (never blocks).
+HTTP_POOL_SIZE = 32
 #: Renew once this fraction of the token's TTL has passed.
 RENEW_FRACTION = 2 / 3
 
@@ -186,6 +203,7 @@ def correlated_http_session(verify: bool | str, address: str) -> Any:
     the rest of a cached lookup.
     """
     import requests
+    import requests.adapters
     import requests.utils
 
     class CorrelatedSession(requests.Session):
@@ -195,6 +213,11 @@ def correlated_http_session(verify: bool | str, address: str) -> Any:
             return super().request(method, url, *args, headers=merged, **kwargs)
 
     session = CorrelatedSession()
+    # Requests from several threads share this session (the Vault store reads a value beside its state
+    # record; the API server serves lookups on a thread pool): keep enough connections to the one host.
+    adapter = requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=HTTP_POOL_SIZE)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
     session.proxies.update(requests.utils.get_environ_proxies(address))  # honours NO_PROXY for this address
     if verify is True:
         verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
@@ -206,11 +229,13 @@ def correlated_http_session(verify: bool | str, address: str) -> Any:
 class VaultSession:
     """An hvac client that is logged in, kept renewed, and logged in again only when its token is gone."""
 
-    def __init__(self, options: VaultClientOptions, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, options: VaultClientOptions, *, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.options = options.resolved()
         self.address: str = self.options.address  # type: ignore[assignment]
         self.auth = self.options.auth
         self._clock = clock
+        self._wall = wall_clock
         self._lock = threading.RLock()
         self._client: Any = None
         self._generation = 0
@@ -224,6 +249,12 @@ class VaultSession:
         self.logins = 0
         self.renewals = 0
         self.denials = 0
+        #: Tokens taken from the home's token cache instead of a login.
+        self.cached_tokens = 0
+        #: The home's token cache (see use_token_cache); None: every process logs in.
+        self.token_cache: VaultTokenCache | None = None
+        #: Whether the current token may be written to the token cache (no num_uses limit).
+        self._cacheable = False
 
     # -- public ---------------------------------------------------------------
 
@@ -239,6 +270,24 @@ class VaultSession:
         with self._lock:
             if self._client is None:
                 self._client = self._new_client()
+
+    def use_token_cache(self, home: Path, keyring: "Keyring") -> None:
+        """Keep login tokens in ``home``, sealed under ``keyring``'s active KEK (see vault_token_cache).
+
+        Only for methods that log in (a ``token``-method token is given, not minted).
+        The first home attached wins: a session is per process and address, and a
+        process opens one home.
+        """
+        from runlease.store.vault_token_cache import VaultTokenCache, identity_of
+
+        if self.auth.method == "token":
+            return
+        with self._lock:
+            if self.token_cache is not None:
+                return
+            role = self.auth.role_id if self.auth.method == "approle" else self.auth.role
+            identity = identity_of(self.address, self.options.namespace, self.auth.method, self.auth.mount_path, role)
+            self.token_cache = VaultTokenCache(home, keyring, identity, wall_clock=self._wall)
 
     def describe(self) -> str:
         ns = f" namespace {self.options.namespace}" if self.options.namespace else ""
@@ -260,6 +309,8 @@ class VaultSession:
                 if self._token_alive(client):
                     self.denials += 1
                     raise self._denied(what, first, relogin=False)
+                if self.token_cache is not None:
+                    self.token_cache.drop()  # dead: no other process should start with it
                 self._login(what)
             client = self._client
         try:
@@ -293,7 +344,8 @@ class VaultSession:
         if self._client is None:
             self._client = self._new_client()
         if self._client.token is None or self._generation == 0:
-            self._login(what)
+            if not self._from_token_cache():
+                self._login(what)
         elif self._renew_at is not None and self._clock() >= self._renew_at:
             self._renew(what)
         return self._client
@@ -337,6 +389,49 @@ class VaultSession:
             self._expires_at = None
         self._renewable = bool(renewable)
 
+    def _from_token_cache(self) -> bool:
+        """Start with the home's cached token instead of a login; False when there is none to use."""
+        cache = self.token_cache
+        if cache is None:
+            return False
+        try:
+            credential = self._login_credential()
+        except ConfigError:
+            return False  # the login reports it
+        entry = cache.load(credential)
+        if entry is None:
+            return False
+        now, wall = self._clock(), self._wall()
+        self._client.token = entry.token
+        self._expires_at = None if entry.expires_at is None else now + (entry.expires_at - wall)
+        self._renew_at = None if entry.renew_at is None else now + (entry.renew_at - wall)
+        self._ttl = entry.issued_ttl
+        self._renewable = entry.renewable
+        self._relogin_next = entry.relogin_next
+        self._cacheable = True
+        self.cached_tokens += 1
+        self._generation += 1
+        return True
+
+    def _save_token(self) -> None:
+        """Write the current token and its schedule to the home's cache (when there is one and it may be)."""
+        cache = self.token_cache
+        if cache is None or not self._cacheable or self._client is None or not self._client.token:
+            return
+        from runlease.store.vault_token_cache import CachedToken
+
+        try:
+            credential = self._login_credential()
+        except ConfigError:
+            return
+        now, wall = self._clock(), self._wall()
+        cache.save(CachedToken(
+            token=self._client.token,
+            expires_at=None if self._expires_at is None else wall + (self._expires_at - now),
+            renew_at=None if self._renew_at is None else wall + (self._renew_at - now),
+            issued_ttl=self._ttl, renewable=self._renewable, relogin_next=self._relogin_next,
+        ), credential)
+
     def _login(self, what: str) -> None:
         import hvac.exceptions as hx
 
@@ -364,26 +459,44 @@ class VaultSession:
                     raise StoreAccessDeniedError(f"{self.describe()}: login returned no client token")
                 client.token = info["client_token"]
                 self._schedule(info.get("lease_duration"), info.get("renewable", False), login=True)
+                # A use-limited token is never shared: another process would spend the uses this one counts on.
+                self._cacheable = not info.get("num_uses")
         except (hx.Forbidden, hx.Unauthorized, hx.InvalidRequest, hx.InvalidPath) as err:
             client.token = None
             errors = "; ".join(str(e) for e in (err.errors or [])) or f"HTTP {http_status(err)}"
             raise StoreAccessDeniedError(f"{self.describe()}: login failed while {what}: {errors}") from None
         self.logins += 1
         self._generation += 1
+        if auth.method != "token":
+            self._save_token()
+
+    def _login_credential(self) -> str | None:
+        """What this process logs in with (AppRole secret id, service-account token, JWT), read afresh.
+
+        Also what a cached token is bound to: a token minted for another credential
+        (a rotated secret id, another workload's JWT) is never taken from the cache.
+        """
+        auth = self.auth
+        if auth.method == "approle":
+            return _from_env_or_file(auth.secret_id_env, auth.secret_id_file, "AppRole secret id")
+        if auth.method == "kubernetes":
+            return _read_secret_file(auth.jwt_file or Path(K8S_TOKEN_FILE), "Kubernetes service-account token")
+        if auth.method == "jwt":
+            jwt_value = _from_env_or_file(auth.jwt_env, auth.jwt_file, "JWT")
+            if not jwt_value:
+                raise ConfigError(f"no JWT for Vault jwt login: {auth.jwt_env or auth.jwt_file} is empty or unset")
+            return jwt_value
+        return None
 
     def _login_request(self, client: Any) -> dict[str, Any]:
         auth = self.auth
         mount = auth.mount_path
+        credential = self._login_credential()
         if auth.method == "approle":
-            secret_id = _from_env_or_file(auth.secret_id_env, auth.secret_id_file, "AppRole secret id")
-            return client.auth.approle.login(role_id=auth.role_id, secret_id=secret_id, mount_point=mount)
+            return client.auth.approle.login(role_id=auth.role_id, secret_id=credential, mount_point=mount)
         if auth.method == "kubernetes":
-            jwt = _read_secret_file(auth.jwt_file or Path(K8S_TOKEN_FILE), "Kubernetes service-account token")
-            return client.auth.kubernetes.login(role=auth.role, jwt=jwt, mount_point=mount)
-        jwt_value = _from_env_or_file(auth.jwt_env, auth.jwt_file, "JWT")
-        if not jwt_value:
-            raise ConfigError(f"no JWT for Vault jwt login: {auth.jwt_env or auth.jwt_file} is empty or unset")
-        return client.auth.jwt.jwt_login(role=auth.role, jwt=jwt_value, path=mount)
+            return client.auth.kubernetes.login(role=auth.role, jwt=credential, mount_point=mount)
+        return client.auth.jwt.jwt_login(role=auth.role, jwt=credential, path=mount)
 
     def _renew(self, what: str) -> None:
         import hvac.exceptions as hx
@@ -402,6 +515,7 @@ class VaultSession:
         info = response.get("auth") or {}
         self._schedule(info.get("lease_duration"), info.get("renewable", False), login=False)
         self.renewals += 1
+        self._save_token()  # the next process starts with the renewed schedule
 
     # -- transport errors ---------------------------------------------------------
 
