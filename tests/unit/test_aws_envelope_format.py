@@ -12,7 +12,7 @@ from runlease.store.aws_envelope import ENVELOPE_KEY, open_secret_string, seal
 
 P = SecretPath.parse("prod/connections/warehouse")
 NAME = "runlease/prod/connections/warehouse"
-PASSWORD = "Envelope-pass-0123456789"  # runlease: allow secret-assignment (test fixture)
+PASSWORD = "Envelope-pass-0123456789"  # runlease: allow secret-assignment,high-entropy-secret (test fixture)
 CONN = {"conn_type": "postgres", "host": "db", "login": "etl", "password": PASSWORD}
 STS = {"issuer": "aws-sts", "role_arn": "arn:aws:iam::123456789012:role/etl"}
 
