@@ -182,9 +182,15 @@ b._set_connection_class(Connection)
 t3 = time.perf_counter()
 c = b.get_connection("warehouse")
 t4 = time.perf_counter()
+# What the Task SDK does next with any backend's connection (context._get_connection): mask its password and
+# extra in this process and the supervisor. VaultBackend leaves that to it; runlease has already done it.
+from airflow.sdk.execution_time.context import _mask_connection_secrets
+t5 = time.perf_counter()
+_mask_connection_secrets(c)
+t6 = time.perf_counter()
 assert c.password == {password!r}
 print(json.dumps({{"import_ms": (t2 - t1) * 1e3, "construct_ms": (t3 - t2) * 1e3, "lookup_ms": (t4 - t3) * 1e3,
-                  "first_ms": (t4 - t2) * 1e3}}))
+                  "first_ms": (t4 - t2) * 1e3, "masked_ms": (t4 - t3 + t6 - t5) * 1e3}}))
 """
 
 
@@ -295,7 +301,7 @@ def first_lookups(env: dict[str, str], runs: int, task: bool) -> dict[str, dict[
     seq_env = {**child_env, "RUNLEASE_STORE_OPTIONS": json.dumps(
         {**json.loads(env["RUNLEASE_STORE_OPTIONS"]), "concurrent_reads": False})}
     samples: dict[str, dict[str, list[float]]] = {
-        w: {"import_ms": [], "construct_ms": [], "lookup_ms": [], "first_ms": []} for w in cases}
+        w: {"import_ms": [], "construct_ms": [], "lookup_ms": [], "first_ms": [], "masked_ms": []} for w in cases}
     for which in cases:
         subprocess.run([sys.executable, "-c", code, which.split("-")[0], "task" if task else "outside"],
                        env=seq_env if which == "runlease-seq" else child_env,
@@ -436,8 +442,13 @@ def render(r: dict[str, Any], command: str) -> str:
               "home: key file, ledger, policy). The benchmark process keeps the runlease home open meanwhile, as "
               "Airflow's task supervisor does when it forks a task (it constructs the secrets backends first), so "
               "SQLite's write-ahead log exists.", "",
-              "| phase | backend | first call (constructed -> returned) | construction | module import | "
-              "import + construction + first call |", "|---|---|---:|---:|---:|---:|"]
+              "The column *with Airflow's masking* adds what the Task SDK does next with any backend's connection "
+              "in a task (`context._get_connection` -> `_mask_connection_secrets`: password and extra to the "
+              "masker, which recompiles its pattern): VaultBackend leaves masking to it, RunleaseBackend has "
+              "already registered every form, so for runlease it adds nothing new. That column is what a task "
+              "pays for its first usable, masked connection; the goal is judged on it, the bare call is shown too.", "",
+              "| phase | backend | first call (constructed -> returned) | with Airflow's masking | construction | "
+              "module import | import + construction + first call |", "|---|---|---:|---:|---:|---:|---:|"]
     names = {"airflow": "VaultBackend", "runlease": "RunleaseBackend, warm token cache",
              "runlease-cold": "RunleaseBackend, cold (logs in)",
              "runlease-seq": "RunleaseBackend, warm, `concurrent_reads: false`"}
@@ -445,7 +456,8 @@ def render(r: dict[str, Any], command: str) -> str:
         for name in ("airflow", "runlease", "runlease-cold", "runlease-seq"):
             s = r[phase][name]
             lines.append(f"| {label} | {names[name]} | "
-                         f"{s['lookup_ms']:.1f} ms | {s['construct_ms']:.1f} ms | {s['import_ms']:.1f} ms | "
+                         f"{s['lookup_ms']:.1f} ms | {s['masked_ms']:.1f} ms | {s['construct_ms']:.1f} ms | "
+                         f"{s['import_ms']:.1f} ms | "
                          f"{s['import_ms'] + s['first_ms']:.1f} ms |")
     rtt = 2 * r["one_way_ms"]
     lines += ["", f"The same first lookups (in a task) **across a network**: OpenBao behind a proxy on 127.0.0.1 that "
@@ -455,11 +467,13 @@ def render(r: dict[str, Any], command: str) -> str:
               "kept-alive connection, its own threads included). "
               "On loopback a request is mostly CPU time on this machine's 2 cores; in production Vault is a "
               "network hop away, and what a login, a cached token or two concurrent reads cost is round trips.", "",
-              "| backend | first call (constructed -> returned) | vs VaultBackend |", "|---|---:|---:|"]
-    far_theirs = r["first_network"]["airflow"]["lookup_ms"]
+              "| backend | first call (constructed -> returned) | with Airflow's masking | vs VaultBackend |",
+              "|---|---:|---:|---:|"]
+    far_theirs = r["first_network"]["airflow"]["masked_ms"]
     for name in ("airflow", "runlease", "runlease-cold", "runlease-seq"):
         s = r["first_network"][name]
-        lines.append(f"| {names[name]} | {s['lookup_ms']:.1f} ms | {ratio(s['lookup_ms'], far_theirs)} |")
+        lines.append(f"| {names[name]} | {s['lookup_ms']:.1f} ms | {s['masked_ms']:.1f} ms | "
+                     f"{ratio(s['masked_ms'], far_theirs)} |")
     warm, cold = r["breakdown"]["warm"], r["breakdown"]["cold"]
     overlap_key = "value read on the reader thread"
     parts = [k for k in dict.fromkeys([*cold, *warm]) if k not in ("first call", overlap_key)]
@@ -472,9 +486,10 @@ def render(r: dict[str, Any], command: str) -> str:
               f"the \"KV reads\" row, not added to it: on its own it took {warm.get(overlap_key, 0.0):.1f} ms (warm) "
               f"and {cold.get(overlap_key, 0.0):.1f} ms (cold)."]
     task_ratio = r["task"]["runlease"]["p50"] / r["task"]["airflow"]["p50"]
-    theirs_first = r["first_task"]["airflow"]["lookup_ms"]
-    first_warm = r["first_task"]["runlease"]["lookup_ms"] / theirs_first
-    first_cold = r["first_task"]["runlease-cold"]["lookup_ms"] / theirs_first
+    theirs_first = r["first_task"]["airflow"]["masked_ms"]
+    first_warm = r["first_task"]["runlease"]["masked_ms"] / theirs_first
+    first_cold = r["first_task"]["runlease-cold"]["masked_ms"] / theirs_first
+    bare_warm = r["first_task"]["runlease"]["lookup_ms"] / r["first_task"]["airflow"]["lookup_ms"]
 
     def startup(name: str) -> float:
         return r["first_task"][name]["import_ms"] + r["first_task"][name]["first_ms"]
@@ -483,13 +498,14 @@ def render(r: dict[str, Any], command: str) -> str:
     met = {True: "met", False: "NOT met"}
     seq_saving = r["first_task"]["runlease-seq"]["lookup_ms"] - r["first_task"]["runlease"]["lookup_ms"]
     far = r["first_network"]
-    far_warm = far["runlease"]["lookup_ms"] / far["airflow"]["lookup_ms"]
-    far_cold = far["runlease-cold"]["lookup_ms"] / far["airflow"]["lookup_ms"]
+    far_warm = far["runlease"]["masked_ms"] / far["airflow"]["masked_ms"]
+    far_cold = far["runlease-cold"]["masked_ms"] / far["airflow"]["masked_ms"]
     far_seq_saving = far["runlease-seq"]["lookup_ms"] - far["runlease"]["lookup_ms"]
     lines += ["", "Goals (issue 13):", "",
               f"- p50 in a task <= 1.0x VaultBackend: {met[task_ratio <= 1.0]} ({task_ratio:.2f}x)",
-              f"- first lookup (in a task, constructed -> returned) <= 1.0x VaultBackend: with a warm token cache "
-              f"(the typical task) {met[first_warm <= 1.0]} ({first_warm:.2f}x); cold, logging in "
+              f"- first lookup (in a task, constructed -> returned, with Airflow's masking) <= 1.0x VaultBackend: "
+              f"with a warm token cache (the typical task) {met[first_warm <= 1.0]} ({first_warm:.2f}x; the bare "
+              f"call {bare_warm:.2f}x); cold, logging in "
               f"{met[first_cold <= 1.0]} ({first_cold:.2f}x). Whole start-up: {startup('runlease') / startup('airflow'):.2f}x "
               f"warm, {startup('runlease-cold') / startup('airflow'):.2f}x cold. Across a network ({rtt:g} ms RTT): warm "
               f"{met[far_warm <= 1.0]} ({far_warm:.2f}x), cold {met[far_cold <= 1.0]} ({far_cold:.2f}x)",

@@ -233,8 +233,12 @@ class RunleaseBackend(BaseSecretsBackend):
 
     def _current_version(self, path: SecretPath) -> int:
         """CURRENT of ``path`` for the lease cache; 0 for an ID only Airflow's layout holds."""
+        store = self.broker.store
+        # A store may answer "which version is CURRENT?" more cheaply than a full resolve (AWS: the
+        # GetSecretValue Airflow's own backend makes, instead of a DescribeSecret).
+        current = getattr(store, "current_version", None)
         try:
-            return int(self.broker.store.resolve(path).version)
+            return int(current(path) if current is not None else store.resolve(path).version)
         except SecretNotFoundError:
             if self._airflow_layout is None:
                 raise

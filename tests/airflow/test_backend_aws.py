@@ -16,7 +16,7 @@ import pytest
 from runlease.errors import InvalidValueError
 from runlease.ledger.base import AuditQuery
 from runlease.models import LeaseState, RunIdentity
-from runlease.runtime import init_home
+from runlease.runtime import init_home, open_runtime
 from runlease.settings import Settings
 from support.aws_fault_proxy import FaultProxy, fault_proxy
 from support.moto_server import ACCOUNT, MotoServer
@@ -90,13 +90,36 @@ def test_requests_per_lookup_in_and_outside_a_task(
     backend.get_connection("warehouse")  # the first lease in this try
     assert proxy.taken() == ["GetSecretValue"]
     backend.get_connection("warehouse")  # the try's own lease, from the lease cache (CURRENT re-checked)
-    assert proxy.taken() == ["DescribeSecret"]
+    assert proxy.taken() == ["GetSecretValue"]  # the request Airflow's backend makes, not a DescribeSecret
     uncached = RunleaseBackend(**kwargs, cache=False)
     uncached.get_connection("warehouse")
     proxy.taken()
     uncached.get_connection("warehouse")
     assert proxy.taken() == ["GetSecretValue"]
     assert uncached.get_connection("nosuch") is None  # not held: falls through to the next backend
+
+
+def test_the_lease_cache_sees_a_rotation_and_a_delete_through_its_one_request(
+    kwargs: dict[str, object], proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The revalidation is one GetSecretValue of CURRENT: a new CURRENT is leased anew, a soft-deleted
+    secret is served to nobody -- the answers ``resolve`` (a DescribeSecret) gave before."""
+    backend = RunleaseBackend(**kwargs)
+    in_task(monkeypatch)
+    assert backend.get_connection("warehouse").password == PASSWORD
+    rotated = "Aws-backend-rotated-4410"  # runlease: allow secret-assignment (test fixture)
+    admin = open_runtime(Settings(home=Path(str(kwargs["home"])), store="aws",
+                                  store_options=json.loads(str(kwargs["store_options"]))))
+    try:
+        admin.broker.put("dev/connections/warehouse", {**WAREHOUSE, "password": rotated}, ADMIN)
+        assert backend.get_connection("warehouse").password == rotated
+        assert len(backend.broker.ledger.find_leases(state=LeaseState.ACTIVE)) == 2
+        admin.broker.delete("dev/connections/warehouse", ADMIN)
+    finally:
+        admin.close()
+    proxy.taken()
+    assert backend.get_connection("warehouse") is None  # deleted: not served from the cache, falls through
+    assert "GetSecretValue" in proxy.taken()
 
 
 def test_first_lookup_in_a_task_is_one_request(

@@ -787,6 +787,18 @@ class AwsSecretsStore:
             raise SecretNotFoundError(f"secret {path} has no {stage.value} version")
         return Resolved(version=version, metadata=secret.metadata_for(version))
 
+    def current_version(self, path: SecretPath, stage: Stage = Stage.CURRENT) -> int:
+        """Which version ``stage`` is on: ``resolve(path, stage).version``, in the request Airflow's backend makes.
+
+        For a lease cache's revalidation (runlease_airflow): the stage read of
+        :meth:`get` -- one GetSecretValue for a version in the envelope layout,
+        where ``resolve`` needs a DescribeSecret, a larger answer for the same
+        fact. A soft delete or an unfinished write is a SecretNotFoundError
+        here too; a SecretString that fails its checks is an error, never a
+        version number.
+        """
+        return self.get(path, stage=stage).version
+
     def get(self, path: SecretPath, *, version: int | None = None, stage: Stage | None = Stage.CURRENT) -> StoredSecret:
         """A version's value and the settings that apply to it.
 
