@@ -40,7 +40,7 @@ from typing import Any
 
 from runlease.errors import InvalidValueError
 from runlease.models import SecretPath, SecretValue
-from runlease.store.codec import check_value, decoded, malformed
+from runlease.store.codec import check_value, decoded, malformed, parse_stored_json
 
 #: Marker key and format number of an envelope.
 ENVELOPE_KEY = "runlease:envelope"
@@ -74,12 +74,7 @@ def open_secret_string(path: SecretPath, name: str, version: int, where: str, te
 
     Errors name the secret, version and what is wrong -- never the text.
     """
-    if not isinstance(text, str):
-        raise malformed(path, version, where, "it holds no text value (binary or empty)")
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise malformed(path, version, where, f"not valid JSON (line {err.lineno}, column {err.colno})") from None
+    doc = parse_stored_json(path, version, where, text)
     if not isinstance(doc, dict) or ENVELOPE_KEY not in doc:
         return Opened(decoded(path, version, where, doc))
     found = doc[ENVELOPE_KEY]

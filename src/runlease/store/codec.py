@@ -43,15 +43,19 @@ def malformed(path: SecretPath, version: int | None, where: str, why: str) -> In
     )
 
 
-def decode_json(path: SecretPath, version: int | None, where: str, text: Any) -> SecretValue:
-    """Parse a stored JSON value; errors name path/version/location and the position only."""
+def parse_stored_json(path: SecretPath, version: int | None, where: str, text: Any) -> Any:
+    """Stored text parsed as JSON, any type; errors name path/version/location and the position only."""
     if not isinstance(text, str):
         raise malformed(path, version, where, "it holds no text value (binary or empty)")
     try:
-        value = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise malformed(path, version, where, f"not valid JSON (line {err.lineno}, column {err.colno})") from None
-    return decoded(path, version, where, value)
+
+
+def decode_json(path: SecretPath, version: int | None, where: str, text: Any) -> SecretValue:
+    """Parse a stored JSON value; errors name path/version/location and the position only."""
+    return decoded(path, version, where, parse_stored_json(path, version, where, text))
 
 
 def decoded(path: SecretPath, version: int | None, where: str, value: Any) -> SecretValue:

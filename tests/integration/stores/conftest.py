@@ -15,7 +15,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -23,6 +23,11 @@ from store_support import aws_options, free_port, purge_aws_prefix, purge_vault_
 from runlease.keys.crypto import Keyring, new_key
 from runlease.clients.db import Database
 from runlease.store.local import LocalStore
+
+if TYPE_CHECKING:
+    from support.aws_fault_proxy import FaultProxy
+
+    from runlease.runtime import Runtime
 
 BACKENDS = ["local", "aws", "vault", "vault-live", "aws-live"]
 LIVE_VAULT = bool(os.environ.get("VAULT_ADDR") and os.environ.get("VAULT_TOKEN"))
@@ -130,3 +135,24 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFact
 @pytest.fixture()
 def store(stores: StoreFactory) -> Any:
     return stores.make()
+
+
+@pytest.fixture()
+def proxy(moto_url: str) -> Iterator["FaultProxy"]:
+    """moto's server behind the request-counting, fault-injecting proxy (support.aws_fault_proxy)."""
+    from support.aws_fault_proxy import fault_proxy
+
+    with fault_proxy(moto_url) as p:
+        yield p
+
+
+@pytest.fixture()
+def rt(tmp_path: Path, proxy: "FaultProxy") -> Iterator["Runtime"]:
+    """A runtime (home, ledger, broker) on the AWS store, talking to moto through ``proxy``."""
+    from support.homes import make_runtime
+
+    runtime = make_runtime(tmp_path / "home", store="aws", store_options=aws_options(proxy.url))
+    try:
+        yield runtime
+    finally:
+        runtime.close()

@@ -7,7 +7,6 @@ Throttling and the proxy hop come from :mod:`support.aws_fault_proxy` on
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,16 +18,10 @@ from runlease.errors import ConfigError, StoreUnavailableError
 from runlease.models import SecretPath
 from runlease.store.aws import AwsSecretsStore
 from store_support import aws_options, free_port
-from support.aws_fault_proxy import FaultProxy, fault_proxy
+from support.aws_fault_proxy import FaultProxy
 
 P = SecretPath.parse("dev/variables/token")
 ROLE = "arn:aws:iam::123456789012:role/runlease-reader"
-
-
-@pytest.fixture()
-def proxy(moto_url: str) -> Iterator[FaultProxy]:
-    with fault_proxy(moto_url) as p:
-        yield p
 
 
 @pytest.mark.parametrize("attempts", [1, 2, 3])

@@ -9,7 +9,6 @@ principal with Secrets Manager permissions would make them.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from runlease.rotation.state import STATE_KEY
 from runlease.runtime import Runtime
 from runlease.store.aws import PLACEHOLDER, SECRET_ONLY_KEYS, SETTINGS_LABEL, AwsSecretsStore, version_id
 from store_support import aws_options
-from support.aws_fault_proxy import FaultProxy, fault_proxy
+from support.aws_fault_proxy import FaultProxy
 from support.homes import make_runtime
 
 P = SecretPath.parse("dev/connections/aws_etl")
@@ -35,21 +34,6 @@ FORGED = {"conn_type": "aws", "login": "AKIAFORGEDFORGEDEXAM", "password": "Forg
 STS = {"issuer": "aws-sts", "role_arn": ROLE_ARN}
 TASK = RunIdentity(orchestrator="airflow", pipeline="etl", run_id="manual__1", task_id="load", try_number=1,
                    principal="etl")
-
-
-@pytest.fixture()
-def proxy(moto_url: str) -> Iterator[FaultProxy]:
-    with fault_proxy(moto_url) as p:
-        yield p
-
-
-@pytest.fixture()
-def rt(tmp_path: Path, proxy: FaultProxy) -> Iterator[Runtime]:
-    runtime = make_runtime(tmp_path / "home", store="aws", store_options=aws_options(proxy.url))
-    try:
-        yield runtime
-    finally:
-        runtime.close()
 
 
 def sm(moto_url: str) -> Any:

@@ -7,7 +7,6 @@ action with AWS's AccessDeniedException and forwards everything else to moto.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,7 @@ from runlease.models import RunIdentity, SecretPath, Stage
 from runlease.runtime import Runtime
 from runlease.store.aws import AwsOptions, AwsSecretsStore, version_id
 from store_support import aws_options
-from support.aws_fault_proxy import FaultProxy, fault_proxy
-from support.homes import make_runtime
+from support.aws_fault_proxy import FaultProxy
 
 P = SecretPath.parse("dev/connections/aws_etl")
 ROLE_ARN = "arn:aws:iam::123456789012:role/etl-runner"
@@ -30,21 +28,6 @@ BASE = {"conn_type": "aws", "login": "AKIAIOSFODNN7EXAMPLE", "password": BASE_SE
 OTHER = {"conn_type": "aws", "login": "AKIAOTHEROTHEREXAMPL", "password": "Other-Secret-Key-0123456789"}  # runlease: allow aws-access-key-id, high-entropy-secret (test fixture)
 STS = {"issuer": "aws-sts", "role_arn": ROLE_ARN}
 ADMIN = RunIdentity(orchestrator="cli", pipeline="admin", run_id="cli", task_id="put", principal="admin")
-
-
-@pytest.fixture()
-def proxy(moto_url: str) -> Iterator[FaultProxy]:
-    with fault_proxy(moto_url) as p:
-        yield p
-
-
-@pytest.fixture()
-def rt(tmp_path: Path, proxy: FaultProxy) -> Iterator[Runtime]:
-    runtime = make_runtime(tmp_path / "home", store="aws", store_options=aws_options(proxy.url))
-    try:
-        yield runtime
-    finally:
-        runtime.close()
 
 
 def _errors(rt: Runtime, action: str) -> list[Any]:
