@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from runlease.models import SecretPath
 from support.openbao import OpenBao
 
 
@@ -66,3 +67,12 @@ def purge_aws_prefix(store: Any) -> None:
         for doc in page.get("SecretList") or []:
             if doc["Name"].startswith(store.prefix):
                 client.delete_secret(SecretId=doc["ARN"], ForceDeleteWithoutRecovery=True)
+
+
+# -- one aws-sts secret, shared by the AWS put-atomicity and envelope tests ------------------------
+#: Its path, the role its leases assume, and its long-lived base credentials (which must never be leased).
+P = SecretPath.parse("dev/connections/aws_etl")
+ROLE_ARN = "arn:aws:iam::123456789012:role/etl-runner"
+BASE_SECRET = "Base-Secret-Key-that-must-not-leak-0123456789"  # runlease: allow high-entropy-secret (test fixture)
+BASE = {"conn_type": "aws", "login": "AKIAIOSFODNN7EXAMPLE", "password": BASE_SECRET}
+STS = {"issuer": "aws-sts", "role_arn": ROLE_ARN}

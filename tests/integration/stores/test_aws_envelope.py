@@ -22,16 +22,11 @@ from runlease.rotation.policy import POLICY_KEY, RotationPolicy
 from runlease.rotation.state import STATE_KEY
 from runlease.runtime import Runtime
 from runlease.store.aws import PLACEHOLDER, SECRET_ONLY_KEYS, SETTINGS_LABEL, AwsSecretsStore, version_id
-from store_support import aws_options
+from store_support import BASE, BASE_SECRET, P, ROLE_ARN, STS, aws_options
 from support.aws_fault_proxy import FaultProxy
 from support.homes import make_runtime
 
-P = SecretPath.parse("dev/connections/aws_etl")
-ROLE_ARN = "arn:aws:iam::123456789012:role/etl-runner"
-BASE_SECRET = "Base-Secret-Key-that-must-not-leak-0123456789"  # runlease: allow high-entropy-secret (test fixture)
-BASE = {"conn_type": "aws", "login": "AKIAIOSFODNN7EXAMPLE", "password": BASE_SECRET}
 FORGED = {"conn_type": "aws", "login": "AKIAFORGEDFORGEDEXAM", "password": "Forged-Secret-Key-0123456789"}  # runlease: allow aws-access-key-id, high-entropy-secret (test fixture)
-STS = {"issuer": "aws-sts", "role_arn": ROLE_ARN}
 TASK = RunIdentity(orchestrator="airflow", pipeline="etl", run_id="manual__1", task_id="load", try_number=1,
                    principal="etl")
 

@@ -18,15 +18,10 @@ from runlease.ledger.base import AuditQuery
 from runlease.models import RunIdentity, SecretPath, Stage
 from runlease.runtime import Runtime
 from runlease.store.aws import AwsOptions, AwsSecretsStore, version_id
-from store_support import aws_options
+from store_support import BASE, BASE_SECRET, P, ROLE_ARN, STS, aws_options
 from support.aws_fault_proxy import FaultProxy
 
-P = SecretPath.parse("dev/connections/aws_etl")
-ROLE_ARN = "arn:aws:iam::123456789012:role/etl-runner"
-BASE_SECRET = "Base-Secret-Key-that-must-not-leak-0123456789"  # runlease: allow high-entropy-secret (test fixture)
-BASE = {"conn_type": "aws", "login": "AKIAIOSFODNN7EXAMPLE", "password": BASE_SECRET}
 OTHER = {"conn_type": "aws", "login": "AKIAOTHEROTHEREXAMPL", "password": "Other-Secret-Key-0123456789"}  # runlease: allow aws-access-key-id, high-entropy-secret (test fixture)
-STS = {"issuer": "aws-sts", "role_arn": ROLE_ARN}
 ADMIN = RunIdentity(orchestrator="cli", pipeline="admin", run_id="cli", task_id="put", principal="admin")
 
 
