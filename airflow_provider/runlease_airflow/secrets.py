@@ -55,6 +55,8 @@ SDK's in workers, ``airflow.models.Connection`` on the server) is honoured.
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from contextlib import nullcontext
 from typing import Any
 
@@ -71,6 +73,9 @@ from runlease_airflow.identity import Caller, current_caller
 from runlease_airflow.masker_bridge import install_sdk_masker_bridge
 from runlease_airflow.masking import connection_extra_text, protect
 from runlease_airflow.process_state import ProcessState, state_for
+
+#: How many values' connection forms a backend keeps (see RunleaseBackend._connections).
+CONNECTION_MEMO_MAX = 64
 
 try:
     from airflow.sdk.bases.secrets_backend import BaseSecretsBackend
@@ -97,6 +102,13 @@ class RunleaseBackend(BaseSecretsBackend):
                 f"(kwarg 'home' or RUNLEASE_HOME; key from {key_source}): {err}"
             ) from None
         self._airflow_layout: Any = None
+        #: The canonical form of values already turned into connections, by the value object: a
+        #: cached lease hands out the same object on every hit, so its (validated) connection is
+        #: reused instead of parsed again. Holds the value itself, so an id is never reused while
+        #: it is here; bounded. (Plaintext in this process's memory, as in the lease cache and the
+        #: broker's version cache it comes from: no new exposure.)
+        self._connections: OrderedDict[int, tuple[Any, dict[str, Any]]] = OrderedDict()
+        self._connections_lock = threading.Lock()
         if self.config.aws_secrets_manager not in (None, False):
             from runlease_airflow.aws_layout import AirflowLayoutSource
 
@@ -159,7 +171,16 @@ class RunleaseBackend(BaseSecretsBackend):
         value = self._resolve("connections", conn_id)
         if value is None:
             return None
-        return _as_connection(value, conn_id, self.config.path_for("connections", conn_id))
+        with self._connections_lock:
+            known = self._connections.get(id(value))
+        if known is not None and known[0] is value:
+            return known[1]
+        conn = _as_connection(value, conn_id, self.config.path_for("connections", conn_id))
+        with self._connections_lock:
+            self._connections[id(value)] = (value, conn)
+            while len(self._connections) > CONNECTION_MEMO_MAX:
+                self._connections.popitem(last=False)
+        return conn
 
     def _resolve(self, secret_type: str, secret_id: str) -> SecretValue | None:
         path = self.config.path_for(secret_type, secret_id)

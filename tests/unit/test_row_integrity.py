@@ -200,6 +200,42 @@ def test_a_forged_lease_row_is_never_revoked(runtime: Runtime, identity: RunIden
     assert spy.revoked == []
 
 
+def test_a_remembered_lease_state_never_outlives_a_change_to_the_database(runtime: Runtime, identity: RunIdentity,
+                                                                           admin: RunIdentity) -> None:
+    """lease_state answers from memory only while nothing was committed since (SQLite's data_version for
+    other connections, a counter for this one's own commits, nothing inside an open write transaction)."""
+    runtime.broker.put(PATH, conn(), admin)
+    lease = runtime.broker.lease(PATH, identity)
+    for _ in range(2):
+        assert runtime.ledger.lease_state(lease.lease_id) is LeaseState.ACTIVE  # read, then remembered
+    # an attacker's connection flips the state without the key: read again, refused
+    with raw(runtime) as db:
+        db.execute("UPDATE leases SET state='revoked' WHERE lease_id=?", (lease.lease_id,))
+    with pytest.raises(IntegrityError):
+        runtime.ledger.lease_state(lease.lease_id)
+    with raw(runtime) as db:
+        db.execute("UPDATE leases SET state='active' WHERE lease_id=?", (lease.lease_id,))
+    assert runtime.ledger.lease_state(lease.lease_id) is LeaseState.ACTIVE
+    # a revoke by another process (its own connection) is seen at once
+    other = open_runtime(runtime.settings)
+    try:
+        assert other.broker.revoke(lease.lease_id) is True
+    finally:
+        other.close()
+    assert runtime.ledger.lease_state(lease.lease_id) is LeaseState.REVOKED
+    # this connection's own commit, and its own uncommitted write inside a transaction, are seen too
+    second = runtime.broker.lease(PATH, identity)
+    assert runtime.ledger.lease_state(second.lease_id) is LeaseState.ACTIVE
+    with runtime.ledger.atomic():
+        assert runtime.broker.revoke(second.lease_id) is True
+        assert runtime.ledger.lease_state(second.lease_id) is LeaseState.REVOKED
+    assert runtime.ledger.lease_state(second.lease_id) is LeaseState.REVOKED
+    third = runtime.broker.lease(PATH, identity)
+    assert runtime.ledger.lease_state(third.lease_id) is LeaseState.ACTIVE
+    assert runtime.broker.revoke(third.lease_id) is True  # committed through this very connection
+    assert runtime.ledger.lease_state(third.lease_id) is LeaseState.REVOKED
+
+
 def test_editing_a_genuine_lease_row_is_caught(runtime: Runtime, identity: RunIdentity, admin: RunIdentity) -> None:
     runtime.broker.put(PATH, conn(), admin)
     lease = runtime.broker.lease(PATH, identity)

@@ -12,6 +12,7 @@ must not be shared between threads mid-transaction.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import sqlite3
 import threading
@@ -110,6 +111,10 @@ CREATE INDEX IF NOT EXISTS audit_path ON audit(path);
 """
 
 
+#: Serial numbers of the connections this process opened (a stamp never matches another connection's).
+_CONNECTION_SERIALS = itertools.count(1)
+
+
 class Transaction:
     """The open write transaction: its connection plus hooks to run once it committed.
 
@@ -195,7 +200,27 @@ class Database:
                 raise StoreUnavailableError(f"{self.path}: could not enable WAL mode (got {mode})")
             self._local.conn = conn
             self._local.tx = None
+            self._local.serial = next(_CONNECTION_SERIALS)
+            self._local.commits = 0
         return conn
+
+    def change_stamp(self) -> tuple[int, int, int] | None:
+        """A value that differs whenever the database may have changed, as this thread's connection sees it.
+
+        ``(connection serial, PRAGMA data_version, commits through this connection)``:
+        SQLite's ``data_version`` moves when any *other* connection (another
+        thread, another process, an attacker's ``sqlite3``) commits; this
+        connection's own commits are counted here. Equal stamps mean nothing was
+        committed in between, so what was read then is still what a read would
+        return. None inside an open write transaction, whose uncommitted writes
+        no stamp covers. For the per-hit "is my lease still active?" read, which
+        this turns into one ``PRAGMA`` while nothing changed.
+        """
+        if getattr(self._local, "tx", None) is not None:
+            return None
+        conn = self.connection()
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        return (self._local.serial, int(version), self._local.commits)
 
     @contextmanager
     def write(self) -> Iterator[Transaction]:
@@ -212,6 +237,7 @@ class Database:
             try:
                 yield tx
                 conn.execute("COMMIT")
+                self._local.commits += 1
             except BaseException:
                 try:
                     conn.execute("ROLLBACK")

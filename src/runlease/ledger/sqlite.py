@@ -45,6 +45,8 @@ from runlease.ledger.base import (
 from runlease.models import AuditEvent, Lease, LeaseState
 from runlease.integrity.rowauth import RowAuthenticator
 
+#: How many lease states lease_state remembers (cleared when full).
+LEASE_STATE_MEMO_MAX = 1024
 _LEASE_COLUMNS = ", ".join(LEASE_FIELDS)
 _AUDIT_COLUMNS = (
     "seq, ts, action, outcome, path, version, lease_id, orchestrator, pipeline, run_id, task_id, try_number, "
@@ -73,6 +75,8 @@ class SqliteLedger:
         self.auth = RowAuthenticator(keyring, ledger_scope(self.store_id), known)
         #: Lease rows already authenticated by this process (the lease cache's per-hit check).
         self._verified_leases = VerifiedLeaseRows(self.auth)
+        #: Lease states read by this process, with the database's change stamp at the time (lease_state).
+        self._lease_states: dict[str, tuple[tuple[int, int, int], LeaseState]] = {}
         self.anchor_signer = AnchorSigner(keyring, ledger_scope(self.store_id))
 
     def atomic(self) -> AbstractContextManager[Transaction]:
@@ -183,7 +187,19 @@ class SqliteLedger:
         return self._verified_leases.lease(self._lease_row(lease_id))
 
     def lease_state(self, lease_id: str) -> LeaseState:
-        return self._verified_leases.state(self._lease_row(lease_id))
+        """As :meth:`get_lease` ``.state``; while nothing was committed since this thread last read it
+        (``Database.change_stamp``: one ``PRAGMA``), the state read then is the answer."""
+        stamp = self.db.change_stamp()
+        if stamp is not None:
+            seen = self._lease_states.get(lease_id)
+            if seen is not None and seen[0] == stamp:
+                return seen[1]
+        state = self._verified_leases.state(self._lease_row(lease_id))
+        if stamp is not None:
+            if len(self._lease_states) >= LEASE_STATE_MEMO_MAX:
+                self._lease_states.clear()
+            self._lease_states[lease_id] = (stamp, state)
+        return state
 
     def _lease_row(self, lease_id: str) -> tuple[Any, ...]:
         row = self.db.connection().execute(
