@@ -19,8 +19,9 @@ A cached lease is served only while all of these hold:
   which also re-checks policy).
 
 With the default ``revalidate_seconds=0`` every hit revalidates; on the local
-store that is two indexed SQLite reads, far cheaper than a lease (see
-docs/benchmarks.md). For a remote store a few seconds is safe: during a
+store that is an indexed SQLite read of the secret's row plus the ledger's
+lease-state check (one ``PRAGMA`` while nothing was committed), far cheaper
+than a lease (see docs/benchmarks.md); on AWS and Vault, one request. For a remote store a few seconds is safe: during a
 rotation the previous version stays valid for the whole grace period, so a
 credential served up to ``revalidate_seconds`` late still works.
 """
