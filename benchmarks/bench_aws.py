@@ -279,7 +279,7 @@ def render(r: dict[str, Any], args: argparse.Namespace, command: str) -> str:
             h_ratio = head["task_cached"] / head["airflow"]
             out.append(f"- p50 {label} <= {GOAL_RATIO:.1f}x Airflow: "
                        + ("met" if h_ratio <= GOAL_RATIO else "**not met**")
-                       + f" ({h_ratio:.2f}x head to head: {head['task_cached']:.2f} vs {head['airflow']:.2f} ms, the "
+                       + f" ({h_ratio:.3f}x head to head: {head['task_cached']:.2f} vs {head['airflow']:.2f} ms, the "
                        f"two alone, interleaved, {r['n']:,} lookups each; {ratio:.2f}x in the table above, where "
                        "the rows that write the ledger run in between)")
         else:
@@ -290,8 +290,8 @@ def render(r: dict[str, Any], args: argparse.Namespace, command: str) -> str:
             theirs_around = base - r["raw_get"]["p50"]
             out.append(f"  -- a hit revalidates CURRENT with the same request Airflow makes (`GetSecretValue` with "
                        f"`VersionStage`); the work around it is {ours_around:+.2f} ms for runlease (identity, lease "
-                       f"cache, the ledger's check that the lease is still active: one SQLite read, the row MAC "
-                       f"skipped while the row is unchanged) against {theirs_around:+.2f} ms for Airflow (URI "
+                       f"cache, the ledger's check that the lease is still active: one `PRAGMA data_version` while "
+                       f"nothing was committed) against {theirs_around:+.2f} ms for Airflow (URI "
                        "parsing), over the bare request in this run")
     if "outside_tmpfs" in r:
         out.append(f"  -- outside a task every lookup appends a durable, hash-chained audit event; with the ledger "
