@@ -7,6 +7,7 @@ These run as any user; the "owned by another user" cases need root to chown
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,29 @@ def test_a_home_made_under_a_loose_umask_still_opens(tmp_path: Path, admin: RunI
         assert rt.broker.lease("dev/tokens/api", RunIdentity(orchestrator="a", pipeline="b")).value == "umask-token-value"
     finally:
         rt.close()
+
+
+def test_replace_private_file_replaces_a_planted_symlink_and_never_writes_through_it(tmp_path: Path) -> None:
+    """The one writer of small home files (token cache, format records, admin tokens): an attacker's
+    symlink at the file's name is replaced, its target untouched; the result is a 0600 regular file."""
+    from runlease.integrity.home_guard import replace_private_file
+
+    victim = tmp_path / "victim"
+    victim.write_text("do not touch")
+    target = tmp_path / "record"
+    target.symlink_to(victim)
+    replace_private_file(target, b"new contents", durable=True)
+    assert victim.read_text() == "do not touch"
+    assert not target.is_symlink() and target.read_bytes() == b"new contents"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_replace_private_file_leaves_no_temporary_file_when_it_fails(tmp_path: Path) -> None:
+    from runlease.integrity.home_guard import replace_private_file
+
+    target = tmp_path / "record"
+    target.mkdir()  # a directory in the way: the rename fails
+    with pytest.raises(OSError):
+        replace_private_file(target, b"x", durable=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["record"]

@@ -33,6 +33,7 @@ from pathlib import Path
 from runlease.audit.chain import ANCHOR_FORMAT, raw_anchor
 from runlease.keys.crypto import Keyring, mac
 from runlease.errors import IntegrityError
+from runlease.integrity.home_guard import replace_private_file
 
 RECORD_FORMAT = "runlease-format-record/v1"
 #: HKDF purpose of the record's key: its own, so it shares no key with rows, audit or anchor.
@@ -113,15 +114,7 @@ class FormatRecorder:
 
     def write(self, path: Path, schema_version: int) -> None:
         """(Re)write the record under the active KEK: a new file renamed over the old one, 0600, no links."""
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, self.encode(schema_version).encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        replace_private_file(path, self.encode(schema_version).encode() + b"\n", durable=True)
 
     def ensure(self, path: Path, schema_version: int) -> None:
         """Write the record unless a genuine one for this version under the active key is there already.

@@ -25,6 +25,7 @@ Errors name the file and the command that fixes it.
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -121,6 +122,37 @@ def open_nofollow(path: Path, what: str, error: type[Exception]) -> bytes:
             chunks.append(chunk)
     finally:
         os.close(fd)
+
+
+def replace_private_file(path: Path, data: bytes, *, durable: bool) -> None:
+    """Write ``path`` as a new 0600 file renamed over the old one: a reader sees the old or the new, never half.
+
+    The counterpart of :func:`open_nofollow` for the small files runlease keeps
+    in the home. The temporary name is unique per writer and created with
+    ``O_EXCL|O_NOFOLLOW``, so concurrent writers never rename each other's file
+    away and nothing planted at that name is followed; the rename replaces a
+    symlink at ``path`` rather than writing through it. ``durable`` fsyncs the
+    data before the rename (for records whose loss is an integrity failure,
+    not just a cache miss). On failure the temporary file is removed and the
+    ``OSError`` raised.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            os.write(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def check_home(home: Path, *, key_file: Path | None, store_file: Path) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
 import re
 import secrets
 import threading
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from runlease.keys.crypto import Keyring
 from runlease.errors import ConfigError, MasterKeyError
+from runlease.integrity.home_guard import replace_private_file
 from runlease.models import utcnow
 
 TOKENS_FILE_NAME = "server-tokens.json"
@@ -95,12 +95,8 @@ class AdminTokens:
             return sorted(self._load().values(), key=lambda e: e.created_at)
 
     def _write(self, entries: list[AdminTokenEntry]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"tokens": [asdict(e) for e in entries]}, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, self.path)
+        doc = json.dumps({"tokens": [asdict(e) for e in entries]}, indent=2) + "\n"
+        replace_private_file(self.path, doc.encode(), durable=False)
 
     def create(self, name: str) -> tuple[AdminTokenEntry, str]:
         """A new token for ``name``; returns the entry and the token (shown once, never stored)."""

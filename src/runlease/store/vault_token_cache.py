@@ -41,7 +41,6 @@ import hmac
 import json
 import logging
 import os
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -51,7 +50,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from runlease.errors import RunleaseError
-from runlease.integrity.home_guard import check_file, open_nofollow
+from runlease.integrity.home_guard import check_file, open_nofollow, replace_private_file
 from runlease.keys.crypto import NONCE_BYTES, Keyring
 
 log = logging.getLogger(__name__)
@@ -209,23 +208,12 @@ class VaultTokenCache:
         sealed = nonce + AESGCM(self._key).encrypt(nonce, plain, self._aad(credential))
         doc = json.dumps({"format": FORMAT, "note": "Vault client token sealed under the home's KEK; safe to delete",
                           "sealed": base64.b64encode(sealed).decode()}).encode()
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                os.fchmod(fd, 0o600)
-                os.write(fd, doc)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
+            replace_private_file(self.path, doc, durable=False)
             self.saves += 1
         except OSError as err:
             log.warning("could not write the Vault token cache %s (%s); the next process logs in again",
                         self.path, err.strerror or type(err).__name__)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
     def drop(self) -> None:
         """Forget the cached token (Vault says it is dead: no other process should try it)."""
